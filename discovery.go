@@ -1,0 +1,375 @@
+package raft
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/discovery"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+const (
+	// advertiseTTL is the lifetime asked for our discovery record; it is
+	// renewed at half of what the discovery service grants.
+	advertiseTTL = 2 * time.Minute
+	// steadyExchangeInterval is the pace of peer exchange once this member is
+	// a voter: slow, but it still lets a lone early node or a second cluster
+	// notice the others and converge into one.
+	steadyExchangeInterval = 3 * time.Second
+	// steadyDiscoveryInterval is the pace of discovery queries once formed.
+	steadyDiscoveryInterval = 5 * time.Second
+	// exchangeTimeout bounds one peer exchange.
+	exchangeTimeout = 2 * time.Second
+	// maxTrackedPeers caps the tracker, so a flood of exchanged peer lists
+	// cannot grow it without bound.
+	maxTrackedPeers = 1024
+)
+
+// trackedPeer is what this member knows of another member of the namespace.
+type trackedPeer struct {
+	firstSeen  time.Time // earliest sighting by anyone, on our clock
+	lastAnswer time.Time // last exchange with it in either direction
+	status     *status   // its state at lastAnswer
+}
+
+// peerTracker finds the namespace's members (discovery, connected peers that
+// speak the protocol, and peer exchange) and keeps what each last said of
+// itself. The bootstrap decision and the membership loop read it.
+type peerTracker struct {
+	c       *cluster
+	started time.Time
+
+	mu    sync.Mutex
+	peers map[peer.ID]*trackedPeer
+
+	// fast is set while this member is not a voter yet: it exchanges and
+	// discovers at the bootstrap pace instead of the steady one.
+	fast atomic.Bool
+	// deciding is set during the bootstrap window.
+	deciding atomic.Bool
+	// wake makes the loop run a round at once.
+	wake chan struct{}
+	// rounds counts finished exchange rounds (tests and the decision use it
+	// to know that fresh answers are in).
+	rounds atomic.Uint64
+}
+
+func newPeerTracker(c *cluster) *peerTracker {
+	t := &peerTracker{c: c, started: time.Now(), peers: map[peer.ID]*trackedPeer{}, wake: make(chan struct{}, 1)}
+	t.fast.Store(true)
+	return t
+}
+
+// fastInterval is the exchange pace while bootstrapping: a tenth of the
+// window, between 50ms and 500ms.
+func (t *peerTracker) fastInterval() time.Duration {
+	d := t.c.cfg.bootstrapTimeout / 10
+	if d < 50*time.Millisecond {
+		d = 50 * time.Millisecond
+	}
+	if d > 500*time.Millisecond {
+		d = 500 * time.Millisecond
+	}
+	return d
+}
+
+// aliveWindow is how recent an answer must be for a peer to count as alive.
+func (t *peerTracker) aliveWindow() time.Duration {
+	d := 4 * t.fastInterval()
+	if d < 1500*time.Millisecond {
+		d = 1500 * time.Millisecond
+	}
+	return d
+}
+
+func (t *peerTracker) start() {
+	t.c.wg.Add(2)
+	go t.advertiseLoop()
+	go t.loop()
+}
+
+func (t *peerTracker) kick() {
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// advertiseLoop keeps this member's discovery record alive.
+func (t *peerTracker) advertiseLoop() {
+	defer t.c.wg.Done()
+	ctx := t.c.ctx
+	d := t.c.node.Discovery()
+	if d == nil {
+		return
+	}
+	for {
+		ttl, err := d.Advertise(ctx, t.c.namespace, discovery.TTL(advertiseTTL))
+		wait := ttl / 2
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.c.logger.Debug("advertise failed", "error", err)
+			wait = time.Second
+		}
+		if wait < time.Second {
+			wait = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// loop discovers peers and exchanges peer lists with them, fast while this
+// member is joining and slowly once it is a voter.
+func (t *peerTracker) loop() {
+	defer t.c.wg.Done()
+	ctx := t.c.ctx
+	var lastDiscovery time.Time
+	for {
+		interval := steadyExchangeInterval
+		discoveryEvery := steadyDiscoveryInterval
+		if t.fast.Load() {
+			interval = t.fastInterval()
+			discoveryEvery = 2 * interval
+		}
+		if time.Since(lastDiscovery) >= discoveryEvery {
+			lastDiscovery = time.Now()
+			t.discover(ctx, interval)
+		}
+		t.addConnected()
+		t.exchangeAll(ctx)
+		t.rounds.Add(1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.wake:
+		case <-time.After(interval):
+		}
+	}
+}
+
+// discover asks the discovery service for the namespace's members.
+func (t *peerTracker) discover(ctx context.Context, budget time.Duration) {
+	d := t.c.node.Discovery()
+	if d == nil {
+		return
+	}
+	if budget < time.Second {
+		budget = time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	ch, err := d.FindPeers(ctx, t.c.namespace)
+	if err != nil {
+		t.c.logger.Debug("find peers failed", "error", err)
+		return
+	}
+	for ai := range ch {
+		if ai.ID == t.c.self || ai.ID == "" {
+			continue
+		}
+		t.learn(ai.ID, ai.Addrs, 0)
+	}
+}
+
+// addConnected takes connected peers that speak the command protocol.
+func (t *peerTracker) addConnected() {
+	h := t.c.node.Peer()
+	proto := Protocol(t.c.namespace)
+	for _, p := range h.Network().Peers() {
+		if p == t.c.self {
+			continue
+		}
+		if ps, err := h.Peerstore().SupportsProtocols(p, proto); err == nil && len(ps) > 0 {
+			t.learn(p, nil, 0)
+		}
+	}
+}
+
+// learn records a peer and its addresses. age is how long ago someone first
+// saw it; the earliest sighting wins.
+func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration) {
+	if id == t.c.self {
+		return
+	}
+	if len(addrs) > 0 {
+		t.c.node.Peer().Peerstore().AddAddrs(id, addrs, peerstore.AddressTTL)
+	}
+	seen := time.Now().Add(-age)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[id]
+	if !ok {
+		if len(t.peers) >= maxTrackedPeers {
+			return
+		}
+		t.peers[id] = &trackedPeer{firstSeen: seen}
+		return
+	}
+	if seen.Before(p.firstSeen) {
+		p.firstSeen = seen
+	}
+}
+
+// merge takes what a peer sent in an exchange (either direction).
+func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
+	// Only members send a status; a plain client is not a peer to track.
+	if from != t.c.self && st != nil {
+		t.learn(from, nil, 0)
+		t.mu.Lock()
+		if p, ok := t.peers[from]; ok {
+			p.lastAnswer = time.Now()
+			p.status = st
+		}
+		t.mu.Unlock()
+	}
+	for _, wp := range list {
+		id, err := peer.IDFromBytes(wp.ID)
+		if err != nil || id == t.c.self {
+			continue
+		}
+		var addrs []ma.Multiaddr
+		for _, b := range wp.Addrs {
+			if a, err := ma.NewMultiaddrBytes(b); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+		age := time.Duration(wp.Age) * time.Millisecond
+		if age < 0 {
+			age = 0
+		}
+		if max := time.Since(t.started) + time.Hour; age > max {
+			age = max
+		}
+		t.learn(id, addrs, age)
+	}
+}
+
+// wireList is the peer list this member sends in an exchange.
+func (t *peerTracker) wireList() []wirePeer {
+	ps := t.c.node.Peer().Peerstore()
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]wirePeer, 0, len(t.peers))
+	for id, p := range t.peers {
+		wp := wirePeer{ID: []byte(id), Age: now.Sub(p.firstSeen).Milliseconds()}
+		for _, a := range ps.Addrs(id) {
+			wp.Addrs = append(wp.Addrs, a.Bytes())
+		}
+		out = append(out, wp)
+	}
+	return out
+}
+
+// exchangeAll exchanges peer lists with every known peer at once.
+func (t *peerTracker) exchangeAll(ctx context.Context) {
+	t.mu.Lock()
+	ids := make([]peer.ID, 0, len(t.peers))
+	for id := range t.peers {
+		ids = append(ids, id)
+	}
+	t.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	mine := t.wireList()
+	st := t.c.status()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func(id peer.ID) {
+			defer wg.Done()
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
+			resp, err := roundTrip(ctx, t.c.node.Peer(), id, Protocol(t.c.namespace), t.c.svc.codec, req, time.Now().Add(exchangeTimeout))
+			if err != nil {
+				t.c.logger.Trace("exchange failed", "peer", id, "error", err)
+				return
+			}
+			if err := resp.err(); err != nil {
+				t.c.logger.Debug("exchange refused", "peer", id, "error", err)
+				return
+			}
+			t.merge(id, resp.Peers, resp.Status)
+		}(id)
+	}
+	wg.Wait()
+}
+
+// peerView is a snapshot of one tracked peer for the decision logic.
+type peerView struct {
+	id        peer.ID
+	firstSeen time.Time
+	alive     bool
+	status    status
+}
+
+// view returns the tracked peers, sorted by peer ID.
+func (t *peerTracker) view() []peerView {
+	now := time.Now()
+	alive := t.aliveWindow()
+	t.mu.Lock()
+	out := make([]peerView, 0, len(t.peers))
+	for id, p := range t.peers {
+		v := peerView{id: id, firstSeen: p.firstSeen}
+		if p.status != nil && now.Sub(p.lastAnswer) <= alive {
+			v.alive = true
+			v.status = *p.status
+		}
+		out = append(out, v)
+	}
+	t.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].id < out[j].id })
+	return out
+}
+
+// ensureAddrs makes sure the host can dial id: when it is not connected and
+// the peerstore has no address for it (a new member, or one whose addresses
+// expired or changed), it asks discovery under the namespace.
+func (t *peerTracker) ensureAddrs(ctx context.Context, id peer.ID) {
+	h := t.c.node.Peer()
+	if h.Network().Connectedness(id) == network.Connected || len(h.Peerstore().Addrs(id)) > 0 {
+		return
+	}
+	t.lookup(ctx, id)
+}
+
+// lookup searches discovery for id and records its addresses.
+func (t *peerTracker) lookup(ctx context.Context, id peer.ID) bool {
+	return findAddrs(ctx, t.c.node, t.c.namespace, id)
+}
+
+// findAddrs searches the node's discovery under namespace for id, and adds
+// the addresses it finds to the peerstore.
+func findAddrs(ctx context.Context, node Node, namespace string, id peer.ID) bool {
+	d := node.Discovery()
+	if d == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ch, err := d.FindPeers(ctx, namespace)
+	if err != nil {
+		return false
+	}
+	found := false
+	for ai := range ch {
+		if ai.ID == id && len(ai.Addrs) > 0 {
+			node.Peer().Peerstore().AddAddrs(id, ai.Addrs, peerstore.AddressTTL)
+			found = true
+			cancel()
+		}
+	}
+	return found
+}

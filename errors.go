@@ -1,0 +1,144 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+
+	hraft "github.com/hashicorp/raft"
+)
+
+// Sentinel errors. Every error returned by a Cluster or a Client that has one of
+// these causes matches it with errors.Is, on both sides of the wire: the command
+// service sends the sentinel as a numeric code and the client maps it back.
+var (
+	// ErrNotLeader is returned by leader-only calls on a member that is not the
+	// leader. The call certainly was not applied.
+	ErrNotLeader = errors.New("raft: not the leader")
+	// ErrNoLeader means no leader is known (an election is running, or the
+	// member is cut off from the majority). The call certainly was not applied.
+	ErrNoLeader = errors.New("raft: no leader")
+	// ErrShutdown is returned by calls on a closed cluster or client, and by a
+	// member that shuts down while serving a request.
+	ErrShutdown = errors.New("raft: shut down")
+	// ErrAlreadyClosed is returned by a second Close.
+	ErrAlreadyClosed = errors.New("raft: already closed")
+	// ErrInvalidNamespace: a namespace must start with "/raft/" and be a clean
+	// path (no empty, "." or ".." segment, no trailing slash).
+	ErrInvalidNamespace = errors.New("raft: invalid namespace")
+	// ErrInvalidTimeout: a timeout must be in (0, MaxTimeout].
+	ErrInvalidTimeout = errors.New("raft: invalid timeout")
+	// ErrInvalidBarrier: a read barrier must be in [0, MaxBarrier].
+	ErrInvalidBarrier = errors.New("raft: invalid barrier")
+	// ErrInvalidCommand: a command that does not decode, or an unknown request.
+	ErrInvalidCommand = errors.New("raft: invalid command")
+	// ErrInvalidKey: the empty key, or a key that is not valid where it is used.
+	ErrInvalidKey = errors.New("raft: invalid key")
+	// ErrTooLarge: a key, value, command or message over its documented limit
+	// (MaxKeySize, MaxValueSize, MaxCommandSize, MaxMessageSize).
+	ErrTooLarge = errors.New("raft: too large")
+	// ErrTimeout: the call did not finish within its timeout. For a write the
+	// outcome is unknown: it may still be applied later.
+	ErrTimeout = errors.New("raft: timed out")
+	// ErrLeadershipLost: the leader lost leadership while the write was in
+	// flight. The outcome is unknown: the entry may still commit.
+	ErrLeadershipLost = errors.New("raft: leadership lost while committing")
+	// ErrEncryptionRequired: a member configured with an encryption key got a
+	// plaintext request, or a keyless client talked to such a member.
+	ErrEncryptionRequired = errors.New("raft: encryption required")
+	// ErrUnexpectedEncryption: a member without a key got an encrypted request.
+	ErrUnexpectedEncryption = errors.New("raft: peer sent an encrypted request but has no key configured")
+	// ErrNoMembers: a Client found no member of the namespace to talk to.
+	// Nothing was sent.
+	ErrNoMembers = errors.New("raft: no member of the namespace found")
+)
+
+// wireErrors lists the sentinels that travel as codes. The code of a sentinel
+// is its index + 2; 0 means success and 1 an error without a sentinel. Append
+// only: the order is the wire format.
+var wireErrors = []error{
+	ErrNotLeader,
+	ErrNoLeader,
+	ErrShutdown,
+	ErrAlreadyClosed,
+	ErrInvalidNamespace,
+	ErrInvalidTimeout,
+	ErrInvalidBarrier,
+	ErrInvalidCommand,
+	ErrInvalidKey,
+	ErrTooLarge,
+	ErrTimeout,
+	ErrLeadershipLost,
+	ErrEncryptionRequired,
+	ErrUnexpectedEncryption,
+	ErrDecrypt,
+	ErrKeyTooShort,
+	ErrNoMembers,
+}
+
+const (
+	codeOK    uint16 = 0
+	codeOther uint16 = 1
+)
+
+// errorCode returns the wire code of err: the code of the first sentinel it
+// matches, codeOther for any other error, codeOK for nil.
+func errorCode(err error) uint16 {
+	if err == nil {
+		return codeOK
+	}
+	for i, s := range wireErrors {
+		if errors.Is(err, s) {
+			return uint16(i + 2)
+		}
+	}
+	return codeOther
+}
+
+// remoteError is an error received from another member: it keeps the remote
+// message and matches the sentinel its code named.
+type remoteError struct {
+	sentinel error
+	msg      string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+// errorFromWire rebuilds an error from its code and message.
+func errorFromWire(code uint16, msg string) error {
+	if code == codeOK {
+		return nil
+	}
+	var sentinel error
+	if i := int(code) - 2; i >= 0 && i < len(wireErrors) {
+		sentinel = wireErrors[i]
+	}
+	if msg == "" {
+		if sentinel != nil {
+			msg = sentinel.Error()
+		} else {
+			msg = fmt.Sprintf("raft: remote error (code %d)", code)
+		}
+	}
+	return &remoteError{sentinel: sentinel, msg: msg}
+}
+
+// translateRaftError maps hashicorp/raft's errors onto this package's sentinels
+// so callers need only one set of errors.
+func translateRaftError(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrNotVoter):
+		return ErrNotLeader
+	case errors.Is(err, hraft.ErrLeadershipLost), errors.Is(err, hraft.ErrAbortedByRestore):
+		return ErrLeadershipLost
+	case errors.Is(err, hraft.ErrRaftShutdown), errors.Is(err, hraft.ErrPipelineShutdown):
+		return ErrShutdown
+	case errors.Is(err, hraft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: not enqueued in time", ErrTimeout)
+	case errors.Is(err, hraft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: leadership transfer in progress", ErrNotLeader)
+	}
+	return err
+}

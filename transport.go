@@ -1,0 +1,121 @@
+package raft
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/net/gostream"
+)
+
+// transportPoolSize is how many idle connections the transport keeps to each
+// peer. Pooling matters: without it every heartbeat and append would open a
+// new libp2p stream.
+const transportPoolSize = 4
+
+// streamLayer carries Raft RPC on libp2p streams of TransportProtocol(ns).
+// Raft addresses are peer ID strings; libp2p finds the peer's multiaddrs in
+// the peerstore (or through the resolver when it has none).
+type streamLayer struct {
+	host     host.Host
+	protocol protocol.ID
+	listener net.Listener
+	// resolve, when set, makes sure the host knows how to reach a peer
+	// before it is dialled (for example by asking discovery).
+	resolve func(ctx context.Context, id peer.ID)
+	// secure, when set, wraps every connection (encryption).
+	secure func(net.Conn) (net.Conn, error)
+	logger hclog.Logger
+}
+
+func newStreamLayer(h host.Host, proto protocol.ID) (*streamLayer, error) {
+	l, err := gostream.Listen(h, proto)
+	if err != nil {
+		return nil, fmt.Errorf("raft: transport listen: %w", err)
+	}
+	return &streamLayer{host: h, protocol: proto, listener: l}, nil
+}
+
+// Dial opens a stream to the peer named by address.
+func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	id, err := peer.Decode(string(address))
+	if err != nil {
+		return nil, fmt.Errorf("raft: transport address %q is not a peer ID: %w", address, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if s.resolve != nil {
+		s.resolve(ctx, id)
+	}
+	c, err := gostream.Dial(ctx, s.host, id, s.protocol)
+	if err != nil {
+		return nil, err
+	}
+	return s.wrap(c)
+}
+
+// Accept waits for the next inbound stream.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	for {
+		c, err := s.listener.Accept()
+		if err != nil {
+			// gostream reports a closed listener as a context error; Raft's
+			// accept loop wants to see the listener closed.
+			return nil, net.ErrClosed
+		}
+		w, err := s.wrap(c)
+		if err != nil {
+			if s.logger != nil {
+				s.logger.Warn("refused transport connection", "peer", c.RemoteAddr().String(), "error", err)
+			}
+			continue
+		}
+		return w, nil
+	}
+}
+
+func (s *streamLayer) wrap(c net.Conn) (net.Conn, error) {
+	if s.secure == nil {
+		return c, nil
+	}
+	w, err := s.secure(c)
+	if err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Close stops accepting streams.
+func (s *streamLayer) Close() error { return s.listener.Close() }
+
+// Addr is the local peer ID.
+func (s *streamLayer) Addr() net.Addr { return s.listener.Addr() }
+
+// transportTimeout is the I/O deadline of Raft RPC: well above the heartbeat
+// on slow presets, so a slow link is not cut mid-append.
+func transportTimeout(t TimeoutConfig) time.Duration {
+	d := 10 * time.Second
+	if x := 5 * t.ElectionTimeout; x > d {
+		d = x
+	}
+	return d
+}
+
+func newNetworkTransport(layer *streamLayer, timeout time.Duration, logger hclog.Logger) *hraft.NetworkTransport {
+	return hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
+		Stream:  layer,
+		MaxPool: transportPoolSize,
+		Timeout: timeout,
+		Logger:  logger,
+	})
+}
+
+var _ io.Closer = (*streamLayer)(nil)
