@@ -635,6 +635,9 @@ func (c *cluster) status() *status {
 					if s.ID == hraft.ServerID(c.self.String()) {
 						st.Member = true
 					}
+					if id, err := peer.Decode(string(s.ID)); err == nil && len(st.VoterIDs) < maxStatusVoters {
+						st.VoterIDs = append(st.VoterIDs, []byte(id))
+					}
 				}
 			}
 		}
@@ -684,6 +687,9 @@ func (c *cluster) bootstrap() error {
 			budget = 500 * time.Millisecond
 		}
 		if c.requestJoin(view, budget) {
+			// The leader committed us; return once our own replica knows it,
+			// so a caller's first Members or Barrier already sees it.
+			c.waitVoter(time.Now().Add(budget))
 			c.logger.Info("joined an existing cluster", "after", time.Since(start))
 			c.startMembership()
 			return nil
@@ -731,6 +737,18 @@ func (c *cluster) decide(cutoff time.Time) {
 		return
 	}
 	c.logger.Info("bootstrapped as founder", "voters", len(voters))
+}
+
+// waitVoter waits until this node's configuration makes it a voter, or the
+// deadline passes.
+func (c *cluster) waitVoter(deadline time.Time) {
+	for !c.isVoter(c.self) && time.Now().Before(deadline) {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // leaderOf returns the leader that a live, formed peer reports, if any.
@@ -787,8 +805,8 @@ func (c *cluster) startMembership() {
 // to join, with backoff, through every live member it knows (and, when no
 // cluster exists anywhere it can see and it has the smallest ID, it
 // bootstraps the waiting nodes). Once a voter it watches for a second cluster
-// in the namespace: a cluster of one that finds a larger one drops its state
-// and joins it. A voter removed while running stays out until restarted.
+// in the namespace (see mergeIfSplit). A voter removed while running stays
+// out until restarted.
 func (c *cluster) membershipLoop() {
 	defer c.wg.Done()
 	t := c.peers
@@ -805,7 +823,7 @@ func (c *cluster) membershipLoop() {
 				t.fast.Store(false)
 				backoff = t.fastInterval()
 			}
-			if c.mergeIfLone() {
+			if c.mergeIfSplit() {
 				wasVoter = false
 				t.fast.Store(true)
 				wait = 0
@@ -869,26 +887,51 @@ func (c *cluster) mayBootstrap(view []peerView) bool {
 	return true
 }
 
-// mergeIfLone handles a second cluster in the namespace. A voter whose
-// configuration holds only itself, and that sees another cluster with more
-// voters (or another cluster of one whose leader has a smaller ID), drops its
-// state and joins the other one. Writes it accepted alone are lost then; the
-// README says so. It reports whether it dropped its state.
-func (c *cluster) mergeIfLone() bool {
+// mergeIfSplit handles a second cluster in the namespace, which the
+// bootstrap protocol avoids but cannot rule out when discovery was slow or
+// the network split during formation (for example a node that bootstrapped
+// alone). A voter that sees a live member of a cluster whose voters share
+// none with its own, and that cluster is larger (or as large, with a smaller
+// leader ID), drops its state and joins it. Every member of the smaller
+// cluster does the same, so the namespace ends as one cluster. Writes that
+// the smaller cluster accepted are lost; the README says so. It reports
+// whether it dropped its state.
+func (c *cluster) mergeIfSplit() bool {
 	members, err := c.Members()
-	if err != nil || len(members) != 1 || members[0].ID != c.self {
+	if err != nil || len(members) == 0 {
+		return false
+	}
+	mine := map[peer.ID]bool{}
+	for _, m := range members {
+		if m.Suffrage == hraft.Voter {
+			mine[m.ID] = true
+		}
+	}
+	myLeader, err := c.Leader()
+	if err != nil {
 		return false
 	}
 	for _, v := range c.peers.view() {
-		if !v.alive || !v.status.Formed || len(v.status.Leader) == 0 {
+		if !v.alive || !v.status.Formed || len(v.status.Leader) == 0 || mine[v.id] {
 			continue
 		}
 		leader, err := peer.IDFromBytes(v.status.Leader)
-		if err != nil || leader == c.self {
+		if err != nil || mine[leader] {
 			continue
 		}
-		if v.status.Voters > 1 || (v.status.Voters == 1 && leader < c.self) {
-			c.logger.Warn("found another cluster in the namespace; dropping this cluster of one to join it", "leader", leader, "voters", v.status.Voters)
+		disjoint := true
+		for _, b := range v.status.VoterIDs {
+			if id, err := peer.IDFromBytes(b); err == nil && mine[id] {
+				disjoint = false
+			}
+		}
+		if !disjoint || len(v.status.VoterIDs) == 0 {
+			continue
+		}
+		theirs, ours := v.status.Voters, len(mine)
+		if theirs > ours || (theirs == ours && leader < myLeader) {
+			c.logger.Warn("found another cluster in the namespace; dropping this one to join it",
+				"leader", leader, "their_voters", theirs, "our_voters", ours)
 			if err := c.reset(); err != nil {
 				c.logger.Error("reset failed", "error", err)
 				return false

@@ -81,8 +81,8 @@ const (
 	transportLabel = "tauraft/v1/transport"
 	commandLabel   = "tauraft/v1/command"
 
-	// keySize selects AES-256.
-	keySize = 32
+	// aesKeySize selects AES-256.
+	aesKeySize = 32
 
 	// transportSaltSize is the per-connection, per-direction salt. 256 bits
 	// make a repeated salt, and so a repeated (key, nonce) pair, impossible
@@ -167,7 +167,7 @@ func newSecretKey(shared []byte, namespace string) (*secretKey, error) {
 
 // deriveKey returns the AES-256 key HKDF-SHA256(shared, salt, info).
 func (k *secretKey) deriveKey(salt []byte, info string) ([]byte, error) {
-	return hkdf.Key(sha256.New, k.shared, salt, info, keySize)
+	return hkdf.Key(sha256.New, k.shared, salt, info, aesKeySize)
 }
 
 // newAEAD returns AES-256-GCM keyed with deriveKey(salt, info).
@@ -254,7 +254,7 @@ func (k *secretKey) open(sealed []byte) ([]byte, error) {
 // Either way Read returns an error wrapping ErrDecrypt and closes c; if the
 // peer sends too little, Read blocks only until the read deadline.
 //
-// The error result is reserved for a failing random source.
+// secureConn fails only for a nil c or a failing random source.
 func (k *secretKey) secureConn(c net.Conn) (net.Conn, error) {
 	if c == nil {
 		return nil, errors.New("raft: secureConn: nil connection")
@@ -368,8 +368,9 @@ func (c *cryptoConn) openFrame(p, frame []byte) (int, error) {
 	}
 	header, sealed := frame[:frameHeaderSize], frame[frameHeaderSize:]
 	binary.BigEndian.PutUint64(c.rnonce[gcmNonceSize-8:], c.rseq)
+	direct := len(sealed)-gcmTagSize <= len(p)
 	dst := sealed[:0]
-	if len(sealed)-gcmTagSize <= len(p) {
+	if direct {
 		dst = p[:0]
 	}
 	plaintext, err := c.recv.Open(dst, c.rnonce[:], sealed, header)
@@ -377,7 +378,7 @@ func (c *cryptoConn) openFrame(p, frame []byte) (int, error) {
 		return 0, fmt.Errorf("%w: transport frame %d rejected (peer uses a different key or namespace, or data was altered)", ErrDecrypt, c.rseq)
 	}
 	c.rseq++
-	if len(sealed)-gcmTagSize <= len(p) {
+	if direct {
 		return len(plaintext), nil
 	}
 	c.pending = plaintext
@@ -546,7 +547,7 @@ func (fr *frameReader) fill(r io.Reader, need int) error {
 			}
 		case err == nil:
 			fr.empty = 0
-		case isTimeout(err):
+		case retryableTimeout(err):
 			// Keep what was read; the caller may extend the deadline
 			// and call again.
 			fr.empty = 0
@@ -562,9 +563,9 @@ func (fr *frameReader) fill(r io.Reader, need int) error {
 	return nil
 }
 
-// isTimeout reports whether err is a deadline expiry, after which a net.Conn
-// stays usable.
-func isTimeout(err error) bool {
+// retryableTimeout reports whether err is a deadline expiry, after which a
+// net.Conn stays usable once the deadline is moved.
+func retryableTimeout(err error) bool {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return true
 	}

@@ -36,6 +36,7 @@ type trackedPeer struct {
 	firstSeen  time.Time // earliest sighting by anyone, on our clock
 	lastAnswer time.Time // last exchange with it in either direction
 	status     *status   // its state at lastAnswer
+	inflight   bool      // an exchange with it is running
 }
 
 // peerTracker finds the namespace's members (discovery, connected peers that
@@ -79,13 +80,16 @@ func (t *peerTracker) fastInterval() time.Duration {
 	return d
 }
 
-// aliveWindow is how recent an answer must be for a peer to count as alive.
+// aliveWindow is how recent an answer must be for a peer to count as alive:
+// two of our own exchange rounds plus the exchange timeout, so one slow
+// answer does not hide a peer, and a peer that stopped answering drops out
+// within a few rounds.
 func (t *peerTracker) aliveWindow() time.Duration {
-	d := 4 * t.fastInterval()
-	if d < 1500*time.Millisecond {
-		d = 1500 * time.Millisecond
+	interval := steadyExchangeInterval
+	if t.fast.Load() {
+		interval = t.fastInterval()
 	}
-	return d
+	return 2*interval + exchangeTimeout
 }
 
 func (t *peerTracker) start() {
@@ -273,12 +277,17 @@ func (t *peerTracker) wireList() []wirePeer {
 	return out
 }
 
-// exchangeAll exchanges peer lists with every known peer at once.
+// exchangeAll starts an exchange with every known peer that has none in
+// flight. It does not wait for them: one slow or dead peer must not delay
+// the others, or every view would go stale together.
 func (t *peerTracker) exchangeAll(ctx context.Context) {
 	t.mu.Lock()
-	ids := make([]peer.ID, 0, len(t.peers))
-	for id := range t.peers {
-		ids = append(ids, id)
+	var ids []peer.ID
+	for id, p := range t.peers {
+		if !p.inflight {
+			p.inflight = true
+			ids = append(ids, id)
+		}
 	}
 	t.mu.Unlock()
 	if len(ids) == 0 {
@@ -286,15 +295,21 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 	}
 	mine := t.wireList()
 	st := t.c.status()
-	var wg sync.WaitGroup
 	for _, id := range ids {
-		wg.Add(1)
-		go func(id peer.ID) {
-			defer wg.Done()
+		t.c.wg.Add(1)
+		go func() {
+			defer t.c.wg.Done()
+			defer func() {
+				t.mu.Lock()
+				if p, ok := t.peers[id]; ok {
+					p.inflight = false
+				}
+				t.mu.Unlock()
+			}()
 			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
 			resp, err := roundTrip(ctx, t.c.node.Peer(), id, Protocol(t.c.namespace), t.c.svc.codec, req, time.Now().Add(exchangeTimeout))
 			if err != nil {
-				t.c.logger.Trace("exchange failed", "peer", id, "error", err)
+				t.c.logger.Debug("exchange failed", "peer", id, "error", err)
 				return
 			}
 			if err := resp.err(); err != nil {
@@ -302,9 +317,8 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				return
 			}
 			t.merge(id, resp.Peers, resp.Status)
-		}(id)
+		}()
 	}
-	wg.Wait()
 }
 
 // peerView is a snapshot of one tracked peer for the decision logic.

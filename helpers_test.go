@@ -202,14 +202,23 @@ func (tc *testCluster) waitVoters(timeout time.Duration, idx ...int) {
 		want = append(want, tc.mesh.ID(i))
 	}
 	sort.Slice(want, func(i, j int) bool { return want[i] < want[j] })
-	rafttest.WaitFor(tc.t, timeout, fmt.Sprintf("voters %v on every member", idx), func() bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok := true
 		for _, i := range tc.running() {
 			if fmt.Sprint(voters(tc.get(i))) != fmt.Sprint(want) {
-				return false
+				ok = false
 			}
 		}
-		return true
-	})
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			tc.dumpState()
+			tc.t.Fatalf("timed out after %v waiting for voters %v on every member", timeout, idx)
+		}
+		time.Sleep(rafttest.PollInterval)
+	}
 }
 
 // setOnLeader writes through whichever member leads, retrying while
@@ -242,7 +251,10 @@ func (tc *testCluster) setRetry(key string, value []byte) error {
 				break
 			}
 		}
-		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader)) || time.Now().After(deadline) {
+		// Retrying a Set whose outcome is unknown is fine here: each key is
+		// written by one goroutine with one value.
+		retry := errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrTimeout)
+		if err == nil || !retry || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -278,3 +290,31 @@ func snapshotCount(t testing.TB, c Cluster) int {
 }
 
 var _ = filepath.Join
+
+// dumpState logs every running member's view, for failing tests.
+func (tc *testCluster) dumpState() {
+	for _, i := range tc.running() {
+		c := tc.get(i).(*cluster)
+		l, _ := c.Leader()
+		tc.t.Logf("node %d (%s): state %v leader %s voters %v formed %v", i, shortID(c.self), c.State(), shortID(l), shortIDs(voters(c)), c.formed())
+		for _, v := range c.peers.view() {
+			tc.t.Logf("    peer %s alive %v formed %v deciding %v leader %s voters %d", shortID(v.id), v.alive, v.status.Formed, v.status.Deciding, shortID(peer.ID(v.status.Leader)), v.status.Voters)
+		}
+	}
+}
+
+func shortID(id peer.ID) string {
+	s := id.String()
+	if len(s) > 6 {
+		return s[len(s)-6:]
+	}
+	return s
+}
+
+func shortIDs(ids []peer.ID) []string {
+	var out []string
+	for _, id := range ids {
+		out = append(out, shortID(id))
+	}
+	return out
+}

@@ -146,14 +146,18 @@ func (s *LogStore) parseKey(key string) (uint64, bool) {
 // already clean and NewKey would pay for a path.Clean on every entry.
 func (s *LogStore) key(idx uint64) datastore.Key {
 	const digits = "0123456789abcdef"
-	b := make([]byte, len(s.prefix)+1+logKeyHexDigits)
-	n := copy(b, s.prefix)
-	b[n] = '/'
-	for i := len(b) - 1; i > n; i-- {
-		b[i] = digits[idx&0xf]
+	var hexIdx [logKeyHexDigits]byte
+	for i := len(hexIdx) - 1; i >= 0; i-- {
+		hexIdx[i] = digits[idx&0xf]
 		idx >>= 4
 	}
-	return datastore.RawKey(string(b))
+	// strings.Builder hands its buffer over without a copy: one allocation.
+	var sb strings.Builder
+	sb.Grow(len(s.prefix) + 1 + logKeyHexDigits)
+	sb.WriteString(s.prefix)
+	sb.WriteByte('/')
+	sb.Write(hexIdx[:])
+	return datastore.RawKey(sb.String())
 }
 
 // FirstIndex returns the lowest stored index, or 0 when the log is empty. It
@@ -253,10 +257,10 @@ func (s *LogStore) StoreLogs(logs []*hraft.Log) error {
 	return nil
 }
 
-// DeleteRange deletes the entries in [minIdx, maxIdx] (inclusive) in one datastore
-// batch. Only indexes that are actually stored are visited, so a range far
-// larger than the log (raft may ask for one after a snapshot install) costs
-// no more than the entries it removes.
+// DeleteRange deletes the entries in [minIdx, maxIdx] (inclusive) in one
+// datastore batch. Only indexes that are actually stored are visited, so a
+// range far larger than the log (raft may ask for one after a snapshot
+// install) costs no more than the entries it removes.
 func (s *LogStore) DeleteRange(minIdx, maxIdx uint64) error {
 	if minIdx > maxIdx {
 		return nil

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 
 	hraft "github.com/hashicorp/raft"
 	datastore "github.com/ipfs/go-datastore"
@@ -34,7 +33,13 @@ var _ hraft.StableStore = (*StableStore)(nil)
 // clean path segment. The store holds no state of its own, so it is cheap to
 // create.
 func NewStableStore(ds datastore.Batching, prefix string) *StableStore {
-	return &StableStore{ds: ds, prefix: strings.TrimSuffix(prefix, "/")}
+	// Normalise rather than fail (the signature has no error): a sloppy
+	// prefix must not make datastore.RawKey panic later.
+	clean := datastore.NewKey(prefix).String()
+	if clean == "/" {
+		clean = ""
+	}
+	return &StableStore{ds: ds, prefix: clean}
 }
 
 // dsKey maps a raft key to its datastore key. An empty key is refused because

@@ -98,7 +98,13 @@ type status struct {
 	Voters int
 	// Member: the member is a voter of its own configuration.
 	Member bool
+	// VoterIDs are the voters of its configuration (at most maxStatusVoters),
+	// which tells whether two members are in the same cluster.
+	VoterIDs [][]byte
 }
+
+// maxStatusVoters caps the voter list a status carries.
+const maxStatusVoters = 64
 
 func (r *response) err() error { return errorFromWire(r.Code, r.Message) }
 

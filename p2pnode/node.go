@@ -99,7 +99,8 @@ type Config struct {
 	// ResourceManager, if set, replaces the default one. The default has
 	// infinite limits: raft opens many short-lived streams and a limit hit
 	// would surface as hard-to-diagnose transport errors, while cluster sizes
-	// are small and peers are trusted.
+	// are small and peers are trusted. The host takes ownership of it and
+	// closes it with the node.
 	ResourceManager network.ResourceManager
 
 	// EnableMetrics turns on libp2p's Prometheus metrics (registered with
@@ -107,7 +108,7 @@ type Config struct {
 	EnableMetrics bool
 
 	// Libp2pOptions are appended to the options New passes to libp2p.New, as
-	// an escape hatch (metrics, custom address factories, ...). Options that
+	// an escape hatch (connection manager, address factory, ...). Options that
 	// conflict with the ones New already sets make New fail.
 	Libp2pOptions []libp2p.Option
 }
@@ -137,6 +138,9 @@ type Node struct {
 // ctx is the parent of Context(); cancelling it cancels Context() but does not
 // release resources, Close does.
 func New(ctx context.Context, cfg Config) (_ *Node, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	n := &Node{}
 	// Resources are released in reverse order of creation if a later step
 	// fails, so that New never leaks listeners, goroutines or file locks.

@@ -1,0 +1,210 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+	"math/rand"
+	"os"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tauraft/raft/rafttest"
+	"go.uber.org/goleak"
+)
+
+// waitOneCluster waits until every running member is a voter of one and the
+// same configuration holding all of want, with one agreed leader.
+func (tc *testCluster) waitOneCluster(timeout time.Duration, want ...int) {
+	tc.t.Helper()
+	tc.waitVoters(timeout, want...)
+	tc.leader(timeout)
+}
+
+// Nodes started at the same moment, knowing each other only through
+// discovery, form one cluster with every node a voter.
+func TestBootstrapSimultaneous(t *testing.T) {
+	for _, n := range []int{3, 5} {
+		t.Run(fmt.Sprintf("%d nodes", n), func(t *testing.T) {
+			mesh := rafttest.NewMesh(t, n)
+			tc := newTestCluster(t, mesh, "/raft/simultaneous")
+			all := seq(n)
+			start := time.Now()
+			tc.startAll(all...)
+			tc.waitOneCluster(15*time.Second, all...)
+			t.Logf("%d nodes formed one cluster in %v (window %v)", n, time.Since(start), testWindow)
+		})
+	}
+}
+
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// Staggered starts, and a node that arrives long after the window: one
+// cluster, and the late node joins as soon as it finds the leader.
+func TestBootstrapStaggered(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 4)
+	tc := newTestCluster(t, mesh, "/raft/staggered")
+	var wg sync.WaitGroup
+	for i, delay := range []time.Duration{0, 200 * time.Millisecond, 500 * time.Millisecond} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(delay)
+			if _, err := tc.start(i); err != nil {
+				t.Errorf("start %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	tc.waitOneCluster(15*time.Second, 0, 1, 2)
+
+	// The late node has a long window, and must not wait it out.
+	const lateWindow = 20 * time.Second
+	start := time.Now()
+	c := tc.mustStart(3, WithBootstrapTimeout(lateWindow))
+	joined := time.Since(start)
+	if joined >= lateWindow/2 {
+		t.Fatalf("late node took %v to join: it waited out its window", joined)
+	}
+	if !tc.get(3).(*cluster).isVoter(mesh.ID(3)) {
+		t.Fatalf("New returned before the late node became a voter")
+	}
+	t.Logf("late node joined in %v (its window: %v)", joined, lateWindow)
+	tc.waitOneCluster(10*time.Second, 0, 1, 2, 3)
+	_ = c
+}
+
+// A node alone for its whole window bootstraps alone; later nodes join it.
+func TestBootstrapAloneThenJoin(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3)
+	tc := newTestCluster(t, mesh, "/raft/alone")
+	c0 := tc.mustStart(0)
+	rafttest.WaitFor(t, 10*time.Second, "the lone node to lead", c0.IsLeader)
+	if v := voters(c0); len(v) != 1 || v[0] != mesh.ID(0) {
+		t.Fatalf("lone node's voters: %v", v)
+	}
+	tc.startAll(1, 2)
+	tc.waitOneCluster(15*time.Second, 0, 1, 2)
+}
+
+// A node that discovery shows to only one peer (and that sees only that
+// peer) still ends up in the cluster, through peer exchange.
+func TestBootstrapPartialDiscovery(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 4)
+	mesh.ShowOnlyTo(3, 0)
+	mesh.HideFrom(1, 3)
+	mesh.HideFrom(2, 3)
+	tc := newTestCluster(t, mesh, "/raft/partial")
+	tc.startAll(0, 1, 2, 3)
+	tc.waitOneCluster(20*time.Second, 0, 1, 2, 3)
+}
+
+// Randomized starts: never two clusters in one namespace, every node a voter.
+func TestBootstrapRandomized(t *testing.T) {
+	runs := 20
+	if testing.Short() {
+		runs = 5
+	}
+	seed := time.Now().UnixNano()
+	if env := os.Getenv("TAURAFT_SEED"); env != "" {
+		seed, _ = strconv.ParseInt(env, 10, 64)
+	}
+	t.Logf("seed %d (rerun with TAURAFT_SEED=%d)", seed, seed)
+	rng := rand.New(rand.NewSource(seed))
+	const window = time.Second
+	var times []time.Duration
+	for run := range runs {
+		n := 3 + rng.Intn(5)
+		delays := make([]time.Duration, n)
+		for i := range delays {
+			delays[i] = time.Duration(rng.Int63n(int64(window * 3 / 2)))
+		}
+		ok := t.Run(fmt.Sprintf("run %d: %d nodes", run, n), func(t *testing.T) {
+			mesh := rafttest.NewMesh(t, n)
+			tc := newTestCluster(t, mesh, "/raft/random", WithBootstrapTimeout(window))
+			start := time.Now()
+			var wg sync.WaitGroup
+			for i, d := range delays {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					time.Sleep(d)
+					if _, err := tc.start(i); err != nil {
+						t.Errorf("start %d: %v", i, err)
+					}
+				}()
+			}
+			wg.Wait()
+			tc.waitOneCluster(20*time.Second, seq(n)...)
+			times = append(times, time.Since(start))
+			// The agreed configuration is the only one: every member's
+			// leader is a voter of it and no member reports another.
+			checkSingleCluster(t, tc, n)
+		})
+		if !ok {
+			t.Fatalf("run %d failed (seed %d, delays %v)", run, seed, delays)
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	t.Logf("formation times over %d runs: min %v, median %v, max %v", len(times), times[0], times[len(times)/2], times[len(times)-1])
+}
+
+func checkSingleCluster(t *testing.T, tc *testCluster, n int) {
+	t.Helper()
+	var first []peer.ID
+	for i := range n {
+		v := voters(tc.get(i))
+		if len(v) != n {
+			t.Fatalf("node %d has %d voters, want %d", i, len(v), n)
+		}
+		if first == nil {
+			first = v
+		} else if fmt.Sprint(v) != fmt.Sprint(first) {
+			t.Fatalf("node %d's configuration %v differs from %v", i, v, first)
+		}
+	}
+}
+
+// Closing nodes while their bootstrap window runs stops New with ErrShutdown
+// and leaves no goroutine behind.
+func TestBootstrapCloseDuringWindow(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	func() {
+		mesh := rafttest.NewMesh(t, 3)
+		tc := newTestCluster(t, mesh, "/raft/closing", WithBootstrapTimeout(30*time.Second))
+		errs := make(chan error, 3)
+		for i := range 3 {
+			go func() {
+				_, err := tc.start(i)
+				errs <- err
+			}()
+		}
+		time.Sleep(300 * time.Millisecond) // let the windows begin
+		for i := range 3 {
+			mesh.Stop(i)
+		}
+		for range 3 {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, ErrShutdown) {
+					t.Errorf("New during close: %v, want ErrShutdown", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("New did not return after its node closed")
+			}
+		}
+		if err := mesh.Close(); err != nil {
+			t.Errorf("close mesh: %v", err)
+		}
+	}()
+	goleak.VerifyNone(t, ignore)
+}
