@@ -928,18 +928,58 @@ func (c *cluster) mergeIfSplit() bool {
 		if !disjoint || len(v.status.VoterIDs) == 0 {
 			continue
 		}
-		theirs, ours := v.status.Voters, len(mine)
-		if theirs > ours || (theirs == ours && leader < myLeader) {
-			c.logger.Warn("found another cluster in the namespace; dropping this one to join it",
-				"leader", leader, "their_voters", theirs, "our_voters", ours)
-			if err := c.reset(); err != nil {
-				c.logger.Error("reset failed", "error", err)
-				return false
-			}
-			return true
+		theirs, ours := len(v.status.VoterIDs), len(mine)
+		if !(theirs > ours || (theirs == ours && leader < myLeader)) {
+			continue
 		}
+		// Believe no single peer: a majority of the other cluster's voters
+		// must confirm it before this member drops its data.
+		if !c.confirmCluster(leader, v.status.VoterIDs, mine) {
+			c.logger.Warn("a peer reported another cluster that its voters do not confirm", "peer", v.id, "leader", leader)
+			continue
+		}
+		c.logger.Warn("found another cluster in the namespace; dropping this one to join it",
+			"leader", leader, "their_voters", theirs, "our_voters", ours)
+		if err := c.reset(); err != nil {
+			c.logger.Error("reset failed", "error", err)
+			return false
+		}
+		return true
 	}
 	return false
+}
+
+// confirmCluster asks each claimed voter of another cluster for its state,
+// and reports whether a majority of them answer that they are voters of a
+// cluster led by leader that shares no voter with ours.
+func (c *cluster) confirmCluster(leader peer.ID, voterIDs [][]byte, mine map[peer.ID]bool) bool {
+	confirmed := 0
+	for _, b := range voterIDs {
+		id, err := peer.IDFromBytes(b)
+		if err != nil || mine[id] || id == c.self {
+			continue
+		}
+		req := &request{Cmd: cmdExchangePeers, Status: c.status()}
+		resp, err := roundTrip(c.ctx, c.node.Peer(), id, Protocol(c.namespace), c.svc.codec, req, time.Now().Add(exchangeTimeout))
+		if err != nil || resp.err() != nil || resp.Status == nil {
+			continue
+		}
+		st := resp.Status
+		l, err := peer.IDFromBytes(st.Leader)
+		if err != nil || l != leader || !st.Formed || !st.Member {
+			continue
+		}
+		overlap := false
+		for _, vb := range st.VoterIDs {
+			if vid, err := peer.IDFromBytes(vb); err == nil && mine[vid] {
+				overlap = true
+			}
+		}
+		if !overlap {
+			confirmed++
+		}
+	}
+	return confirmed*2 > len(voterIDs)
 }
 
 // reset drops this member's Raft state and key-value data and starts Raft

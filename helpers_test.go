@@ -15,6 +15,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
+	"go.uber.org/goleak"
 )
 
 // testWindow is the bootstrap window of the integration tests: short, so
@@ -317,4 +318,9 @@ func shortIDs(ids []peer.ID) []string {
 		out = append(out, shortID(id))
 	}
 	return out
+}
+
+// TestMain checks that no test leaves a goroutine behind.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
 }

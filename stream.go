@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-msgio"
+	msmux "github.com/multiformats/go-multistream"
 )
 
 // Commands of the command service.
@@ -232,6 +233,11 @@ func roundTrip(ctx context.Context, h host.Host, id peer.ID, proto protocol.ID, 
 	frame, err := readFrame(s)
 	if err != nil {
 		_ = s.Reset()
+		if refusedBeforeHandling(err) {
+			// The member does not serve the namespace (any more), or had
+			// no room for the stream: it never saw the request.
+			return nil, fmt.Errorf("%w: %s refused the stream: %w", errNotSent, id, err)
+		}
 		if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 			return nil, fmt.Errorf("%w: no answer from %s", ErrTimeout, id)
 		}
@@ -251,6 +257,24 @@ func roundTrip(ctx context.Context, h host.Host, id peer.ID, proto protocol.ID, 
 		return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, id, err)
 	}
 	return &resp, nil
+}
+
+// refusedBeforeHandling tells whether a stream error means the remote side
+// rejected the stream itself (libp2p negotiates protocols lazily, so "not
+// supported" only shows on the first read), before any handler ran.
+func refusedBeforeHandling(err error) bool {
+	var ns msmux.ErrNotSupported[protocol.ID]
+	if errors.As(err, &ns) {
+		return true
+	}
+	var se *network.StreamError
+	if errors.As(err, &se) && se.Remote {
+		switch se.ErrorCode {
+		case network.StreamProtocolNegotiationFailed, network.StreamResourceLimitExceeded, network.StreamRateLimited:
+			return true
+		}
+	}
+	return false
 }
 
 // commandService serves Protocol(ns) on a member.
@@ -319,6 +343,9 @@ func (s *commandService) handle(st network.Stream) {
 
 func (s *commandService) reply(st network.Stream, cd codec, resp *response) {
 	body, err := cd.encode(resp)
+	if err == nil && len(body) > MaxMessageSize {
+		err = fmt.Errorf("%w: answer of %d bytes (max %d)", ErrTooLarge, len(body), MaxMessageSize)
+	}
 	if err != nil {
 		body, _ = cd.encode(errorResponse(err))
 	}
