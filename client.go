@@ -194,9 +194,9 @@ func (c *Client) call(req *request, timeout time.Duration, idempotent bool, peer
 
 // callFrom sends req to the first target that takes it. A target that could
 // not be reached, or that refused with an error meaning "certainly not
-// applied" (no leader, not the leader, shutting down), is skipped for the
-// next one. A write whose request left this node is never sent again: its
-// outcome is unknown, and sending it twice could reorder it with other
+// applied" (no leader, not the leader), is skipped for the next one. A write
+// whose request left this node and got no such answer is never sent again:
+// its outcome is unknown, and sending it twice could reorder it with other
 // writes. Reads (idempotent) move on after any failure.
 func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, peers []peer.ID, from *peer.ID) (*response, error) {
 	if c.closed.Load() {
@@ -241,7 +241,9 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 			return resp, nil
 		}
 		lastErr = rerr
-		if errors.Is(rerr, ErrNoLeader) || errors.Is(rerr, ErrNotLeader) || errors.Is(rerr, ErrShutdown) {
+		// A member shutting down may have appended the write already: only
+		// reads move on after ErrShutdown.
+		if errors.Is(rerr, ErrNoLeader) || errors.Is(rerr, ErrNotLeader) || (idempotent && errors.Is(rerr, ErrShutdown)) {
 			continue
 		}
 		return nil, rerr

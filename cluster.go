@@ -423,6 +423,9 @@ func (c *cluster) wait(f hraft.Future, timeout time.Duration) error {
 		return translateRaftError(err)
 	case <-t.C:
 		return fmt.Errorf("%w after %v: the outcome is unknown", ErrTimeout, timeout)
+	case <-c.ctx.Done():
+		// Closing: do not hold Close for the rest of the timeout.
+		return fmt.Errorf("%w while waiting: the outcome is unknown", ErrShutdown)
 	}
 }
 

@@ -282,12 +282,14 @@ type commandService struct {
 	c     *cluster
 	codec codec
 	wg    sync.WaitGroup
-	mu    sync.Mutex
-	done  bool
+
+	mu      sync.Mutex
+	done    bool
+	streams map[network.Stream]struct{} // being served, reset on close
 }
 
 func newCommandService(c *cluster) *commandService {
-	s := &commandService{c: c, codec: codec{key: c.key}}
+	s := &commandService{c: c, codec: codec{key: c.key}, streams: map[network.Stream]struct{}{}}
 	c.node.Peer().SetStreamHandler(Protocol(c.namespace), s.handle)
 	return s
 }
@@ -297,6 +299,10 @@ func (s *commandService) close() {
 	s.c.node.Peer().RemoveStreamHandler(Protocol(s.c.namespace))
 	s.mu.Lock()
 	s.done = true
+	// A stalled peer must not hold Close for the read timeout.
+	for st := range s.streams {
+		_ = st.Reset()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 }
@@ -309,12 +315,23 @@ func (s *commandService) handle(st network.Stream) {
 		return
 	}
 	s.wg.Add(1)
+	s.streams[st] = struct{}{}
 	s.mu.Unlock()
-	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
 
 	from := st.Conn().RemotePeer()
 	_ = st.SetReadDeadline(time.Now().Add(requestReadTimeout))
 	frame, err := readFrame(st)
+	// The request is in: from here on the member answers, even while it is
+	// closing (ErrShutdown), so close must no longer reset the stream.
+	s.mu.Lock()
+	delete(s.streams, st)
+	s.mu.Unlock()
 	if err != nil {
 		s.c.logger.Debug("bad request frame", "peer", from, "error", err)
 		if errors.Is(err, ErrTooLarge) {
@@ -481,6 +498,18 @@ func (s *commandService) leaderOnly(req *request, timeout time.Duration, fn func
 		if err == nil && leader != c.self {
 			fwd := *req
 			fwd.Forwarded = true
+			// The leader gets what is left of the caller's time, so a
+			// forwarded call never runs much past its timeout.
+			left := time.Until(deadline)
+			if left <= 0 {
+				return errorResponse(fmt.Errorf("%w within %v", ErrNoLeader, timeout))
+			}
+			if fwd.Timeout > 0 {
+				fwd.Timeout = int64(left)
+			}
+			if fwd.Barrier > 0 && int64(left) < fwd.Barrier {
+				fwd.Barrier = int64(left)
+			}
 			resp, err := roundTrip(c.ctx, c.node.Peer(), leader, Protocol(c.namespace), s.codec, &fwd, deadline.Add(callMargin))
 			if err == nil {
 				rerr := resp.err()
