@@ -134,6 +134,10 @@ type cluster struct {
 	svc            *commandService
 	peers          *peerTracker
 	membershipOnce sync.Once
+	// orphanRounds counts consecutive membership rounds in which this
+	// leaderless voter saw its configuration taken over (see
+	// leaveOrphanedConfig). Only the membership loop touches it.
+	orphanRounds int
 
 	closed atomic.Bool
 }
@@ -912,8 +916,9 @@ func (c *cluster) mergeIfSplit() bool {
 	}
 	myLeader, err := c.Leader()
 	if err != nil {
-		return false
+		return c.leaveOrphanedConfig(mine)
 	}
+	c.orphanRounds = 0
 	for _, v := range c.peers.view() {
 		if !v.alive || !v.status.Formed || len(v.status.Leader) == 0 || mine[v.id] {
 			continue
@@ -948,6 +953,84 @@ func (c *cluster) mergeIfSplit() bool {
 			return false
 		}
 		return true
+	}
+	return false
+}
+
+// leaveOrphanedConfig handles overlapping configurations, which the disjoint
+// rule of mergeIfSplit cannot see: two founders that never saw each other
+// during their windows, but both saw a third node c with a larger ID, both
+// bootstrap with it ({a, c} and {b, c}). c follows only one of them; the
+// other is left a leaderless candidate forever. This member, having no
+// leader, drops its state and joins the other cluster when a live voter of
+// its own configuration follows a leader outside that configuration, in a
+// configuration without this member; the sighting must hold on two
+// consecutive rounds (an election in progress is not an orphaned
+// configuration) and the leader itself must confirm it. mine is this
+// member's voter set.
+func (c *cluster) leaveOrphanedConfig(mine map[peer.ID]bool) bool {
+	leader, ok := c.orphanedBy(mine)
+	if !ok {
+		c.orphanRounds = 0
+		return false
+	}
+	if c.orphanRounds++; c.orphanRounds < 2 {
+		return false
+	}
+	if !c.confirmLeaderWithout(leader) {
+		return false
+	}
+	c.orphanRounds = 0
+	c.logger.Warn("a voter of our configuration follows another cluster and we have no leader; dropping this configuration to join it",
+		"leader", leader)
+	if err := c.reset(); err != nil {
+		c.logger.Error("reset failed", "error", err)
+		return false
+	}
+	return true
+}
+
+// orphanedBy returns the leader that a live voter of our configuration (mine)
+// follows, when that leader is not in mine and that voter's configuration,
+// reported in full, does not hold this member.
+func (c *cluster) orphanedBy(mine map[peer.ID]bool) (peer.ID, bool) {
+	for _, v := range c.peers.view() {
+		st := v.status
+		if !v.alive || v.id == c.self || !mine[v.id] || !st.Formed || !st.Member ||
+			len(st.Leader) == 0 || len(st.VoterIDs) == 0 || len(st.VoterIDs) < st.Voters {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || mine[leader] || leader == c.self {
+			continue
+		}
+		if !containsPeer(st.VoterIDs, c.self) {
+			return leader, true
+		}
+	}
+	return "", false
+}
+
+// confirmLeaderWithout asks leader itself whether it leads a configuration,
+// given in full, that does not hold this member.
+func (c *cluster) confirmLeaderWithout(leader peer.ID) bool {
+	req := &request{Cmd: cmdExchangePeers, Status: c.status()}
+	resp, err := roundTrip(c.ctx, c.node.Peer(), leader, Protocol(c.namespace), c.svc.codec, req, time.Now().Add(exchangeTimeout))
+	if err != nil || resp.err() != nil || resp.Status == nil {
+		return false
+	}
+	st := resp.Status
+	l, err := peer.IDFromBytes(st.Leader)
+	return err == nil && l == leader && st.Formed && st.Member &&
+		len(st.VoterIDs) > 0 && len(st.VoterIDs) >= st.Voters && !containsPeer(st.VoterIDs, c.self)
+}
+
+// containsPeer reports whether ids (peer IDs as bytes) holds id.
+func containsPeer(ids [][]byte, id peer.ID) bool {
+	for _, b := range ids {
+		if peer.ID(b) == id {
+			return true
+		}
 	}
 	return false
 }

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/spf13/cobra"
+
+	"github.com/tauraft/raft"
+	"github.com/tauraft/raft/p2pnode"
+)
+
+type kvFlags struct {
+	namespace string
+	peers     []string
+	timeout   time.Duration
+	keyFile   string
+	barrier   time.Duration
+}
+
+func newKVCmd(stdout, stderr io.Writer) *cobra.Command {
+	f := &kvFlags{}
+	kv := &cobra.Command{
+		Use:   "kv",
+		Short: "Read and write a running cluster's key-value store",
+		Long: `Talks to the members given with --peer through a throwaway libp2p host.
+
+Values go to stdout as they are (a newline is added only if the value does not
+end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
+2 usage error, 3 key not found (get).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageErr("missing subcommand: set, get, delete or keys")
+		},
+	}
+	pf := kv.PersistentFlags()
+	pf.StringVar(&f.namespace, "namespace", "/raft/tauraft", "cluster namespace")
+	pf.StringArrayVar(&f.peers, "peer", nil, "full /p2p/ multiaddr of a member (repeatable, at least one)")
+	pf.DurationVar(&f.timeout, "timeout", 10*time.Second, "how long to wait for connections and writes")
+	pf.StringVar(&f.keyFile, "key-file", "", "file holding the shared encryption key (at least 32 bytes, used as is)")
+
+	set := &cobra.Command{
+		Use:   "set KEY VALUE",
+		Short: "Store VALUE under KEY (VALUE - reads standard input)",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			value := []byte(args[1])
+			if args[1] == "-" {
+				var err error
+				if value, err = io.ReadAll(cmd.InOrStdin()); err != nil {
+					return failure(fmt.Errorf("read value from stdin: %w", err))
+				}
+			}
+			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
+				return c.Set(args[0], value, f.timeout, targets...)
+			})
+		},
+	}
+	get := &cobra.Command{
+		Use:   "get KEY",
+		Short: "Print the value of KEY (exit 3 if it does not exist)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.barrier < 0 || f.barrier > raft.MaxBarrier {
+				return usageErr("--barrier must be between 0 and %s, got %s", time.Duration(raft.MaxBarrier), f.barrier)
+			}
+			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
+				value, found, err := c.Get(args[0], int64(f.barrier), targets...)
+				if err != nil {
+					return err
+				}
+				if !found {
+					return &exitError{code: exitNotFound, err: fmt.Errorf("key not found: %s", args[0])}
+				}
+				if len(value) == 0 || !bytes.HasSuffix(value, []byte("\n")) {
+					value = append(value, '\n')
+				}
+				_, err = stdout.Write(value)
+				return err
+			})
+		},
+	}
+	get.Flags().DurationVar(&f.barrier, "barrier", 0, "linearizable read: wait up to this long for the leader's barrier (0: local, possibly stale read)")
+	del := &cobra.Command{
+		Use:   "delete KEY",
+		Short: "Remove KEY (succeeds if it does not exist)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
+				return c.Delete(args[0], f.timeout, targets...)
+			})
+		},
+	}
+	keys := &cobra.Command{
+		Use:   "keys [PREFIX]",
+		Short: "List keys starting with PREFIX, one per line, sorted",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			prefix := ""
+			if len(args) == 1 {
+				prefix = args[0]
+			}
+			return withClient(cmd.Context(), f, false, "", func(c *raft.Client, targets []peer.ID) error {
+				ks, err := c.Keys(prefix, targets...)
+				if err != nil {
+					return err
+				}
+				var b strings.Builder
+				for _, k := range ks {
+					b.WriteString(k)
+					b.WriteByte('\n')
+				}
+				_, err = io.WriteString(stdout, b.String())
+				return err
+			})
+		},
+	}
+	kv.AddCommand(set, get, del, keys)
+	return kv
+}
+
+// withClient checks the common flags, starts a throwaway in-memory host,
+// connects it to the --peer members and runs fn with a client on it. When
+// needKey is set, key must not be empty; that is checked before anything
+// starts.
+// Errors fn returns are failures, except the raft errors that mean bad input.
+func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn func(*raft.Client, []peer.ID) error) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := raft.ValidateNamespace(f.namespace); err != nil {
+		return usageErr("--namespace %q: must start with /raft/ and be a clean path", f.namespace)
+	}
+	if len(f.peers) == 0 {
+		return usageErr("at least one --peer is required")
+	}
+	if f.timeout <= 0 {
+		return usageErr("--timeout must be positive, got %s", f.timeout)
+	}
+	if needKey && key == "" {
+		return usageErr("the key must not be empty")
+	}
+	members, err := parsePeerAddrs("peer", f.peers)
+	if err != nil {
+		return err
+	}
+	secret, err := readKeyFile(f.keyFile)
+	if err != nil {
+		return err
+	}
+
+	// No DHT: the client is told whom to talk to.
+	node, err := p2pnode.New(ctx, p2pnode.Config{
+		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
+		Discovery:   nopDiscovery{},
+	})
+	if err != nil {
+		return failure(err)
+	}
+	defer node.Close()
+
+	var targets []peer.ID
+	var connErrs []error
+	for _, ai := range members {
+		cctx, cancel := context.WithTimeout(ctx, f.timeout)
+		err := node.Peer().Connect(cctx, ai)
+		cancel()
+		if err != nil {
+			connErrs = append(connErrs, fmt.Errorf("%s: %v", shortID(ai.ID), err))
+			continue
+		}
+		targets = append(targets, ai.ID)
+	}
+	if len(targets) == 0 {
+		return failure(fmt.Errorf("cannot reach any --peer: %w", errors.Join(connErrs...)))
+	}
+
+	client, err := raft.NewClient(node, f.namespace, secret)
+	if err != nil {
+		return classify(err)
+	}
+	defer client.Close()
+	return classify(fn(client, targets))
+}
+
+// classify turns an error from package raft into an exit code: bad input is
+// a usage error, anything else a failure. Errors already classified pass.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return err
+	}
+	for _, bad := range []error{raft.ErrInvalidKey, raft.ErrTooLarge, raft.ErrInvalidBarrier,
+		raft.ErrInvalidTimeout, raft.ErrInvalidNamespace} {
+		if errors.Is(err, bad) {
+			return &exitError{code: exitUsage, err: err}
+		}
+	}
+	return failure(err)
+}
