@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -317,7 +316,7 @@ func TestEncryptedRefusesOutsiders(t *testing.T) {
 	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(secret))
 	// Formation is TestEncryptedClusterForms' subject; here node 0 founds
 	// the cluster at once and the others join it, which sidesteps the
-	// overlapping-founders race (see TestEIBootstrapOverlappingFounders).
+	// overlapping-founders race (see TestBootstrapOverlappingFoundersConverge).
 	eiStart(t, tc, members, func(i int) []Option {
 		opts := []Option{WithLogger(logs[i].logger())}
 		if i == 0 {
@@ -1048,22 +1047,18 @@ func eiBenchTransport(b *testing.B, encrypted bool) {
 func BenchmarkTransportEncrypted(b *testing.B) { eiBenchTransport(b, true) }
 func BenchmarkTransportPlain(b *testing.B)     { eiBenchTransport(b, false) }
 
-// Known library bug in the bootstrap protocol (not in encryption; it showed up
-// as a rare timeout of TestEncryptedClusterForms, about 1 run in 30). Two
+// A bootstrap race (not about encryption; it showed up as a rare timeout of
+// TestEncryptedClusterForms, about 1 run in 30). Two
 // founders that never see each other during the window, but both see a third
 // node with a larger ID, both bootstrap with it: configurations {a, c} and
 // {b, c}. c can vote for only one of them; the other (say a) stays a
-// leaderless candidate forever, because mergeIfSplit gives up when this member
-// has no leader, and it only merges disjoint configurations anyway. The
-// namespace never becomes one cluster, even once every link is healthy.
+// leaderless candidate forever, because mergeIfSplit only merges disjoint
+// configurations.
 //
-// The race is made deterministic by cutting the a-b link during the window.
-// Skipped unless TAURAFT_BUG_TESTS is set, so it does not break the runs of
-// others until the fix (see the report) lands; drop the skip with the fix.
-func TestEIBootstrapOverlappingFounders(t *testing.T) {
-	if os.Getenv("TAURAFT_BUG_TESTS") == "" {
-		t.Skip("known bootstrap bug (overlapping founders never merge); set TAURAFT_BUG_TESTS=1 to run")
-	}
+// The race is made deterministic by cutting the a-b link during the window;
+// leaveOrphanedConfig (cluster.go) must bring the namespace back to one
+// cluster once the link heals.
+func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
 	const ns = "/raft/enc-overlap"
 	mesh := rafttest.NewMesh(t, 3)
 	idx := []int{0, 1, 2}
