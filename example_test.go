@@ -10,17 +10,18 @@ import (
 	"github.com/tauraft/raft/p2pnode"
 )
 
-// Start a cluster of one and use the key-value store.
-func ExampleNew() {
+// startAlone starts a standalone node on 127.0.0.1 and a cluster of one on
+// it, and waits for it to lead. stop closes both.
+func startAlone(namespace string) (node *p2pnode.Node, cl raft.Cluster, stop func()) {
 	node, err := p2pnode.New(context.Background(), p2pnode.Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
 	if err != nil {
 		panic(err)
 	}
-	defer node.Close()
-	snaps, _ := os.MkdirTemp("", "example-snapshots")
-	defer os.RemoveAll(snaps)
-
-	cl, err := raft.New(node, "/raft/example",
+	snaps, err := os.MkdirTemp("", "example-snapshots")
+	if err != nil {
+		panic(err)
+	}
+	cl, err = raft.New(node, namespace,
 		raft.WithTimeoutPreset(raft.PresetLocal),
 		raft.WithForceBootstrap(), // no peers here: start a cluster of one now
 		raft.WithSnapshotDir(snaps),
@@ -28,34 +29,31 @@ func ExampleNew() {
 	if err != nil {
 		panic(err)
 	}
-	defer cl.Close()
-
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := cl.WaitForLeader(ctx); err != nil {
 		panic(err)
 	}
+	return node, cl, func() {
+		_ = cl.Close()
+		_ = node.Close()
+		_ = os.RemoveAll(snaps)
+	}
+}
+
+// Start a cluster of one. Without WithForceBootstrap, New would first look
+// for peers of the namespace during its bootstrap window.
+func ExampleNew() {
+	_, cl, stop := startAlone("/raft/example")
+	defer stop()
 	fmt.Println("leader:", cl.IsLeader())
 	// Output: leader: true
 }
 
 // Set, Get, Keys and Delete on the leader.
 func ExampleCluster_kv() {
-	node, err := p2pnode.New(context.Background(), p2pnode.Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	if err != nil {
-		panic(err)
-	}
-	defer node.Close()
-	snaps, _ := os.MkdirTemp("", "example-snapshots")
-	defer os.RemoveAll(snaps)
-	cl, err := raft.New(node, "/raft/example-kv", raft.WithTimeoutPreset(raft.PresetLocal), raft.WithForceBootstrap(), raft.WithSnapshotDir(snaps))
-	if err != nil {
-		panic(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = cl.WaitForLeader(ctx)
+	_, cl, stop := startAlone("/raft/example-kv")
+	defer stop()
 
 	_ = cl.Set("jobs/a", []byte("scheduled"), 5*time.Second)
 	_ = cl.Set("jobs/b", []byte("running"), 5*time.Second)
@@ -75,25 +73,16 @@ func ExampleCluster_kv() {
 // A Client on another node writes through the member and reads with a
 // barrier.
 func ExampleNewClient() {
-	ctx := context.Background()
-	member, _ := p2pnode.New(ctx, p2pnode.Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	defer member.Close()
-	other, _ := p2pnode.New(ctx, p2pnode.Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
-	defer other.Close()
-	snaps, _ := os.MkdirTemp("", "example-snapshots")
-	defer os.RemoveAll(snaps)
-
-	cl, err := raft.New(member, "/raft/example-client", raft.WithTimeoutPreset(raft.PresetLocal), raft.WithForceBootstrap(), raft.WithSnapshotDir(snaps))
+	member, _, stop := startAlone("/raft/example-client")
+	defer stop()
+	other, err := p2pnode.New(context.Background(), p2pnode.Config{ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"}})
 	if err != nil {
 		panic(err)
 	}
-	defer cl.Close()
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_ = cl.WaitForLeader(wctx)
+	defer other.Close()
 
 	// The client's host must know how to reach the member.
-	if err := other.Peer().Connect(ctx, member.AddrInfo()); err != nil {
+	if err := other.Peer().Connect(context.Background(), member.AddrInfo()); err != nil {
 		panic(err)
 	}
 	cli, err := raft.NewClient(other, "/raft/example-client", nil)
