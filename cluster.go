@@ -690,13 +690,13 @@ func (c *cluster) bootstrap() error {
 			continue
 		}
 		budget := time.Until(deadline)
-		if budget < 500*time.Millisecond {
-			budget = 500 * time.Millisecond
+		if budget < time.Second {
+			budget = time.Second
 		}
 		if c.requestJoin(view, budget) {
 			// The leader committed us; return once our own replica knows it,
 			// so a caller's first Members or Barrier already sees it.
-			c.waitVoter(time.Now().Add(budget))
+			c.waitVoter(time.Now().Add(time.Second))
 			c.logger.Info("joined an existing cluster", "after", time.Since(start))
 			c.startMembership()
 			return nil
@@ -783,12 +783,17 @@ func (c *cluster) requestJoin(view []peerView, timeout time.Duration) bool {
 			targets = append(targets, v.id)
 		}
 	}
+	// The whole attempt, every target included, fits in timeout: during the
+	// bootstrap window New must not overrun by much.
+	deadline := time.Now().Add(timeout)
 	for _, id := range targets {
-		if c.ctx.Err() != nil {
+		left := time.Until(deadline)
+		if c.ctx.Err() != nil || left <= 0 {
 			return false
 		}
-		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(timeout)}
-		resp, err := roundTrip(c.ctx, c.node.Peer(), id, Protocol(c.namespace), c.svc.codec, req, time.Now().Add(timeout+callMargin))
+		// The member gets most of the time; the rest carries its answer.
+		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(left * 4 / 5)}
+		resp, err := roundTrip(c.ctx, c.node.Peer(), id, Protocol(c.namespace), c.svc.codec, req, deadline)
 		if err == nil {
 			err = resp.err()
 		}

@@ -2,14 +2,17 @@ package raft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/net/gostream"
@@ -114,8 +117,41 @@ func newNetworkTransport(layer *streamLayer, timeout time.Duration, logger hclog
 		Stream:  layer,
 		MaxPool: transportPoolSize,
 		Timeout: timeout,
-		Logger:  logger,
+		Logger:  transportLogger{logger},
 	})
+}
+
+// transportLogger demotes the transport's report of a connection that ended
+// (a peer closed its cluster, a pooled stream was reset) from an error to a
+// debug line: it is routine on libp2p streams, and it drowned real errors.
+type transportLogger struct{ hclog.Logger }
+
+// Error logs at debug level when the error only says the connection ended.
+func (l transportLogger) Error(msg string, args ...interface{}) {
+	if msg == "failed to decode incoming command" && connectionEnded(args) {
+		l.Logger.Debug(msg, args...)
+		return
+	}
+	l.Logger.Error(msg, args...)
+}
+
+func connectionEnded(args []interface{}) bool {
+	for _, a := range args {
+		err, ok := a.(error)
+		if !ok {
+			continue
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, network.ErrReset) {
+			return true
+		}
+		msg := err.Error()
+		for _, s := range []string{"closed", "reset", "shutdown", "EOF"} {
+			if strings.Contains(msg, s) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 var _ io.Closer = (*streamLayer)(nil)
