@@ -57,7 +57,9 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	if s.resolve != nil {
 		s.resolve(ctx, id)
 	}
-	c, err := gostream.Dial(ctx, s.host, id, s.protocol)
+	// Raft backs off between retries itself; libp2p's own dial backoff
+	// would keep a restarted peer unreachable for seconds more.
+	c, err := gostream.Dial(network.WithForceDirectDial(ctx, "raft"), s.host, id, s.protocol)
 	if err != nil {
 		return nil, err
 	}

@@ -5,11 +5,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,21 +119,45 @@ func TestUnreachablePeer(t *testing.T) {
 	}
 }
 
-// buildBinary builds tauraft into a temporary directory.
+// built is the tauraft binary shared by the tests that start processes: it
+// is built once per test binary run, and TestMain removes it.
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		_ = os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// buildBinary builds tauraft into a temporary directory, once.
 func buildBinary(t *testing.T) string {
 	t.Helper()
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("go command not found")
 	}
-	bin := filepath.Join(t.TempDir(), "tauraft")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, goCmd, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	built.once.Do(func() {
+		if built.dir, built.err = os.MkdirTemp("", "tauraft-test-"); built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "tauraft")
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		if out, err := exec.CommandContext(ctx, goCmd, "build", "-o", built.bin, ".").CombinedOutput(); err != nil {
+			built.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if built.err != nil {
+		t.Fatal(built.err)
 	}
-	return bin
+	return built.bin
 }
 
 // syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
@@ -232,21 +260,32 @@ func (p *proc) stop(t *testing.T) {
 // kv runs "tauraft kv ..." and returns its exit code and outputs.
 func kv(t *testing.T, bin string, args ...string) (int, string, string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	code, stdout, stderr, err := runKV(context.Background(), bin, args...)
+	if err != nil {
+		t.Fatalf("run kv %v: %v", args, err)
+	}
+	return code, stdout, stderr
+}
+
+// runKV runs "tauraft kv ..." for at most 30s (less if ctx ends first) and
+// returns its exit code and outputs. err is set only when the command could
+// not be run or was killed; it is safe to call from any goroutine.
+func runKV(ctx context.Context, bin string, args ...string) (code int, stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, append([]string{"kv"}, args...)...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
+	cmd.WaitDelay = 5 * time.Second
+	var outBuf, errBuf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &outBuf, &errBuf
+	err = cmd.Run()
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
-		return 0, stdout.String(), stderr.String()
-	case errors.As(err, &ee):
-		return ee.ExitCode(), stdout.String(), stderr.String()
+		return 0, outBuf.String(), errBuf.String(), nil
+	case errors.As(err, &ee) && ee.Exited():
+		return ee.ExitCode(), outBuf.String(), errBuf.String(), nil
 	}
-	t.Fatalf("run kv %v: %v", args, err)
-	return 0, "", ""
+	return -1, outBuf.String(), errBuf.String(), err
 }
 
 // TestNodesAndKV starts three "tauraft node" processes with separate data
@@ -315,6 +354,405 @@ func TestNodesAndKV(t *testing.T) {
 				t.Errorf("%s: %v", n, err)
 			}
 		}
+	}
+}
+
+// lines returns the complete lines the node has printed so far; a last line
+// still being written is left out.
+func (p *proc) lines() []string {
+	out := p.stdout.String()
+	if i := strings.LastIndexByte(out, '\n'); i >= 0 {
+		out = out[:i]
+	} else {
+		return nil
+	}
+	return strings.Split(out, "\n")
+}
+
+// peerID returns the peer ID the node printed at start.
+func (p *proc) peerID(t *testing.T) string {
+	t.Helper()
+	for _, l := range p.lines() {
+		if id, ok := strings.CutPrefix(l, "peer ID: "); ok {
+			return id
+		}
+	}
+	t.Fatalf("%s printed no peer ID", p.name)
+	return ""
+}
+
+// last returns what follows "] what: " on the last such status line the node
+// printed ("leader", "members", "state"), or "" if there is none yet.
+func (p *proc) last(what string) string {
+	ls := p.lines()
+	for i := len(ls) - 1; i >= 0; i-- {
+		if _, v, ok := strings.Cut(ls[i], "] "+what+": "); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// member is one "tauraft node" of TestKillLeaderMidWrites across restarts.
+type member struct {
+	name string
+	args []string // the node's command line, reused on restart
+	p    *proc
+	addr string // full /p2p/ address
+	id   string // peer ID
+}
+
+// leaderOf returns the index of the member that all of the given members
+// currently report as leader (the leader itself with "(self)"), or -1.
+func leaderOf(ms []*member, idx []int) int {
+	found := -1
+	for _, i := range idx {
+		v := ms[i].p.last("leader")
+		self := strings.HasSuffix(v, " (self)")
+		id := strings.TrimSuffix(v, " (self)")
+		j := slices.IndexFunc(ms, func(m *member) bool { return m.id == id })
+		if j < 0 || (self != (j == i)) || !slices.Contains(idx, j) || (found >= 0 && found != j) {
+			return -1
+		}
+		found = j
+	}
+	return found
+}
+
+// waitLeader waits until the members idx agree on a leader among them.
+func waitLeader(t *testing.T, ms []*member, idx []int, deadline time.Time) int {
+	t.Helper()
+	for {
+		if l := leaderOf(ms, idx); l >= 0 {
+			return l
+		}
+		if time.Now().After(deadline) {
+			var b strings.Builder
+			for _, i := range idx {
+				fmt.Fprintf(&b, " %s: leader %q;", ms[i].name, ms[i].p.last("leader"))
+			}
+			t.Fatalf("members %v agree on no leader among them:%s", idx, b.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// freeListenAddrs returns n loopback TCP multiaddrs on free ports below the
+// kernel's ephemeral range, so that no outgoing connection can take one while
+// its node is down between a kill and a restart.
+func freeListenAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	for tries := 0; len(out) < n; tries++ {
+		if tries > 1000 {
+			t.Fatalf("found only %d free ports", len(out))
+		}
+		port := 20000 + rand.IntN(12000)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		_ = l.Close()
+		a := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// write is one "tauraft kv set" of the stream in TestKillLeaderMidWrites.
+type write struct {
+	key, value string
+	via        string // name of the member the write was sent to
+	code       int    // exit code; -1 if the command could not run
+	stderr     string
+	start, end time.Time
+}
+
+// TestKillLeaderMidWrites starts three "tauraft node" processes on fixed
+// loopback ports with separate data directories (the 2nd and 3rd know only the
+// 1st, as DHT bootstrap peer), writes through a follower, then runs a stream
+// of sequential "tauraft kv set" commands, each sent to a random live member.
+// In the middle of the stream the leader process is killed with SIGKILL and
+// later restarted from its data directory with the same command line. Every
+// write that kv reported as done (exit 0) must then be in every member's
+// local replica, the restarted old leader's included.
+func TestKillLeaderMidWrites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	began := time.Now()
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	const (
+		ns          = "/raft/killtest"
+		writes      = 60
+		beforeKill  = 15 // acknowledged writes before the leader is killed
+		whileDown   = 5  // acknowledged writes while it is down
+		kvTimeout   = "2s"
+		wantAckedAt = writes / 2 // at least this many writes must succeed
+	)
+	deadline := time.Now().Add(45 * time.Second)
+	listen := freeListenAddrs(t, 3)
+	common := []string{"--namespace", ns, "--preset", "local", "--bootstrap-timeout", "2s"}
+
+	ms := make([]*member, 3)
+	for i := range ms {
+		m := &member{name: fmt.Sprintf("node%d", i+1)}
+		m.args = append(slices.Clone(common), "--data", filepath.Join(dir, fmt.Sprintf("n%d", i+1)), "--listen", listen[i])
+		if i > 0 {
+			m.args = append(m.args, "--bootstrap", ms[0].addr)
+		}
+		m.p = startNode(t, bin, m.name, m.args...)
+		m.addr, m.id = m.p.addr(t), m.p.peerID(t)
+		ms[i] = m
+	}
+	all := []int{0, 1, 2}
+	for _, m := range ms {
+		for !strings.HasPrefix(m.p.last("members"), "3:") {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never saw 3 members (last: %q)", m.name, m.p.last("members"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	leader := waitLeader(t, ms, all, deadline)
+	t.Logf("%.1fs: cluster formed, leader %s", time.Since(began).Seconds(), ms[leader].name)
+
+	// kvSet writes key=value through member i.
+	kvSet := func(ctx context.Context, i int, key, value string) (int, string, error) {
+		code, _, stderr, err := runKV(ctx, bin, "--namespace", ns, "--peer", ms[i].addr, "--timeout", kvTimeout, "set", key, value)
+		return code, stderr, err
+	}
+
+	// A write through a follower, retried while the cluster settles. The
+	// member it went through must never have been the leader.
+	everLeader := func(m *member) bool {
+		return strings.Contains(m.p.stdout.String(), "leader: "+m.id+" (self)")
+	}
+	for {
+		follower := slices.IndexFunc(ms, func(m *member) bool { return !everLeader(m) })
+		if follower < 0 {
+			t.Fatal("every member has been the leader: no follower to write through")
+		}
+		code, stderr, err := kvSet(context.Background(), follower, "via-follower", "forwarded")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code == 0 && !everLeader(ms[follower]) {
+			t.Logf("%.1fs: wrote through follower %s", time.Since(began).Seconds(), ms[follower].name)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kv set through follower %s kept failing: exit %d: %s", ms[follower].name, code, stderr)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	// The stream of writes, each to a random live member.
+	var (
+		mu       sync.Mutex
+		live     = []int{0, 1, 2}
+		results  []write
+		inflight = -1 // the member the current write was sent to
+	)
+	acked := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, w := range results {
+			if w.code == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	streamDone := make(chan struct{})
+	t.Cleanup(func() { cancel(); <-streamDone }) // runs before the nodes are killed
+	go func() {
+		defer close(streamDone)
+		for i := range writes {
+			mu.Lock()
+			via := live[rand.IntN(len(live))]
+			inflight = via
+			mu.Unlock()
+			w := write{key: fmt.Sprintf("stream/%03d", i), value: fmt.Sprintf("value-%d", i), via: ms[via].name, start: time.Now()}
+			code, stderr, err := kvSet(ctx, via, w.key, w.value)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				stderr += err.Error()
+			}
+			w.code, w.stderr, w.end = code, strings.TrimSpace(stderr), time.Now()
+			mu.Lock()
+			results = append(results, w)
+			inflight = -1
+			mu.Unlock()
+		}
+	}()
+	waitAcked := func(n int, what string) {
+		t.Helper()
+		for acked() < n {
+			select {
+			case <-streamDone:
+				t.Fatalf("the write stream ended with %d acknowledged writes, before %s", acked(), what)
+			case <-time.After(50 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("only %d writes acknowledged, want %d before %s", acked(), n, what)
+			}
+		}
+	}
+
+	// Kill the leader in the middle of the stream, preferably while a write
+	// sent to it is in flight.
+	waitAcked(beforeKill, "the kill")
+	leader = waitLeader(t, ms, all, deadline) // still the leader?
+	old := ms[leader]
+	for wait := time.Now().Add(3 * time.Second); time.Now().Before(wait); {
+		mu.Lock()
+		target := inflight
+		mu.Unlock()
+		if target == leader {
+			// Somewhere within the last write's duration: the kill lands
+			// before, while or after this one reaches the leader.
+			mu.Lock()
+			last := results[len(results)-1]
+			mu.Unlock()
+			time.Sleep(rand.N(last.end.Sub(last.start) + time.Millisecond))
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := old.p.cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill %s: %v", old.name, err)
+	}
+	killedAt := time.Now()
+	mu.Lock()
+	live = slices.DeleteFunc(live, func(i int) bool { return i == leader })
+	survivors := slices.Clone(live)
+	mu.Unlock()
+	<-old.p.done
+	ackedAtKill := acked()
+	t.Logf("%.1fs: SIGKILLed leader %s after %d acknowledged writes", time.Since(began).Seconds(), old.name, ackedAtKill)
+
+	newLeader := waitLeader(t, ms, survivors, deadline)
+	t.Logf("%.1fs: %s took over %.1fs after the kill", time.Since(began).Seconds(), ms[newLeader].name, time.Since(killedAt).Seconds())
+	waitAcked(ackedAtKill+whileDown, "the restart")
+
+	// Restart the old leader from its data directory, same command line.
+	old.p = startNode(t, bin, old.name+"-restarted", old.args...)
+	if a := old.p.addr(t); a != old.addr {
+		t.Errorf("%s restarted with address %s, want %s", old.name, a, old.addr)
+	}
+	if id := old.p.peerID(t); id != old.id {
+		t.Fatalf("%s restarted as %s, want the same identity %s", old.name, id, old.id)
+	}
+	restartedAt := time.Now()
+	mu.Lock()
+	live = append(live, leader)
+	mu.Unlock()
+	t.Logf("%.1fs: restarted %s", time.Since(began).Seconds(), old.name)
+
+	select {
+	case <-streamDone:
+	case <-time.After(time.Until(deadline)):
+		t.Fatalf("the write stream did not finish in time (%d acknowledged)", acked())
+	}
+	mu.Lock()
+	done := slices.Clone(results)
+	mu.Unlock()
+	var ackedKeys []string
+	var before, during, after int
+	var checkValues []write
+	for _, w := range done {
+		switch w.code {
+		case 0:
+			ackedKeys = append(ackedKeys, w.key)
+			if w.end.Before(killedAt) {
+				checkValues = append(checkValues[:0], w)
+			} else if len(checkValues) == 1 {
+				checkValues = append(checkValues, w)
+			}
+			switch {
+			case w.end.Before(killedAt):
+				before++
+			case w.start.After(killedAt) && w.end.Before(restartedAt):
+				during++
+			case w.start.After(restartedAt):
+				after++
+			}
+		case exitFailure:
+			t.Logf("write %s via %s (sent %+.2fs from the kill) failed: %s", w.key, w.via, w.start.Sub(killedAt).Seconds(), w.stderr)
+		default:
+			t.Errorf("write %s via %s: exit %d, want 0 or 1: %s", w.key, w.via, w.code, w.stderr)
+		}
+	}
+	t.Logf("%.1fs: %d of %d writes acknowledged: %d before the kill, %d while the leader was down, %d after the restart",
+		time.Since(began).Seconds(), len(ackedKeys), len(done), before, during, after)
+	if len(done) != writes || len(ackedKeys) < wantAckedAt || before == 0 || during == 0 || after == 0 {
+		t.Fatalf("want all %d writes run, at least %d acknowledged, some before the kill, while down and after the restart",
+			writes, wantAckedAt)
+	}
+	checkValues = append(checkValues, done[slices.IndexFunc(done, func(w write) bool { return w.key == ackedKeys[len(ackedKeys)-1] })])
+	ackedKeys = append(ackedKeys, "via-follower")
+
+	// The restarted member rejoins, and every acknowledged write reaches
+	// every member's local replica (kv keys reads locally).
+	for !strings.HasPrefix(old.p.last("members"), "3:") || old.p.last("leader") == "none" || old.p.last("leader") == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("restarted %s did not rejoin: members %q, leader %q", old.name, old.p.last("members"), old.p.last("leader"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, l := range old.p.lines() {
+		// "[15:04:05.000] leader: <ID>": when the restarted member first knew a leader.
+		if ts, v, ok := strings.Cut(strings.TrimPrefix(l, "["), "] leader: "); ok && v != "none" {
+			if at, err := time.ParseInLocation("15:04:05.000", ts, time.Local); err == nil {
+				at = time.Date(restartedAt.Year(), restartedAt.Month(), restartedAt.Day(), at.Hour(), at.Minute(), at.Second(), at.Nanosecond(), time.Local)
+				t.Logf("restarted %s followed a leader %.1fs after its restart", old.name, at.Sub(restartedAt).Seconds())
+			}
+			break
+		}
+	}
+	for _, m := range ms {
+		var missing []string
+		for {
+			code, out, stderr, err := runKV(context.Background(), bin, "--namespace", ns, "--peer", m.addr, "keys")
+			if err != nil {
+				t.Fatal(err)
+			}
+			have := strings.Fields(out)
+			missing = missing[:0]
+			for _, k := range ackedKeys {
+				if !slices.Contains(have, k) {
+					missing = append(missing, k)
+				}
+			}
+			if code == 0 && len(missing) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s lacks acknowledged writes %v (kv keys: exit %d, %s)", m.name, missing, code, stderr)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		// Values too, on the local replica: the last write acknowledged
+		// before the kill, the first one after it and the last one.
+		for _, w := range checkValues {
+			code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", m.addr, "get", w.key)
+			if code != 0 || out != w.value+"\n" {
+				t.Errorf("%s: kv get %s: exit %d, stdout %q, stderr %q; want %q", m.name, w.key, code, out, stderr, w.value)
+			}
+		}
+	}
+	t.Logf("%.1fs: all %d acknowledged writes are on all 3 members", time.Since(began).Seconds(), len(ackedKeys))
+
+	for _, m := range ms {
+		m.p.stop(t)
 	}
 }
 
