@@ -203,7 +203,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel()
 		return nil, err
 	}
+	// The command service already takes streams: publish under the lock.
+	c.mu.Lock()
 	c.raft, c.trans = r, trans
+	c.mu.Unlock()
 
 	// Cancelling the node's context stops the cluster as Close would.
 	c.wg.Add(1)
@@ -457,15 +460,18 @@ func (c *cluster) Barrier(timeout time.Duration) error {
 // waitApplied waits until the local replica has applied index idx.
 func (c *cluster) waitApplied(idx uint64, deadline time.Time) error {
 	for {
-		r, err := c.r()
-		if err != nil {
-			return err
+		if c.closed.Load() {
+			return ErrShutdown
 		}
-		if r.AppliedIndex() >= idx {
+		// The state machine's own index, not Raft's AppliedIndex: Raft
+		// counts an entry applied when it hands it to the state machine,
+		// before the data is written.
+		applied := c.fsm.appliedIndex()
+		if applied >= idx {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: applied index %d, waiting for %d", ErrTimeout, r.AppliedIndex(), idx)
+			return fmt.Errorf("%w: applied index %d, waiting for %d", ErrTimeout, applied, idx)
 		}
 		select {
 		case <-c.ctx.Done():
@@ -921,6 +927,7 @@ func (c *cluster) mergeIfSplit() bool {
 	}
 	myLeader, err := c.Leader()
 	if err != nil {
+		c.rejoinIfRemoved(mine)
 		return c.leaveOrphanedConfig(mine)
 	}
 	c.orphanRounds = 0
@@ -993,6 +1000,31 @@ func (c *cluster) leaveOrphanedConfig(mine map[peer.ID]bool) bool {
 		return false
 	}
 	return true
+}
+
+// rejoinIfRemoved handles a voter that was removed while it was down: its
+// own configuration still lists it, so it waits for a leader that will never
+// call. When a live member of its configuration follows a leader of that same
+// configuration, and that leader confirms that its configuration no longer
+// holds this node, it asks to join again. Joining is harmless if wrong: the
+// leader only adds a voter.
+func (c *cluster) rejoinIfRemoved(mine map[peer.ID]bool) {
+	for _, v := range c.peers.view() {
+		st := v.status
+		if !v.alive || !mine[v.id] || !st.Formed || len(st.Leader) == 0 ||
+			len(st.VoterIDs) == 0 || len(st.VoterIDs) < st.Voters || containsPeer(st.VoterIDs, c.self) {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || !mine[leader] || leader == c.self || !c.confirmLeaderWithout(leader) {
+			continue
+		}
+		c.logger.Info("removed from the configuration while away; asking to join again", "leader", leader)
+		if c.requestJoin(c.peers.view(), 5*time.Second) {
+			c.waitVoter(time.Now().Add(time.Second))
+		}
+		return
+	}
 }
 
 // orphanedBy returns the leader that a live voter of our configuration (mine)

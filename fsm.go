@@ -295,6 +295,15 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	return out
 }
 
+// appliedIndex is the index of the last entry written to the datastore.
+// Raft hands only commands and configurations to the state machine, so it
+// skips the indexes of no-op and barrier entries.
+func (f *kvStore) appliedIndex() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
 // get reads a value from the local replica.
 func (f *kvStore) get(key string) ([]byte, bool, error) {
 	v, err := f.ds.Get(context.Background(), f.dataKey(key))

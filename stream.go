@@ -451,7 +451,7 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 			if err := c.wait(r.Barrier(timeout), timeout); err != nil {
 				return errorResponse(err)
 			}
-			return &response{Index: r.AppliedIndex()}
+			return &response{Index: c.fsm.appliedIndex()}
 		})
 	case cmdExchangePeers:
 		c.peers.merge(from, req.Peers, req.Status)
@@ -544,7 +544,7 @@ func (s *commandService) leaderAppliedIndex(deadline time.Time) (uint64, error) 
 		if err := s.c.wait(r.Barrier(timeout), timeout); err != nil {
 			return errorResponse(err)
 		}
-		return &response{Index: r.AppliedIndex()}
+		return &response{Index: s.c.fsm.appliedIndex()}
 	})
 	if err := resp.err(); err != nil {
 		return 0, err
