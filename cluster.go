@@ -140,6 +140,13 @@ type cluster struct {
 	orphanRounds int
 
 	closed atomic.Bool
+	// votedIn is set once this run has applied (so: committed) a
+	// configuration that makes this node a voter. Only such a member, once
+	// a configuration without it shows, counts as removed while running and
+	// stays out; a member that merely learns of a removal that happened
+	// while it was down (or of a join attempt that did not commit) asks to
+	// join again.
+	votedIn atomic.Bool
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -251,7 +258,18 @@ func (c *cluster) open() error {
 	c.logs = logs
 	c.stable = NewStableStore(ds, c.namespace+"/stable")
 	c.fsm, err = newKVStore(ds, c.namespace+"/data")
-	return err
+	if err != nil {
+		return err
+	}
+	self := hraft.ServerID(c.self.String())
+	c.fsm.onConfig = func(conf hraft.Configuration) {
+		for _, s := range conf.Servers {
+			if s.ID == self && s.Suffrage == hraft.Voter {
+				c.votedIn.Store(true)
+			}
+		}
+	}
+	return nil
 }
 
 // start builds the transport and Raft itself, and reports whether there was
@@ -848,7 +866,7 @@ func (c *cluster) membershipLoop() {
 				break
 			}
 			wait = steadyExchangeInterval
-		case wasVoter:
+		case c.votedIn.Load():
 			if !warnedRemoved {
 				c.logger.Warn("removed from the configuration; not rejoining until restarted")
 				warnedRemoved = true
@@ -1129,6 +1147,7 @@ func (c *cluster) reset() error {
 	if err := c.fsm.wipe(); err != nil {
 		return err
 	}
+	c.votedIn.Store(false)
 	if err := os.RemoveAll(c.snapDir); err != nil {
 		return err
 	}

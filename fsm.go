@@ -203,6 +203,11 @@ type kvStore struct {
 
 	mu      sync.Mutex // guards applied against Restore racing reads of it
 	applied uint64
+
+	// onConfig, when set, is told every configuration entry this store
+	// applies for the first time (entries replayed after a restart are
+	// skipped, like commands), so only committed configurations.
+	onConfig func(hraft.Configuration)
 }
 
 var (
@@ -255,6 +260,9 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 			continue
 		}
 		last = l.Index
+		if l.Type == hraft.LogConfiguration && f.onConfig != nil {
+			f.onConfig(hraft.DecodeConfiguration(l.Data))
+		}
 		if l.Type != hraft.LogCommand {
 			continue
 		}
