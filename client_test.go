@@ -129,6 +129,20 @@ func TestClientThroughEachMember(t *testing.T) {
 		}
 		t.Logf("member %d (%s): set, get, keys, delete OK", i, role)
 	}
+	// Keys are opaque bytes over the wire too, UTF-8 or not.
+	binKey := "bin/\xff\xfe\x00"
+	if err := cl.Set(binKey, []byte("b"), 5*time.Second, f.mesh.ID(1)); err != nil {
+		t.Fatalf("Set of a non-UTF-8 key: %v", err)
+	}
+	if v, ok, err := cl.Get(binKey, csBarrier, f.mesh.ID(2)); err != nil || !ok || string(v) != "b" {
+		t.Fatalf("Get of a non-UTF-8 key = %q, %v, %v", v, ok, err)
+	}
+	if keys, err := cl.Keys("bin/", f.mesh.ID(0)); err != nil || !slices.Equal(keys, []string{binKey}) {
+		rafttest.WaitFor(t, 5*time.Second, "Keys(bin/) through member 0", func() bool {
+			keys, err := cl.Keys("bin/", f.mesh.ID(0))
+			return err == nil && slices.Equal(keys, []string{binKey})
+		})
+	}
 	want := []string{"keep/0", "keep/1", "keep/2"}
 	for i := range 3 {
 		rafttest.WaitFor(t, 5*time.Second, fmt.Sprintf("Keys(keep/) through member %d", i), func() bool {

@@ -56,7 +56,9 @@ type Cluster interface {
 	// TransferLeadership hands leadership to another voter. Leader only.
 	TransferLeadership() error
 	// Close stops Raft, the command service and every background loop, and
-	// waits for them. It leaves the Node, its host and datastore open.
+	// waits for them. It leaves the Node, its host and datastore open. A
+	// leader first hands leadership to the most up-to-date voter (waiting at
+	// most one election timeout), so the others need not detect its absence.
 	Close() error
 }
 
@@ -421,9 +423,16 @@ func (c *cluster) Apply(cmd []byte, timeout time.Duration) (FSMResponse, error) 
 	if err := validateTimeout(timeout); err != nil {
 		return FSMResponse{}, err
 	}
-	if _, err := decodeCommand(cmd); err != nil {
-		return FSMResponse{}, err
+	if !walkCommand(cmd, nil) {
+		if _, err := decodeCommand(cmd); err != nil {
+			return FSMResponse{}, err
+		}
 	}
+	return c.applyEncoded(cmd, timeout)
+}
+
+// applyEncoded replicates a command already validated.
+func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, error) {
 	r, err := c.r()
 	if err != nil {
 		return FSMResponse{}, err
@@ -632,6 +641,12 @@ func (c *cluster) Close() error {
 	r := c.raft
 	c.mu.Unlock()
 	var err error
+	if r != nil && r.State() == hraft.Leader {
+		// Hand leadership to the most up-to-date follower first, so the
+		// others need not wait out a heartbeat and an election timeout.
+		// LeadershipTransfer gives up by itself after an election timeout.
+		_ = r.LeadershipTransfer().Error()
+	}
 	if r != nil {
 		// Shutdown also closes the transport.
 		err = translateRaftError(r.Shutdown().Error())

@@ -1,12 +1,14 @@
 package raft
 
 import (
+	"bytes"
 	"context"
 	"encoding/base32"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"sync"
@@ -62,30 +64,175 @@ func EncodeCommand(ops ...Op) ([]byte, error) {
 	if len(ops) == 0 {
 		return nil, fmt.Errorf("%w: no operations", ErrInvalidCommand)
 	}
-	cmd := command{Version: commandVersion, Ops: make([]commandOp, len(ops))}
-	for i, op := range ops {
+	for _, op := range ops {
 		if err := validateKey(op.Key); err != nil {
 			return nil, err
 		}
-		kind := opSet
 		if op.Delete {
-			kind = opDelete
 			if len(op.Value) != 0 {
 				return nil, fmt.Errorf("%w: delete with a value", ErrInvalidCommand)
 			}
 		} else if len(op.Value) > MaxValueSize {
 			return nil, fmt.Errorf("%w: value of %d bytes (max %d)", ErrTooLarge, len(op.Value), MaxValueSize)
 		}
-		cmd.Ops[i] = commandOp{Kind: kind, Key: op.Key, Value: op.Value}
 	}
-	b, err := cborEnc.Marshal(&cmd)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
-	}
+	b := appendCommand(ops)
 	if len(b) > MaxCommandSize {
 		return nil, fmt.Errorf("%w: command of %d bytes (max %d)", ErrTooLarge, len(b), MaxCommandSize)
 	}
 	return b, nil
+}
+
+// appendCommand writes the canonical CBOR encoding of a command (what
+// cborEnc.Marshal(&command{...}) writes, byte for byte) without reflection.
+func appendCommand(ops []Op) []byte {
+	size := 3 + 9
+	for _, op := range ops {
+		size += 1 + 1 + 9 + len(op.Key) + 9 + len(op.Value)
+	}
+	b := make([]byte, 0, size)
+	b = appendHead(b, 4, 2)
+	b = appendHead(b, 0, commandVersion)
+	b = appendHead(b, 4, uint64(len(ops)))
+	for _, op := range ops {
+		kind := opSet
+		if op.Delete {
+			kind = opDelete
+		}
+		b = appendHead(b, 4, 3)
+		b = appendHead(b, 0, uint64(kind))
+		b = appendHead(b, 3, uint64(len(op.Key)))
+		b = append(b, op.Key...)
+		if op.Value == nil {
+			b = append(b, 0xf6) // CBOR null: how cbor encodes a nil []byte
+		} else {
+			b = appendHead(b, 2, uint64(len(op.Value)))
+			b = append(b, op.Value...)
+		}
+	}
+	return b
+}
+
+// appendHead appends a CBOR head (major type and argument) in its shortest
+// form, as canonical encoding requires.
+func appendHead(b []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(b, m|byte(n))
+	case n <= math.MaxUint8:
+		return append(b, m|24, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
+	case n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, m|27), n)
+	}
+}
+
+// cmdReader reads CBOR heads and strings of a command in canonical form
+// only; anything else makes it fail, and the caller falls back to the full
+// decoder, so the set of accepted commands is exactly what decodeCommand
+// accepts.
+type cmdReader struct {
+	b   []byte
+	off int
+}
+
+func (r *cmdReader) head() (major byte, n uint64, ok bool) {
+	if r.off >= len(r.b) {
+		return 0, 0, false
+	}
+	c := r.b[r.off]
+	r.off++
+	major, info := c>>5, c&0x1f
+	var size int
+	switch {
+	case info < 24:
+		return major, uint64(info), true
+	case info == 24:
+		size = 1
+	case info == 25:
+		size = 2
+	case info == 26:
+		size = 4
+	case info == 27:
+		size = 8
+	default:
+		return 0, 0, false
+	}
+	if len(r.b)-r.off < size {
+		return 0, 0, false
+	}
+	for _, x := range r.b[r.off : r.off+size] {
+		n = n<<8 | uint64(x)
+	}
+	r.off += size
+	// Shortest form only.
+	if (size == 1 && n < 24) || (size > 1 && n < 1<<(4*size)) {
+		return 0, 0, false
+	}
+	return major, n, true
+}
+
+func (r *cmdReader) str(major byte) ([]byte, bool) {
+	m, n, ok := r.head()
+	if !ok || m != major || n > uint64(len(r.b)-r.off) {
+		return nil, false
+	}
+	s := r.b[r.off : r.off+int(n) : r.off+int(n)]
+	r.off += int(n)
+	return s, true
+}
+
+// walkCommand checks that b is a valid command in the canonical encoding
+// EncodeCommand writes and, if fn is not nil, calls it for each operation
+// (key and value alias b). It reports false, having called fn for no
+// operation when fn is nil, for anything else, valid or not: the caller then
+// uses decodeCommand. With fn set it must be called only on a b for which
+// walkCommand(b, nil) returned true.
+func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
+	if len(b) > MaxCommandSize {
+		return false
+	}
+	r := cmdReader{b: b}
+	if m, n, ok := r.head(); !ok || m != 4 || n != 2 {
+		return false
+	}
+	if m, v, ok := r.head(); !ok || m != 0 || v != commandVersion {
+		return false
+	}
+	m, count, ok := r.head()
+	if !ok || m != 4 || count == 0 || count > 1<<20 {
+		return false
+	}
+	for range count {
+		if m, n, ok := r.head(); !ok || m != 4 || n != 3 {
+			return false
+		}
+		m, kind, ok := r.head()
+		if !ok || m != 0 || (kind != uint64(opSet) && kind != uint64(opDelete)) {
+			return false
+		}
+		key, ok := r.str(3)
+		if !ok || len(key) == 0 || len(key) > MaxKeySize {
+			return false
+		}
+		var value []byte
+		if r.off < len(r.b) && r.b[r.off] == 0xf6 {
+			r.off++
+		} else if value, ok = r.str(2); !ok {
+			return false
+		}
+		if (kind == uint64(opSet) && len(value) > MaxValueSize) || (kind == uint64(opDelete) && len(value) != 0) {
+			return false
+		}
+		if fn != nil {
+			fn(uint8(kind), key, value)
+		}
+	}
+	return r.off == len(r.b)
 }
 
 // validateKey enforces the key rules: any non-empty string up to MaxKeySize
@@ -133,11 +280,14 @@ func init() {
 		panic(err)
 	}
 	cborDec, err = cbor.DecOptions{
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		MaxNestedLevels:   8,
-		MaxArrayElements:  1 << 20,
-		MaxMapPairs:       1 << 16,
-		IndefLength:       cbor.IndefLengthForbidden,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		MaxNestedLevels:  8,
+		MaxArrayElements: 1 << 20,
+		MaxMapPairs:      1 << 16,
+		IndefLength:      cbor.IndefLengthForbidden,
+		// Keys are opaque: a Go string may hold any bytes, so text strings
+		// are not required to be UTF-8 (every replica decodes alike).
+		UTF8:              cbor.UTF8DecodeInvalid,
 		TagsMd:            cbor.TagsForbidden,
 		ExtraReturnErrors: cbor.ExtraDecErrorUnknownField,
 	}.DecMode()
@@ -230,7 +380,26 @@ func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
 }
 
 func (f *kvStore) dataKey(key string) datastore.Key {
-	return datastore.RawKey(f.prefix + "/" + keyEncoding.EncodeToString([]byte(key)))
+	return f.dataKeyBytes([]byte(key))
+}
+
+// dataKeyBytes is dataKey in one allocation.
+func (f *kvStore) dataKeyBytes(key []byte) datastore.Key {
+	n := keyEncoding.EncodedLen(len(key))
+	var stack [256]byte
+	enc := stack[:0]
+	if n <= len(stack) {
+		enc = stack[:n]
+	} else {
+		enc = make([]byte, n)
+	}
+	keyEncoding.Encode(enc, key)
+	var sb strings.Builder
+	sb.Grow(len(f.prefix) + 1 + n)
+	sb.WriteString(f.prefix)
+	sb.WriteByte('/')
+	sb.Write(enc)
+	return datastore.RawKey(sb.String())
 }
 
 // Apply applies one committed entry.
@@ -264,6 +433,26 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 			f.onConfig(hraft.DecodeConfiguration(l.Data))
 		}
 		if l.Type != hraft.LogCommand {
+			continue
+		}
+		if walkCommand(l.Data, nil) {
+			var perr error
+			walkCommand(l.Data, func(kind uint8, key, value []byte) {
+				if perr != nil {
+					return
+				}
+				k := f.dataKeyBytes(key)
+				if kind == opSet {
+					// A copy: the datastore may keep the slice, and l.Data
+					// may be the caller's buffer (Cluster.Apply).
+					perr = batch.Put(ctx, k, bytes.Clone(value))
+				} else {
+					perr = batch.Delete(ctx, k)
+				}
+			})
+			if perr != nil {
+				out[i] = FSMResponse{Error: fmt.Errorf("raft: datastore: %w", perr)}
+			}
 			continue
 		}
 		cmd, err := decodeCommand(l.Data)

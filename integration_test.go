@@ -276,7 +276,7 @@ func TestCoreBadInput(t *testing.T) {
 		t.Fatalf("set at the limits: %v", err)
 	}
 	// Keys are opaque: these are all distinct.
-	odd := []string{"a//b", "a/b", "../x", "a/./b", "/", "ключ", "a b", "_applied"}
+	odd := []string{"a//b", "a/b", "../x", "a/./b", "/", "ключ", "a b", "_applied", "\xff\x00not utf-8"}
 	for _, k := range odd {
 		if err := c.Set(k, []byte("="+k), 5*time.Second); err != nil {
 			t.Fatalf("set %q: %v", k, err)

@@ -126,6 +126,8 @@ func init() {
 		MaxMapPairs:      64,
 		IndefLength:      cbor.IndefLengthForbidden,
 		TagsMd:           cbor.TagsForbidden,
+		// Keys are opaque bytes in Go strings, UTF-8 or not.
+		UTF8: cbor.UTF8DecodeInvalid,
 	}.DecMode()
 	if err != nil {
 		panic(err)
