@@ -809,6 +809,23 @@ func BenchmarkCompareEndToEnd(b *testing.B) {
 	b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, sides, ratios) })
 }
 
+// BenchmarkCompareEndToEndPebble: the same on disk, as a production node
+// runs: Cluster.Set on p2pnode nodes with a DataDir (pebble, synced log and
+// stable store; the key-value data through UnsyncedStore) against raw
+// hashicorp/raft with our LogStore and StableStore on pebble with synced
+// writes, the same libp2p transport and benchKVFSM on that same datastore
+// (every write synced, as go-ds-pebble is told for a Raft log).
+func BenchmarkCompareEndToEndPebble(b *testing.B) {
+	rawKV := benchStartRawFSM(b, benchLibp2pTransports(b, benchNodes, "/raft/bench-raw-kv"), benchPebbleStores,
+		func(s benchStores) hraft.FSM { return &benchKVFSM{ds: s.ds} }, benchKVEntry)
+	lib := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected(), rafttest.WithPebble()), "/raft/bench-e2e")
+	benchWarmUp(b, lib.set)
+	sides := []benchSide{rawKV.side("rawkv"), lib.side("cluster")}
+	b.Run("writers64", func(b *testing.B) {
+		benchCompare(b, benchWriters, sides, []benchRatio{{"cluster", "rawkv"}})
+	})
+}
+
 // ---- 4. Formation and failover ----
 
 // benchReportRounds reports fixed rounds of a measurement (not b.N-driven):

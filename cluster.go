@@ -259,7 +259,15 @@ func (c *cluster) open() error {
 	}
 	c.logs = logs
 	c.stable = NewStableStore(ds, c.namespace+"/stable")
-	c.fsm, err = newKVStore(ds, c.namespace+"/data")
+	fsmStore := ds
+	if u, ok := ds.(UnsyncedStore); ok {
+		// The state machine is rebuilt from the synced log after a crash:
+		// its own writes need no fsync (see UnsyncedStore).
+		if uds := u.Unsynced(); uds != nil {
+			fsmStore = uds
+		}
+	}
+	c.fsm, err = newKVStore(fsmStore, c.namespace+"/data")
 	if err != nil {
 		return err
 	}
@@ -1149,6 +1157,13 @@ func (c *cluster) reset() error {
 	if err := c.raft.Shutdown().Error(); err != nil {
 		return err
 	}
+	// The state machine goes first: a crash part way must never leave it
+	// with data and an applied index but no log, or it would skip the
+	// entries of the cluster it joins. (The log's synced delete below also
+	// makes the wipe durable when the wipe itself was not synced.)
+	if err := c.fsm.wipe(); err != nil {
+		return err
+	}
 	if first, err := c.logs.FirstIndex(); err == nil {
 		if last, err := c.logs.LastIndex(); err == nil && last > 0 {
 			if err := c.logs.DeleteRange(first, last); err != nil {
@@ -1157,9 +1172,6 @@ func (c *cluster) reset() error {
 		}
 	}
 	if err := deleteChildren(c.node.Store(), c.namespace+"/stable"); err != nil {
-		return err
-	}
-	if err := c.fsm.wipe(); err != nil {
 		return err
 	}
 	c.votedIn.Store(false)

@@ -27,3 +27,15 @@ type Node interface {
 	// Discovery finds the other members: the namespace is the rendezvous.
 	Discovery() discovery.Discovery
 }
+
+// UnsyncedStore is an optional interface of the datastore a Node's Store
+// returns: Unsynced gives the same data through writes that are not fsynced.
+// When the store has it, the built-in key-value state machine writes through
+// it, because everything the state machine holds can be rebuilt from the
+// fsynced Raft log and snapshots: after a machine crash it re-applies the
+// entries past the last applied index it finds (the index is written in the
+// same batch as the data). The log and the stable state always go through
+// Store itself. p2pnode's pebble store implements it.
+type UnsyncedStore interface {
+	Unsynced() datastore.Batching
+}

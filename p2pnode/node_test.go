@@ -14,6 +14,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
+	pebbleds "github.com/ipfs/go-ds-pebble"
 	"github.com/libp2p/go-libp2p/core/discovery"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
@@ -298,6 +299,37 @@ func TestPebbleWritesAreSynced(t *testing.T) {
 	}
 	if f.Pointer() != reflect.ValueOf(pebble.Sync).Pointer() {
 		t.Fatal("pebble datastore does not write with pebble.Sync")
+	}
+}
+
+// The unsynced handle (raft.UnsyncedStore) is the same database, written
+// without fsync, and stays usable for as long as the store is open.
+func TestPebbleUnsyncedHandle(t *testing.T) {
+	n := newTestNode(t, Config{DataDir: t.TempDir(), Discovery: nopDiscovery{}})
+	u, ok := n.Store().(interface{ Unsynced() datastore.Batching })
+	if !ok {
+		t.Fatalf("Store() is %T, which has no Unsynced method", n.Store())
+	}
+	ctx := context.Background()
+	uds := u.Unsynced()
+	if err := uds.Put(ctx, datastore.NewKey("/via/unsynced"), []byte("u")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := n.Store().Get(ctx, datastore.NewKey("/via/unsynced")); err != nil || string(v) != "u" {
+		t.Fatalf("the store reads %q, %v for a key written through Unsynced", v, err)
+	}
+	if err := n.Store().Put(ctx, datastore.NewKey("/via/store"), []byte("s")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := uds.Get(ctx, datastore.NewKey("/via/store")); err != nil || string(v) != "s" {
+		t.Fatalf("Unsynced reads %q, %v for a key written through the store", v, err)
+	}
+	f := reflect.ValueOf(uds.(*pebbleds.Datastore)).Elem().FieldByName("writeOptions")
+	if !f.IsValid() {
+		t.Fatal("go-ds-pebble Datastore has no writeOptions field any more")
+	}
+	if f.Pointer() != reflect.ValueOf(pebble.NoSync).Pointer() {
+		t.Fatal("the unsynced handle does not write with pebble.NoSync")
 	}
 }
 

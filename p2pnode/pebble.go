@@ -8,6 +8,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/ipfs/go-datastore"
 	pebbleds "github.com/ipfs/go-ds-pebble"
 )
 
@@ -21,6 +22,10 @@ const diskSlowThreshold = 5 * time.Second
 type pebbleStore struct {
 	*pebbleds.Datastore
 	fsCloser io.Closer
+	// unsynced is a second handle on the same pebble database whose writes
+	// are not fsynced (see Unsynced). It is never closed itself: closing it
+	// would close the shared database.
+	unsynced *pebbleds.Datastore
 }
 
 // openPebble opens a pebble datastore in dir whose writes are all fsynced.
@@ -52,8 +57,20 @@ func openPebble(dir string) (*pebbleStore, error) {
 		_ = fsCloser.Close()
 		return nil, fmt.Errorf("p2pnode: open pebble datastore %s: %w", dir, err)
 	}
-	return &pebbleStore{Datastore: ds, fsCloser: fsCloser}, nil
+	unsynced, err := pebbleds.NewDatastore("", pebbleds.WithPebbleDB(ds.DB), pebbleds.WithPebbleWriteOptions(pebble.NoSync))
+	if err != nil {
+		_ = ds.Close()
+		_ = fsCloser.Close()
+		return nil, fmt.Errorf("p2pnode: pebble datastore %s: %w", dir, err)
+	}
+	return &pebbleStore{Datastore: ds, fsCloser: fsCloser, unsynced: unsynced}, nil
 }
+
+// Unsynced is the same database written without fsync, for data that can be
+// rebuilt from the synced Raft log (raft.UnsyncedStore). Pebble writes both
+// handles through one write-ahead log, in order, so a later synced write
+// makes every earlier unsynced one durable too.
+func (s *pebbleStore) Unsynced() datastore.Batching { return s.unsynced }
 
 // Close closes the datastore, then the filesystem wrapper it was using.
 func (s *pebbleStore) Close() error {
