@@ -300,6 +300,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, trans *hraft.NetworkTra
 	}
 	layer.logger = c.logger
 	layer.resolve = c.peers.ensureAddrs
+	layer.lookup = c.peers.lookup
 	if c.key != nil {
 		layer.secure = c.key.secureConn
 	}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -33,6 +34,13 @@ type streamLayer struct {
 	// resolve, when set, makes sure the host knows how to reach a peer
 	// before it is dialled (for example by asking discovery).
 	resolve func(ctx context.Context, id peer.ID)
+	// lookup, when set, asks discovery for a peer's current addresses and
+	// reports whether it found any; Dial uses it once after a failed dial,
+	// at most once per lookupInterval per peer.
+	lookup func(ctx context.Context, id peer.ID) bool
+
+	lookupMu   sync.Mutex
+	lastLookup map[peer.ID]time.Time
 	// secure, when set, wraps every connection (encryption).
 	secure func(net.Conn) (net.Conn, error)
 	logger hclog.Logger
@@ -60,10 +68,43 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	// Raft backs off between retries itself; libp2p's own dial backoff
 	// would keep a restarted peer unreachable for seconds more.
 	c, err := gostream.Dial(network.WithForceDirectDial(ctx, "raft"), s.host, id, s.protocol)
+	if err != nil && s.mayLookup(ctx, id) && s.lookup(ctx, id) {
+		// The peer may have restarted at another address while the
+		// peerstore still holds the old one: dial again with what
+		// discovery knows now, instead of waiting for the next round of
+		// peer exchange to bring it.
+		c, err = gostream.Dial(network.WithForceDirectDial(ctx, "raft"), s.host, id, s.protocol)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return s.wrap(c)
+}
+
+// lookupInterval bounds how often a failed dial may ask discovery about the
+// same peer: Raft keeps dialling a peer that is down, and a lookup can be a
+// DHT query.
+const lookupInterval = time.Second
+
+// mayLookup reports whether a failed dial to id should ask discovery for its
+// addresses now: there is a lookup, time left, no live connection to id
+// (then the peer is up but refused the stream) and no lookup of id in the
+// last lookupInterval.
+func (s *streamLayer) mayLookup(ctx context.Context, id peer.ID) bool {
+	if s.lookup == nil || ctx.Err() != nil || s.host.Network().Connectedness(id) == network.Connected {
+		return false
+	}
+	s.lookupMu.Lock()
+	defer s.lookupMu.Unlock()
+	now := time.Now()
+	if last, ok := s.lastLookup[id]; ok && now.Sub(last) < lookupInterval {
+		return false
+	}
+	if s.lastLookup == nil {
+		s.lastLookup = map[peer.ID]time.Time{}
+	}
+	s.lastLookup[id] = now
+	return true
 }
 
 // Accept waits for the next inbound stream.
