@@ -160,6 +160,9 @@ func benchCompare(b *testing.B, writers int, sides []benchSide, ratios []benchRa
 			if chunk%2 == 1 {
 				si = len(sides) - 1 - k
 			}
+			// Start every turn on a collected heap, so that no side pays
+			// for the garbage of the one before it.
+			runtime.GC()
 			var ru0, ru1 syscall.Rusage
 			_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 			runtime.ReadMemStats(&m0)
