@@ -899,21 +899,30 @@ func benchFormOnce(b *testing.B, n int, ns string) time.Duration {
 	return time.Since(start)
 }
 
-// BenchmarkFailover: a formed 3-member cluster (PresetLocal) whose leader
-// closes its cluster (its host stays up); failover ends when both remaining
-// members name the same new leader and it says it leads. Reported in
-// milliseconds and in election timeouts (target: at most 3).
+// BenchmarkFailover: a formed 3-member cluster (PresetLocal) loses its
+// leader; failover ends when both remaining members name the same new leader
+// and it says it leads. Reported in milliseconds and in election timeouts
+// (target: at most 3). Two ways to lose it:
+//
+//   - close: the leader's cluster is closed (a planned shutdown or rolling
+//     restart); Close hands leadership over first.
+//   - isolated: every link to the leader's node is cut at once (a crash or a
+//     partition, as the others see it): they must notice the silence.
 func BenchmarkFailover(b *testing.B) {
-	var times []time.Duration
-	for r := range benchFailoverRounds {
-		times = append(times, benchFailOnce(b, fmt.Sprintf("/raft/bench-failover-%d", r)))
-	}
-	benchReportRounds(b, "ms", time.Millisecond, times)
 	et := PresetLocal.Timeouts().ElectionTimeout
-	b.ReportMetric(float64(slices.Max(times))/float64(et), "max-election-timeouts")
+	for _, mode := range []string{"close", "isolated"} {
+		b.Run(mode, func(b *testing.B) {
+			var times []time.Duration
+			for r := range benchFailoverRounds {
+				times = append(times, benchFailOnce(b, fmt.Sprintf("/raft/bench-failover-%s-%d", mode, r), mode == "isolated"))
+			}
+			benchReportRounds(b, "ms", time.Millisecond, times)
+			b.ReportMetric(float64(slices.Max(times))/float64(et), "max-election-timeouts")
+		})
+	}
 }
 
-func benchFailOnce(b *testing.B, ns string) time.Duration {
+func benchFailOnce(b *testing.B, ns string, isolate bool) time.Duration {
 	mesh := rafttest.NewMesh(b, benchNodes, rafttest.Connected())
 	defer mesh.Close() //nolint:errcheck // closed again, with a check, by its cleanup
 	// benchStartCluster also closes the clusters at the end of b; closing
@@ -931,17 +940,25 @@ func benchFailOnce(b *testing.B, ns string) time.Duration {
 			rest = append(rest, c)
 		}
 	}
+	leaderID, err := leader.Leader()
+	if err != nil {
+		b.Fatal(err)
+	}
 	start := time.Now()
-	if err := leader.Close(); err != nil {
+	if isolate {
+		mesh.Isolate(slices.Index(mesh.IDs(), leaderID))
+	} else if err := leader.Close(); err != nil {
 		b.Fatal(err)
 	}
 	deadline := start.Add(benchSetupTimeout)
 	for {
-		if _, ok := benchAgreed(rest, benchNodes); ok {
-			return time.Since(start)
+		if l, ok := benchAgreed(rest, benchNodes); ok {
+			if id, err := l.Leader(); err == nil && id != leaderID {
+				return time.Since(start)
+			}
 		}
 		if time.Now().After(deadline) {
-			b.Fatal("no new leader after the leader closed")
+			b.Fatal("no new leader after the leader was lost")
 		}
 		time.Sleep(benchPoll)
 	}
