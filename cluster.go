@@ -394,11 +394,12 @@ func (c *cluster) applyOps(timeout time.Duration, ops ...Op) error {
 	if err := validateTimeout(timeout); err != nil {
 		return err
 	}
+	// EncodeCommand validates what it encodes: no second check needed.
 	cmd, err := EncodeCommand(ops...)
 	if err != nil {
 		return err
 	}
-	resp, err := c.Apply(cmd, timeout)
+	resp, err := c.applyEncoded(cmd, timeout)
 	if err != nil {
 		return err
 	}
