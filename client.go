@@ -22,7 +22,7 @@ import (
 type Client struct {
 	node      Node
 	namespace string
-	codec     codec
+	caller    caller
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closed    atomic.Bool
@@ -38,14 +38,15 @@ func NewClient(node Node, namespace string, key []byte) (*Client, error) {
 	if err := ValidateNamespace(namespace); err != nil {
 		return nil, err
 	}
-	c := &Client{node: node, namespace: namespace}
+	var cd codec
 	if key != nil {
 		k, err := newSecretKey(key, namespace)
 		if err != nil {
 			return nil, err
 		}
-		c.codec.key = k
+		cd.key = k
 	}
+	c := &Client{node: node, namespace: namespace, caller: newCaller(node.Peer(), Protocol(namespace), cd)}
 	c.ctx, c.cancel = context.WithCancel(node.Context())
 	return c, nil
 }
@@ -55,8 +56,8 @@ func (c *Client) Set(key string, value []byte, timeout time.Duration, peers ...p
 	if err := c.checkWrite(key, timeout); err != nil {
 		return err
 	}
-	if len(value) > MaxValueSize {
-		return fmt.Errorf("%w: value of %d bytes (max %d)", ErrTooLarge, len(value), MaxValueSize)
+	if err := validateValue(value); err != nil {
+		return err
 	}
 	_, err := c.call(&request{Cmd: cmdSet, Key: key, Value: value, Timeout: int64(timeout)}, timeout, false, peers)
 	return err
@@ -109,8 +110,8 @@ func (c *Client) JoinVoter(id peer.ID, timeout time.Duration, peers ...peer.ID) 
 	if err := validateTimeout(timeout); err != nil {
 		return err
 	}
-	if err := id.Validate(); err != nil {
-		return fmt.Errorf("%w: peer ID: %v", ErrInvalidCommand, err)
+	if err := validatePeer(id); err != nil {
+		return err
 	}
 	_, err := c.call(&request{Cmd: cmdJoinVoter, Peer: []byte(id), Timeout: int64(timeout)}, timeout, false, peers)
 	return err
@@ -200,7 +201,7 @@ func (c *Client) call(req *request, timeout time.Duration, idempotent bool, peer
 // writes. Reads (idempotent) move on after any failure.
 func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, peers []peer.ID, from *peer.ID) (*response, error) {
 	if c.closed.Load() {
-		return nil, ErrShutdown
+		return nil, errAfterClose
 	}
 	targets := peers
 	if len(targets) == 0 {
@@ -222,13 +223,13 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 			continue // a node cannot open a stream to itself
 		}
 		c.ensureAddrs(id)
-		resp, err := roundTrip(c.ctx, c.node.Peer(), id, Protocol(c.namespace), c.codec, req, deadline)
+		resp, err := c.caller.call(c.ctx, id, req, deadline)
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return nil, ErrShutdown
 			}
 			lastErr = err
-			if idempotent || errors.Is(err, errNotSent) {
+			if idempotent || mayTryElsewhere(err) {
 				continue
 			}
 			return nil, err
@@ -243,7 +244,7 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 		lastErr = rerr
 		// A member shutting down may have appended the write already: only
 		// reads move on after ErrShutdown.
-		if errors.Is(rerr, ErrNoLeader) || errors.Is(rerr, ErrNotLeader) || (idempotent && errors.Is(rerr, ErrShutdown)) {
+		if mayTryElsewhere(rerr) || (idempotent && errors.Is(rerr, ErrShutdown)) {
 			continue
 		}
 		return nil, rerr

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/discovery"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -39,12 +40,31 @@ type trackedPeer struct {
 	inflight   bool      // an exchange with it is running
 }
 
+// statusSource gives this member's own state for peer exchange (the
+// cluster).
+type statusSource interface {
+	status() *status
+}
+
+// trackerConfig is what a peer tracker works with.
+type trackerConfig struct {
+	node      Node
+	namespace string
+	window    time.Duration // the bootstrap window, which sets the fast pace
+	logger    hclog.Logger
+	caller    caller       // exchanges go out through it
+	status    statusSource // what this member says of itself
+}
+
 // peerTracker finds the namespace's members (discovery, connected peers that
 // speak the protocol, and peer exchange) and keeps what each last said of
 // itself. The bootstrap decision and the membership loop read it.
 type peerTracker struct {
-	c       *cluster
+	trackerConfig
+	self    peer.ID
 	started time.Time
+	ctx     context.Context // set by start; ends the loops and exchanges
+	wg      sync.WaitGroup
 
 	mu    sync.Mutex
 	peers map[peer.ID]*trackedPeer
@@ -56,13 +76,17 @@ type peerTracker struct {
 	deciding atomic.Bool
 	// wake makes the loop run a round at once.
 	wake chan struct{}
-	// rounds counts finished exchange rounds (tests and the decision use it
-	// to know that fresh answers are in).
-	rounds atomic.Uint64
 }
 
-func newPeerTracker(c *cluster) *peerTracker {
-	t := &peerTracker{c: c, started: time.Now(), peers: map[peer.ID]*trackedPeer{}, wake: make(chan struct{}, 1)}
+func newPeerTracker(cfg trackerConfig) *peerTracker {
+	t := &peerTracker{
+		trackerConfig: cfg,
+		self:          cfg.node.ID(),
+		started:       time.Now(),
+		ctx:           context.Background(),
+		peers:         map[peer.ID]*trackedPeer{},
+		wake:          make(chan struct{}, 1),
+	}
 	t.fast.Store(true)
 	return t
 }
@@ -70,7 +94,7 @@ func newPeerTracker(c *cluster) *peerTracker {
 // fastInterval is the exchange pace while bootstrapping: a tenth of the
 // window, between 50ms and 500ms.
 func (t *peerTracker) fastInterval() time.Duration {
-	d := t.c.cfg.bootstrapTimeout / 10
+	d := t.window / 10
 	if d < 50*time.Millisecond {
 		d = 50 * time.Millisecond
 	}
@@ -92,11 +116,16 @@ func (t *peerTracker) aliveWindow() time.Duration {
 	return 2*interval + exchangeTimeout
 }
 
-func (t *peerTracker) start() {
-	t.c.wg.Add(2)
+// start runs the advertise and exchange loops until ctx ends.
+func (t *peerTracker) start(ctx context.Context) {
+	t.ctx = ctx
+	t.wg.Add(2)
 	go t.advertiseLoop()
 	go t.loop()
 }
+
+// wait waits for the loops and every exchange in flight, once ctx has ended.
+func (t *peerTracker) wait() { t.wg.Wait() }
 
 func (t *peerTracker) kick() {
 	select {
@@ -107,20 +136,20 @@ func (t *peerTracker) kick() {
 
 // advertiseLoop keeps this member's discovery record alive.
 func (t *peerTracker) advertiseLoop() {
-	defer t.c.wg.Done()
-	ctx := t.c.ctx
-	d := t.c.node.Discovery()
+	defer t.wg.Done()
+	ctx := t.ctx
+	d := t.node.Discovery()
 	if d == nil {
 		return
 	}
 	for {
-		ttl, err := d.Advertise(ctx, t.c.namespace, discovery.TTL(advertiseTTL))
+		ttl, err := d.Advertise(ctx, t.namespace, discovery.TTL(advertiseTTL))
 		wait := ttl / 2
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			t.c.logger.Debug("advertise failed", "error", err)
+			t.logger.Debug("advertise failed", "error", err)
 			wait = time.Second
 		}
 		if wait < time.Second {
@@ -137,8 +166,8 @@ func (t *peerTracker) advertiseLoop() {
 // loop discovers peers and exchanges peer lists with them, fast while this
 // member is joining and slowly once it is a voter.
 func (t *peerTracker) loop() {
-	defer t.c.wg.Done()
-	ctx := t.c.ctx
+	defer t.wg.Done()
+	ctx := t.ctx
 	var lastDiscovery time.Time
 	for {
 		interval := steadyExchangeInterval
@@ -153,7 +182,6 @@ func (t *peerTracker) loop() {
 		}
 		t.addConnected()
 		t.exchangeAll(ctx)
-		t.rounds.Add(1)
 		select {
 		case <-ctx.Done():
 			return
@@ -165,7 +193,7 @@ func (t *peerTracker) loop() {
 
 // discover asks the discovery service for the namespace's members.
 func (t *peerTracker) discover(ctx context.Context, budget time.Duration) {
-	d := t.c.node.Discovery()
+	d := t.node.Discovery()
 	if d == nil {
 		return
 	}
@@ -174,13 +202,13 @@ func (t *peerTracker) discover(ctx context.Context, budget time.Duration) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	ch, err := d.FindPeers(ctx, t.c.namespace)
+	ch, err := d.FindPeers(ctx, t.namespace)
 	if err != nil {
-		t.c.logger.Debug("find peers failed", "error", err)
+		t.logger.Debug("find peers failed", "error", err)
 		return
 	}
 	for ai := range ch {
-		if ai.ID == t.c.self || ai.ID == "" {
+		if ai.ID == t.self || ai.ID == "" {
 			continue
 		}
 		t.learn(ai.ID, ai.Addrs, 0)
@@ -189,10 +217,10 @@ func (t *peerTracker) discover(ctx context.Context, budget time.Duration) {
 
 // addConnected takes connected peers that speak the command protocol.
 func (t *peerTracker) addConnected() {
-	h := t.c.node.Peer()
-	proto := Protocol(t.c.namespace)
+	h := t.node.Peer()
+	proto := Protocol(t.namespace)
 	for _, p := range h.Network().Peers() {
-		if p == t.c.self {
+		if p == t.self {
 			continue
 		}
 		if ps, err := h.Peerstore().SupportsProtocols(p, proto); err == nil && len(ps) > 0 {
@@ -204,11 +232,11 @@ func (t *peerTracker) addConnected() {
 // learn records a peer and its addresses. age is how long ago someone first
 // saw it; the earliest sighting wins.
 func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration) {
-	if id == t.c.self {
+	if id == t.self {
 		return
 	}
 	if len(addrs) > 0 {
-		t.c.node.Peer().Peerstore().AddAddrs(id, addrs, peerstore.AddressTTL)
+		t.node.Peer().Peerstore().AddAddrs(id, addrs, peerstore.AddressTTL)
 	}
 	seen := time.Now().Add(-age)
 	t.mu.Lock()
@@ -229,7 +257,7 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration)
 // merge takes what a peer sent in an exchange (either direction).
 func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 	// Only members send a status; a plain client is not a peer to track.
-	if from != t.c.self && st != nil {
+	if from != t.self && st != nil {
 		t.learn(from, nil, 0)
 		t.mu.Lock()
 		if p, ok := t.peers[from]; ok {
@@ -240,7 +268,7 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 	}
 	for _, wp := range list {
 		id, err := peer.IDFromBytes(wp.ID)
-		if err != nil || id == t.c.self {
+		if err != nil || id == t.self {
 			continue
 		}
 		var addrs []ma.Multiaddr
@@ -260,9 +288,16 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 	}
 }
 
+// exchange is the answering side of a peer exchange: it takes what the
+// peer sent and returns our list and state.
+func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status) ([]wirePeer, *status) {
+	t.merge(from, list, st)
+	return t.wireList(), t.status.status()
+}
+
 // wireList is the peer list this member sends in an exchange.
 func (t *peerTracker) wireList() []wirePeer {
-	ps := t.c.node.Peer().Peerstore()
+	ps := t.node.Peer().Peerstore()
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -294,11 +329,11 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 		return
 	}
 	mine := t.wireList()
-	st := t.c.status()
+	st := t.status.status()
 	for _, id := range ids {
-		t.c.wg.Add(1)
+		t.wg.Add(1)
 		go func() {
-			defer t.c.wg.Done()
+			defer t.wg.Done()
 			defer func() {
 				t.mu.Lock()
 				if p, ok := t.peers[id]; ok {
@@ -307,13 +342,9 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				t.mu.Unlock()
 			}()
 			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
-			resp, err := roundTrip(ctx, t.c.node.Peer(), id, Protocol(t.c.namespace), t.c.svc.codec, req, time.Now().Add(exchangeTimeout))
+			resp, err := t.caller.ask(ctx, id, req, time.Now().Add(exchangeTimeout))
 			if err != nil {
-				t.c.logger.Debug("exchange failed", "peer", id, "error", err)
-				return
-			}
-			if err := resp.err(); err != nil {
-				t.c.logger.Debug("exchange refused", "peer", id, "error", err)
+				t.logger.Debug("exchange failed", "peer", id, "error", err)
 				return
 			}
 			t.merge(id, resp.Peers, resp.Status)
@@ -352,7 +383,7 @@ func (t *peerTracker) view() []peerView {
 // the peerstore has no address for it (a new member, or one whose addresses
 // expired or changed), it asks discovery under the namespace.
 func (t *peerTracker) ensureAddrs(ctx context.Context, id peer.ID) {
-	h := t.c.node.Peer()
+	h := t.node.Peer()
 	if h.Network().Connectedness(id) == network.Connected || len(h.Peerstore().Addrs(id)) > 0 {
 		return
 	}
@@ -361,7 +392,7 @@ func (t *peerTracker) ensureAddrs(ctx context.Context, id peer.ID) {
 
 // lookup searches discovery for id and records its addresses.
 func (t *peerTracker) lookup(ctx context.Context, id peer.ID) bool {
-	return findAddrs(ctx, t.c.node, t.c.namespace, id)
+	return findAddrs(ctx, t.node, t.namespace, id)
 }
 
 // findAddrs searches the node's discovery under namespace for id, and adds

@@ -52,6 +52,50 @@ var (
 	ErrNoMembers = errors.New("raft: no member of the namespace found")
 )
 
+// errAfterClose is ErrShutdown for a call made after Close (of a Cluster or
+// a Client): nothing was sent or proposed, so unlike a shutdown in the middle
+// of a write it certainly was not applied.
+var errAfterClose = fmt.Errorf("%w: called after Close", ErrShutdown)
+
+// errNotSent marks a call that failed before its request left this node, so
+// it is safe to try another member.
+var errNotSent = errors.New("raft: request not sent")
+
+// notApplied lists the causes that mean a write certainly was not applied:
+// refusals before Raft saw the write, and bad input. The README's "Errors"
+// section is this list.
+var notApplied = []error{
+	ErrNotLeader, ErrNoLeader, ErrNoMembers, errNotSent, errAfterClose,
+	ErrInvalidNamespace, ErrInvalidTimeout, ErrInvalidBarrier, ErrInvalidCommand, ErrInvalidKey, ErrTooLarge,
+	ErrEncryptionRequired, ErrUnexpectedEncryption, ErrDecrypt, ErrKeyTooShort,
+}
+
+// IsNotApplied reports whether err means that the write it came from was
+// certainly not applied, so the caller may retry it without risk of applying
+// it twice. For any other error of a write (ErrTimeout, ErrLeadershipLost,
+// ErrShutdown from a member shutting down mid-write, a stream that broke after
+// the request was sent) the outcome is unknown: the write may still be
+// applied. IsNotApplied(nil) is false.
+func IsNotApplied(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, s := range notApplied {
+		if errors.Is(err, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// mayTryElsewhere reports whether another member may take a request that
+// failed with err: it certainly was not applied, and the failure was about
+// where it was sent (no leader there, not the leader, not delivered), not
+// about the request itself.
+func mayTryElsewhere(err error) bool {
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, errNotSent)
+}
+
 // wireErrors lists the sentinels that travel as codes. The code of a sentinel
 // is its index + 2; 0 means success and 1 an error without a sentinel. Append
 // only: the order is the wire format.

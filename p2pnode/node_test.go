@@ -22,6 +22,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/multiformats/go-multiaddr"
 	"go.uber.org/goleak"
+
+	"github.com/tauraft/raft/memdisc"
 )
 
 // TestMain fails the package if any test leaves a goroutine behind, which
@@ -248,7 +250,7 @@ func TestPebbleRestartKeepsIdentityAndData(t *testing.T) {
 func TestSuppliedDatastoreAndDiscovery(t *testing.T) {
 	ctx := context.Background()
 	store := dssync.MutexWrap(datastore.NewMapDatastore())
-	disc := nopDiscovery{}
+	disc := memdisc.Nop{}
 	n, err := New(ctx, Config{Datastore: store, Discovery: disc})
 	if err != nil {
 		t.Fatal(err)
@@ -271,24 +273,12 @@ func TestSuppliedDatastoreAndDiscovery(t *testing.T) {
 	}
 }
 
-type nopDiscovery struct{}
-
-func (nopDiscovery) Advertise(context.Context, string, ...discovery.Option) (time.Duration, error) {
-	return time.Hour, nil
-}
-
-func (nopDiscovery) FindPeers(context.Context, string, ...discovery.Option) (<-chan peer.AddrInfo, error) {
-	ch := make(chan peer.AddrInfo)
-	close(ch)
-	return ch, nil
-}
-
 // TestPebbleWritesAreSynced guards the durability setting, which no
 // functional test can observe without pulling the plug on the machine.
 // It reads go-ds-pebble's unexported write options by reflection; if a
 // dependency upgrade renames the field, update this test, do not drop it.
 func TestPebbleWritesAreSynced(t *testing.T) {
-	n := newTestNode(t, Config{DataDir: t.TempDir(), Discovery: nopDiscovery{}})
+	n := newTestNode(t, Config{DataDir: t.TempDir(), Discovery: memdisc.Nop{}})
 	ps, ok := n.Store().(*pebbleStore)
 	if !ok {
 		t.Fatalf("Store() is %T, want *pebbleStore", n.Store())
@@ -305,7 +295,7 @@ func TestPebbleWritesAreSynced(t *testing.T) {
 // The unsynced handle (raft.UnsyncedStore) is the same database, written
 // without fsync, and stays usable for as long as the store is open.
 func TestPebbleUnsyncedHandle(t *testing.T) {
-	n := newTestNode(t, Config{DataDir: t.TempDir(), Discovery: nopDiscovery{}})
+	n := newTestNode(t, Config{DataDir: t.TempDir(), Discovery: memdisc.Nop{}})
 	u, ok := n.Store().(interface{ Unsynced() datastore.Batching })
 	if !ok {
 		t.Fatalf("Store() is %T, which has no Unsynced method", n.Store())

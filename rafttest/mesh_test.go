@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-datastore"
-	"github.com/libp2p/go-libp2p/core/discovery"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -250,7 +249,12 @@ func advertiseAll(t *testing.T, m *Mesh) {
 	}
 }
 
-func TestDiscoveryVisibility(t *testing.T) {
+// TestMeshDiscovery covers what the Mesh adds to memdisc.Registry, whose own
+// rules are tested in package memdisc: every node, including one added
+// later, shares the mesh's registry under its own identity, advertises
+// addresses that can be dialled, and the visibility methods translate node
+// indices into the registry's rules.
+func TestMeshDiscovery(t *testing.T) {
 	m := NewMesh(t, 3)
 	advertiseAll(t, m)
 	all := []int{0, 1, 2}
@@ -260,7 +264,7 @@ func TestDiscoveryVisibility(t *testing.T) {
 		}
 	}
 
-	// Node 0 discoverable by node 1 only (the partial discovery scenario).
+	// Node 0 discoverable by node 1 only, including to a node added later.
 	m.ShowOnlyTo(0, 1)
 	if got := find(t, m, 1); !slices.Equal(got, all) {
 		t.Errorf("node 1 finds %v, want %v", got, all)
@@ -268,10 +272,6 @@ func TestDiscoveryVisibility(t *testing.T) {
 	if got := find(t, m, 2); !slices.Equal(got, []int{1, 2}) {
 		t.Errorf("node 2 finds %v, want [1 2]", got)
 	}
-	if got := find(t, m, 0); !slices.Equal(got, all) {
-		t.Errorf("node 0 finds %v, want %v (a node always sees itself)", got, all)
-	}
-	// ShowOnlyTo also holds for nodes added later.
 	late := m.Add()
 	if got := find(t, m, late); !slices.Equal(got, []int{1, 2}) {
 		t.Errorf("late node %d finds %v, want [1 2]", late, got)
@@ -313,45 +313,23 @@ func TestDiscoveryVisibility(t *testing.T) {
 	}
 }
 
-func TestRegistryTTLAndLimit(t *testing.T) {
-	m := NewMesh(t, 3)
-	ctx := context.Background()
-	d := m.Node(0).Discovery()
-	ttl, err := d.Advertise(ctx, "/short", discovery.TTL(50*time.Millisecond))
-	if err != nil || ttl != 50*time.Millisecond {
-		t.Fatalf("Advertise = %v, %v; want the requested TTL", ttl, err)
+// TestMeshDiscoveryTTL checks that WithDiscoveryTTL reaches the mesh's
+// registry and that Mesh.Registry is the registry the nodes advertise in.
+func TestMeshDiscoveryTTL(t *testing.T) {
+	m := NewMesh(t, 1, WithDiscoveryTTL(time.Hour))
+	ttl, err := m.Node(0).Discovery().Advertise(context.Background(), ns)
+	if err != nil || ttl != time.Hour {
+		t.Fatalf("Advertise = %v, %v; want the mesh's TTL of 1h", ttl, err)
 	}
-	if ttl, _ := d.Advertise(ctx, "/default"); ttl != DefaultTTL {
-		t.Fatalf("default TTL = %v, want %v", ttl, DefaultTTL)
+	if p := m.Registry().Providers(ns); len(p) != 1 || p[0].ID != m.ID(0) {
+		t.Fatalf("Registry().Providers = %v, want node 0", p)
 	}
-	if len(m.Registry().Providers("/short")) != 1 {
-		t.Fatal("advertisement missing")
+	// The forwarding names still describe a registry of its own.
+	if r := NewRegistry(); r == m.Registry() || len(r.Providers(ns)) != 0 {
+		t.Fatal("NewRegistry did not return a new, empty registry")
 	}
-	WaitFor(t, 2*time.Second, "the advertisement to expire", func() bool {
-		return len(m.Registry().Providers("/short")) == 0
-	})
-
-	advertiseAll(t, m)
-	ch, err := m.Node(1).Discovery().FindPeers(ctx, ns, discovery.Limit(2))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var n int
-	for range ch {
-		n++
-	}
-	if n != 2 {
-		t.Fatalf("FindPeers with limit 2 returned %d peers", n)
-	}
-
-	cctx, cancel := context.WithCancel(ctx)
-	cancel()
-	if _, err := d.FindPeers(cctx, ns); err == nil {
-		t.Error("FindPeers ignored a cancelled context")
-	}
-	m.Registry().Forget(m.ID(0))
-	if got := find(t, m, 1); !slices.Equal(got, []int{1, 2}) {
-		t.Errorf("after Forget(0) node 1 finds %v", got)
+	if NewMesh(t, 0).Registry() == m.Registry() {
+		t.Fatal("two meshes share a registry")
 	}
 }
 

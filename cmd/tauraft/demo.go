@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tauraft/raft"
+	"github.com/tauraft/raft/memdisc"
 	"github.com/tauraft/raft/p2pnode"
 )
 
@@ -82,7 +83,7 @@ type demo struct {
 	out     io.Writer
 	outMu   sync.Mutex
 	start   time.Time
-	reg     *memRegistry
+	reg     *memdisc.Registry // stands in for the DHT, see runDemo
 	dir     string
 	logger  hclog.Logger
 	members []*demoMember
@@ -101,11 +102,15 @@ func runDemo(ctx context.Context, out, logw io.Writer, n int, level hclog.Level)
 	if err != nil {
 		return err
 	}
+	// The nodes share an in-process registry instead of the DHT, so that the
+	// demo shows Raft's behaviour and not DHT convergence. Its records keep
+	// the addresses a node had when it advertised, which is enough: a demo
+	// node keeps its host, and so its addresses, until cleanup.
 	d := &demo{
 		ctx:     ctx,
 		out:     out,
 		start:   time.Now(),
-		reg:     newMemRegistry(),
+		reg:     memdisc.NewRegistry(),
 		dir:     dir,
 		logger:  newLogger("tauraft", level, logw),
 		written: map[string]string{},
@@ -284,7 +289,7 @@ func (d *demo) addNode() (*demoMember, error) {
 	node, err := p2pnode.New(d.ctx, p2pnode.Config{
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		PrivKey:     key,
-		Discovery:   d.reg.view(id, addrs),
+		Discovery:   d.reg.Discovery(id, addrs),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start node: %w", err)
@@ -473,7 +478,7 @@ func (d *demo) cleanup() error {
 		if err := m.node.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: close node: %w", m.name, err))
 		}
-		d.reg.forget(m.node.ID())
+		d.reg.Forget(m.node.ID())
 	}
 	d.members = nil
 	if d.dir != "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tauraft/raft"
+	"github.com/tauraft/raft/memdisc"
 	"github.com/tauraft/raft/p2pnode"
 )
 
@@ -58,7 +59,7 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 				}
 			}
 			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
-				return c.Set(args[0], value, f.timeout, targets...)
+				return writeOutcome(c.Set(args[0], value, f.timeout, targets...))
 			})
 		},
 	}
@@ -93,7 +94,7 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
-				return c.Delete(args[0], f.timeout, targets...)
+				return writeOutcome(c.Delete(args[0], f.timeout, targets...))
 			})
 		},
 	}
@@ -158,7 +159,7 @@ func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn fu
 	// No DHT: the client is told whom to talk to.
 	node, err := p2pnode.New(ctx, p2pnode.Config{
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
-		Discovery:   nopDiscovery{},
+		Discovery:   memdisc.Nop{},
 	})
 	if err != nil {
 		return failure(err)
@@ -187,6 +188,19 @@ func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn fu
 	}
 	defer client.Close()
 	return classify(fn(client, targets))
+}
+
+// writeOutcome says in a failed write's message which of the README's two
+// classes it is in: certainly not applied, or outcome unknown.
+func writeOutcome(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case raft.IsNotApplied(err):
+		return fmt.Errorf("%w (not applied)", err)
+	default:
+		return fmt.Errorf("%w (outcome unknown: the write may still be applied; read it back before retrying)", err)
+	}
 }
 
 // classify turns an error from package raft into an exit code: bad input is

@@ -1,0 +1,147 @@
+package raft
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// bootstrap runs the bootstrap window: it discovers and exchanges peers, joins
+// a leader as soon as one is reachable, and at the deadline decides (see
+// decide). It returns once this node has decided.
+func (c *cluster) bootstrap() error {
+	t := c.peers
+	t.deciding.Store(true)
+	defer t.deciding.Store(false)
+	window := c.cfg.bootstrapTimeout
+	start := time.Now()
+	deadline := start.Add(window)
+	cutoff := start.Add(time.Duration(float64(window) * c.cfg.bootstrapThreshold))
+	t.kick()
+	tick := time.NewTicker(t.fastInterval() / 2)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		select {
+		case <-c.ctx.Done():
+			return ErrShutdown
+		case <-tick.C:
+		}
+		if c.formed() && c.isVoter(c.self) {
+			// A founder bootstrapped a configuration that includes us.
+			c.logger.Info("joined as a founder", "after", time.Since(start))
+			c.startMembership()
+			return nil
+		}
+		view := t.view()
+		if leaderOf(view) == "" {
+			continue
+		}
+		budget := time.Until(deadline)
+		if budget < time.Second {
+			budget = time.Second
+		}
+		if c.requestJoin(view, budget) {
+			// The leader committed us; return once our own replica knows it,
+			// so a caller's first Members or Barrier already sees it.
+			c.waitVoter(time.Now().Add(time.Second))
+			c.logger.Info("joined an existing cluster", "after", time.Since(start))
+			c.startMembership()
+			return nil
+		}
+	}
+	t.deciding.Store(false)
+	c.decide(cutoff)
+	return nil
+}
+
+// decide is the bootstrap decision at the end of the window: a node that
+// already has Raft state (a founder included it, or a leader replicated to
+// it) has nothing to decide; otherwise it applies the founder rule with the
+// peers first seen before cutoff as founders. A node that does not bootstrap
+// is joined by the membership loop, which starts here either way.
+func (c *cluster) decide(cutoff time.Time) {
+	defer c.startMembership()
+	if c.formed() {
+		return
+	}
+	voters, ok := founderRule(c.self, c.peers.view(), cutoff)
+	if !ok {
+		return // a cluster exists or a smaller founder bootstraps: join it
+	}
+	if err := c.bootstrapWith(voters); err != nil {
+		c.logger.Error("bootstrap failed", "error", err)
+		return
+	}
+	c.logger.Info("bootstrapped as founder", "voters", len(voters))
+}
+
+// founderRule is the one rule by which a node without a cluster decides to
+// start one, at the end of its window and whenever it is still clusterless
+// later on:
+//   - if a live peer has a cluster (it has Raft state or knows a leader), it
+//     does not bootstrap: it joins that cluster;
+//   - if a live peer has a smaller peer ID, it does not bootstrap: that peer
+//     (or a smaller one still) does, and this node joins;
+//   - otherwise it bootstraps, with itself and the live peers first seen no
+//     later than cutoff as voters. Peers seen later join afterwards.
+//
+// Only the smallest ID among nodes that see each other bootstraps, so two of
+// them can never both start a cluster. Peers that are not alive (no recent
+// answer) count for nothing: a dead or silent peer must not block formation.
+// view must be sorted by peer ID (peerTracker.view is); the voters come back
+// as self first, then in view order.
+func founderRule(self peer.ID, view []peerView, cutoff time.Time) (voters []peer.ID, ok bool) {
+	voters = []peer.ID{self}
+	for _, v := range view {
+		if !v.alive || v.id == self {
+			continue
+		}
+		if v.status.Formed || len(v.status.Leader) > 0 || v.id < self {
+			return nil, false
+		}
+		if !v.firstSeen.After(cutoff) {
+			voters = append(voters, v.id)
+		}
+	}
+	return voters, true
+}
+
+// formed tells whether this member has Raft state: it bootstrapped, or a
+// leader has replicated to it.
+func (c *cluster) formed() bool {
+	r, err := c.r()
+	return err == nil && r.LastIndex() > 0
+}
+
+// bootstrapAlone makes this node a cluster of one.
+func (c *cluster) bootstrapAlone() error {
+	return c.bootstrapWith([]peer.ID{c.self})
+}
+
+// bootstrapWith bootstraps a configuration of the given voters.
+func (c *cluster) bootstrapWith(ids []peer.ID) error {
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	conf := hraft.Configuration{}
+	for _, id := range ids {
+		conf.Servers = append(conf.Servers, hraft.Server{
+			Suffrage: hraft.Voter,
+			ID:       hraft.ServerID(id.String()),
+			Address:  hraft.ServerAddress(id.String()),
+		})
+	}
+	err = r.BootstrapCluster(conf).Error()
+	if errors.Is(err, hraft.ErrCantBootstrap) {
+		return nil // state appeared meanwhile: nothing to do
+	}
+	if err != nil {
+		return fmt.Errorf("raft: bootstrap: %w", translateRaftError(err))
+	}
+	c.logger.Info("bootstrapped", "voters", len(ids))
+	return nil
+}

@@ -1,0 +1,385 @@
+package raft
+
+// The replicated command of the built-in key-value store: its encoding
+// (canonical CBOR, written and read without reflection on the hot path), its
+// validation, and the registry of operation kinds.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/ipfs/go-datastore"
+)
+
+// Op is one change in a command: a Set of Key to Value, or a Delete of Key.
+type Op struct {
+	Delete bool
+	Key    string
+	Value  []byte
+}
+
+// SetOp is an Op that sets key to value.
+func SetOp(key string, value []byte) Op { return Op{Key: key, Value: value} }
+
+// DeleteOp is an Op that deletes key.
+func DeleteOp(key string) Op { return Op{Delete: true, Key: key} }
+
+// EncodeCommand encodes operations as one command for Cluster.Apply. All of
+// them are applied atomically, in order, or none is.
+func EncodeCommand(ops ...Op) ([]byte, error) {
+	if len(ops) == 0 {
+		return nil, fmt.Errorf("%w: no operations", ErrInvalidCommand)
+	}
+	for _, op := range ops {
+		if err := checkOp(opKindOf(op), op.Key, op.Value); err != nil {
+			return nil, err
+		}
+	}
+	b := appendCommand(ops)
+	if err := checkSize("command", len(b), MaxCommandSize); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// appendCommand writes the canonical CBOR encoding of a command (what
+// cborEnc.Marshal(&command{...}) writes, byte for byte) without reflection.
+func appendCommand(ops []Op) []byte {
+	size := 3 + 9
+	for _, op := range ops {
+		size += 1 + 1 + 9 + len(op.Key) + 9 + len(op.Value)
+	}
+	b := make([]byte, 0, size)
+	b = appendHead(b, 4, 2)
+	b = appendHead(b, 0, commandVersion)
+	b = appendHead(b, 4, uint64(len(ops)))
+	for _, op := range ops {
+		b = appendHead(b, 4, 3)
+		b = appendHead(b, 0, uint64(opKindOf(op)))
+		b = appendHead(b, 3, uint64(len(op.Key)))
+		b = append(b, op.Key...)
+		if op.Value == nil {
+			b = append(b, 0xf6) // CBOR null: how cbor encodes a nil []byte
+		} else {
+			b = appendHead(b, 2, uint64(len(op.Value)))
+			b = append(b, op.Value...)
+		}
+	}
+	return b
+}
+
+// appendHead appends a CBOR head (major type and argument) in its shortest
+// form, as canonical encoding requires.
+func appendHead(b []byte, major byte, n uint64) []byte {
+	m := major << 5
+	switch {
+	case n < 24:
+		return append(b, m|byte(n))
+	case n <= math.MaxUint8:
+		return append(b, m|24, byte(n))
+	case n <= math.MaxUint16:
+		return binary.BigEndian.AppendUint16(append(b, m|25), uint16(n))
+	case n <= math.MaxUint32:
+		return binary.BigEndian.AppendUint32(append(b, m|26), uint32(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, m|27), n)
+	}
+}
+
+// cmdReader reads CBOR heads and strings of a command in canonical form
+// only; anything else makes it fail, and the caller falls back to the full
+// decoder, so the set of accepted commands is exactly what decodeCommand
+// accepts.
+type cmdReader struct {
+	b   []byte
+	off int
+}
+
+func (r *cmdReader) head() (major byte, n uint64, ok bool) {
+	if r.off >= len(r.b) {
+		return 0, 0, false
+	}
+	c := r.b[r.off]
+	r.off++
+	major, info := c>>5, c&0x1f
+	var size int
+	switch {
+	case info < 24:
+		return major, uint64(info), true
+	case info == 24:
+		size = 1
+	case info == 25:
+		size = 2
+	case info == 26:
+		size = 4
+	case info == 27:
+		size = 8
+	default:
+		return 0, 0, false
+	}
+	if len(r.b)-r.off < size {
+		return 0, 0, false
+	}
+	for _, x := range r.b[r.off : r.off+size] {
+		n = n<<8 | uint64(x)
+	}
+	r.off += size
+	// Shortest form only.
+	if (size == 1 && n < 24) || (size > 1 && n < 1<<(4*size)) {
+		return 0, 0, false
+	}
+	return major, n, true
+}
+
+func (r *cmdReader) str(major byte) ([]byte, bool) {
+	m, n, ok := r.head()
+	if !ok || m != major || n > uint64(len(r.b)-r.off) {
+		return nil, false
+	}
+	s := r.b[r.off : r.off+int(n) : r.off+int(n)]
+	r.off += int(n)
+	return s, true
+}
+
+// walkCommand checks that b is a valid command in the canonical encoding
+// EncodeCommand writes and, if fn is not nil, calls it for each operation
+// (key and value alias b). It reports false, having called fn for no
+// operation when fn is nil, for anything else, valid or not: the caller then
+// uses decodeCommand. With fn set it must be called only on a b for which
+// walkCommand(b, nil) returned true.
+func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
+	if len(b) > MaxCommandSize {
+		return false
+	}
+	r := cmdReader{b: b}
+	if m, n, ok := r.head(); !ok || m != 4 || n != 2 {
+		return false
+	}
+	if m, v, ok := r.head(); !ok || m != 0 || v != commandVersion {
+		return false
+	}
+	m, count, ok := r.head()
+	if !ok || m != 4 || count == 0 || count > 1<<20 {
+		return false
+	}
+	for range count {
+		if m, n, ok := r.head(); !ok || m != 4 || n != 3 {
+			return false
+		}
+		m, kind, ok := r.head()
+		if !ok || m != 0 || kind > math.MaxUint8 {
+			return false
+		}
+		op, known := lookupOp(uint8(kind))
+		if !known {
+			return false
+		}
+		key, ok := r.str(3)
+		if !ok || len(key) == 0 || len(key) > MaxKeySize {
+			return false
+		}
+		var value []byte
+		if r.off < len(r.b) && r.b[r.off] == 0xf6 {
+			r.off++
+		} else if value, ok = r.str(2); !ok {
+			return false
+		}
+		if op.check(value) != nil {
+			return false
+		}
+		if fn != nil {
+			fn(uint8(kind), key, value)
+		}
+	}
+	return r.off == len(r.b)
+}
+
+// opKind is one kind of operation the state machine knows: how its operands
+// are checked and how it changes the store. Adding an operation kind is one
+// entry in opKinds; a kind missing there is refused when proposed and stops
+// a replica that meets it in its log (see kvStore.ApplyBatch).
+type opKind struct {
+	name string
+	// check validates an operation's value (its key is checked for every
+	// kind alike). Every replica runs it on the same bytes.
+	check func(value []byte) error
+	// apply adds the operation's change of key k to a batch.
+	apply func(ctx context.Context, b datastore.Batch, k datastore.Key, value []byte) error
+}
+
+// Operation kinds on the wire. Append only: the numbers are the log format.
+const (
+	opSet    uint8 = 1
+	opDelete uint8 = 2
+)
+
+// opKinds is the registry of operation kinds, indexed by their number.
+var opKinds = [...]*opKind{
+	opSet: {
+		name:  "set",
+		check: validateValue,
+		apply: func(ctx context.Context, b datastore.Batch, k datastore.Key, value []byte) error {
+			// A copy: the datastore may keep the slice, and the value may
+			// alias a caller's buffer (Cluster.Apply).
+			return b.Put(ctx, k, bytes.Clone(value))
+		},
+	},
+	opDelete: {
+		name: "delete",
+		check: func(value []byte) error {
+			if len(value) != 0 {
+				return fmt.Errorf("%w: delete with a value", ErrInvalidCommand)
+			}
+			return nil
+		},
+		apply: func(ctx context.Context, b datastore.Batch, k datastore.Key, _ []byte) error {
+			return b.Delete(ctx, k)
+		},
+	},
+}
+
+// lookupOp returns the registered kind numbered kind.
+func lookupOp(kind uint8) (*opKind, bool) {
+	if int(kind) >= len(opKinds) || opKinds[kind] == nil {
+		return nil, false
+	}
+	return opKinds[kind], true
+}
+
+// checkOp validates one operation: its key, and its value as its kind wants.
+func checkOp(kind uint8, key string, value []byte) error {
+	if err := validateKey(key); err != nil {
+		return err
+	}
+	k, ok := lookupOp(kind)
+	if !ok {
+		return fmt.Errorf("%w: operation kind %d", ErrInvalidCommand, kind)
+	}
+	return k.check(value)
+}
+
+// opKindOf is the wire kind of an Op.
+func opKindOf(op Op) uint8 {
+	if op.Delete {
+		return opDelete
+	}
+	return opSet
+}
+
+// commandVersion is the version a command starts with.
+const commandVersion = 1
+
+// command is the replicated entry of the built-in store. Arrays rather than
+// maps keep it compact and free of map[any]any decoding.
+type command struct {
+	_       struct{} `cbor:",toarray"`
+	Version uint8
+	Ops     []commandOp
+}
+
+type commandOp struct {
+	_     struct{} `cbor:",toarray"`
+	Kind  uint8
+	Key   string
+	Value []byte
+}
+
+var (
+	cborEnc cbor.EncMode
+	cborDec cbor.DecMode
+)
+
+func init() {
+	var err error
+	cborEnc, err = cbor.CoreDetEncOptions().EncMode()
+	if err != nil {
+		panic(err)
+	}
+	// Replicas must refuse unknown fields: a field one build ignores and
+	// another applies would make them diverge.
+	cborDec = strictDecMode(1<<20, 1<<16, cbor.ExtraDecErrorUnknownField)
+}
+
+// strictDecMode is the CBOR decoding of everything that comes from a peer or
+// the log: bounded sizes and nesting, no duplicate map keys, no indefinite
+// lengths, no tags. Text strings need not be UTF-8: keys are opaque bytes in
+// Go strings, and every replica decodes them alike.
+func strictDecMode(maxElements, maxPairs int, extra cbor.ExtraDecErrorCond) cbor.DecMode {
+	dm, err := cbor.DecOptions{
+		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
+		MaxNestedLevels:   8,
+		MaxArrayElements:  maxElements,
+		MaxMapPairs:       maxPairs,
+		IndefLength:       cbor.IndefLengthForbidden,
+		UTF8:              cbor.UTF8DecodeInvalid,
+		TagsMd:            cbor.TagsForbidden,
+		ExtraReturnErrors: extra,
+	}.DecMode()
+	if err != nil {
+		panic(err) // the options are constants
+	}
+	return dm
+}
+
+// decodeCommand decodes and validates a command. Every replica runs the same
+// checks on the same bytes, so they all accept or all reject it.
+func decodeCommand(b []byte) (*command, error) {
+	if err := checkSize("command", len(b), MaxCommandSize); err != nil {
+		return nil, err
+	}
+	var cmd command
+	if err := cborDec.Unmarshal(b, &cmd); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	}
+	if cmd.Version != commandVersion {
+		return nil, fmt.Errorf("%w: version %d", ErrInvalidCommand, cmd.Version)
+	}
+	if len(cmd.Ops) == 0 {
+		return nil, fmt.Errorf("%w: no operations", ErrInvalidCommand)
+	}
+	for _, op := range cmd.Ops {
+		if err := checkOp(op.Kind, op.Key, op.Value); err != nil {
+			return nil, err
+		}
+	}
+	return &cmd, nil
+}
+
+// validateCommand checks a command given to Cluster.Apply: the fast parser
+// takes the canonical encoding, the full decoder any other valid one.
+func validateCommand(b []byte) error {
+	if walkCommand(b, nil) {
+		return nil
+	}
+	_, err := decodeCommand(b)
+	return err
+}
+
+// forEachOp calls fn for every operation of a valid command, with key and
+// value aliasing b where the fast parser reads it. It returns fn's first
+// error, or the command's decoding error.
+func forEachOp(b []byte, fn func(kind uint8, key, value []byte) error) error {
+	if walkCommand(b, nil) {
+		var err error
+		walkCommand(b, func(kind uint8, key, value []byte) {
+			if err == nil {
+				err = fn(kind, key, value)
+			}
+		})
+		return err
+	}
+	cmd, err := decodeCommand(b)
+	if err != nil {
+		return err
+	}
+	for _, op := range cmd.Ops {
+		if err := fn(op.Kind, []byte(op.Key), op.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,19 @@
+// Package raft runs HashiCorp Raft inside a libp2p mesh.
+//
+// New starts or joins the cluster of one namespace on a Node: the namespace
+// is the discovery rendezvous, names the command protocol and the Raft RPC
+// protocol, and prefixes everything the cluster keeps in the node's
+// datastore. Nodes of a namespace find each other, exchange what they know
+// and agree on founders without a seed list; a Client talks to any member,
+// which forwards writes (and linearizable reads) to the leader.
+//
+// Where things live: cluster.go (the Cluster interface and its lifecycle),
+// bootstrap.go (the bootstrap window and the founder rule), membership.go
+// (joining and staying in), merge.go (split clusters), discovery.go (the
+// peer tracker), kv.go and readindex.go (the key-value calls and barrier
+// reads), wire.go, caller.go, stream.go and forward.go (the command service
+// and its client side), command.go, fsm.go and snapshot.go (the state
+// machine), store_log.go and store_stable.go (Raft's storage in the
+// datastore), transport.go and crypto.go (Raft RPC over libp2p, encryption),
+// limits.go and errors.go (every limit and every sentinel).
+package raft

@@ -1,0 +1,314 @@
+package raft
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Members lists the servers of the latest configuration.
+func (c *cluster) Members() ([]Member, error) {
+	r, err := c.r()
+	if err != nil {
+		return nil, err
+	}
+	f := r.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, translateRaftError(err)
+	}
+	servers := f.Configuration().Servers
+	out := make([]Member, 0, len(servers))
+	for _, s := range servers {
+		id, err := peer.Decode(string(s.ID))
+		if err != nil {
+			return nil, fmt.Errorf("raft: member id %q: %w", s.ID, err)
+		}
+		out = append(out, Member{ID: id, Address: s.Address, Suffrage: s.Suffrage})
+	}
+	return out, nil
+}
+
+// isVoter tells whether id is a voter of the latest configuration.
+func (c *cluster) isVoter(id peer.ID) bool {
+	members, err := c.Members()
+	if err != nil {
+		return false
+	}
+	for _, m := range members {
+		if m.ID == id && m.Suffrage == hraft.Voter {
+			return true
+		}
+	}
+	return false
+}
+
+// AddVoter adds id as a voter. Leader only.
+func (c *cluster) AddVoter(id peer.ID, timeout time.Duration) error {
+	if err := validateTimeout(timeout); err != nil {
+		return err
+	}
+	if err := validatePeer(id); err != nil {
+		return err
+	}
+	return c.addVoter(id, timeout)
+}
+
+// validatePeer checks a peer ID given to a membership call.
+func validatePeer(id peer.ID) error {
+	if err := id.Validate(); err != nil {
+		return fmt.Errorf("%w: peer ID: %v", ErrInvalidCommand, err)
+	}
+	return nil
+}
+
+// addVoter adds a validated peer as a voter, on the leader.
+func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	if r.State() != hraft.Leader {
+		return ErrNotLeader
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	c.peers.ensureAddrs(ctx, id)
+	cancel()
+	addr := hraft.ServerAddress(id.String())
+	return c.wait(r.AddVoter(hraft.ServerID(id.String()), addr, 0, timeout), timeout)
+}
+
+// joinVoter is the leader's side of a join request: a peer that already is a
+// voter is left as it is, any other is added.
+func (c *cluster) joinVoter(id peer.ID, timeout time.Duration) error {
+	if c.isVoter(id) {
+		return nil
+	}
+	if err := c.addVoter(id, timeout); err != nil {
+		return err
+	}
+	c.logger.Info("added voter", "peer", id)
+	return nil
+}
+
+// RemoveServer removes id from the configuration. Leader only.
+func (c *cluster) RemoveServer(id peer.ID, timeout time.Duration) error {
+	if err := validateTimeout(timeout); err != nil {
+		return err
+	}
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	return c.wait(r.RemoveServer(hraft.ServerID(id.String()), 0, timeout), timeout)
+}
+
+// status reports this member's state for peer exchange.
+func (c *cluster) status() *status {
+	st := &status{Deciding: c.peers.deciding.Load()}
+	r, err := c.r()
+	if err != nil {
+		return st
+	}
+	if _, id := r.LeaderWithID(); id != "" {
+		if p, err := peer.Decode(string(id)); err == nil {
+			st.Leader = []byte(p)
+		}
+	}
+	st.Formed = r.LastIndex() > 0
+	if st.Formed {
+		if f := r.GetConfiguration(); f.Error() == nil {
+			for _, s := range f.Configuration().Servers {
+				if s.Suffrage == hraft.Voter {
+					st.Voters++
+					if s.ID == hraft.ServerID(c.self.String()) {
+						st.Member = true
+					}
+					if id, err := peer.Decode(string(s.ID)); err == nil && len(st.VoterIDs) < maxStatusVoters {
+						st.VoterIDs = append(st.VoterIDs, []byte(id))
+					}
+				}
+			}
+		}
+	}
+	return st
+}
+
+// requestJoin asks the cluster to add this node as a voter, through the
+// targets joinTargets picks. It reports whether one of them accepted.
+func (c *cluster) requestJoin(view []peerView, timeout time.Duration) bool {
+	// The whole attempt, every target included, fits in timeout: during the
+	// bootstrap window New must not overrun by much.
+	deadline := time.Now().Add(timeout)
+	for _, id := range joinTargets(c.self, view) {
+		left := time.Until(deadline)
+		if c.ctx.Err() != nil || left <= 0 {
+			return false
+		}
+		// The member gets most of the time; the rest carries its answer.
+		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(left * 4 / 5)}
+		_, err := c.caller.ask(c.ctx, id, req, deadline)
+		if err == nil {
+			return true
+		}
+		c.logger.Debug("join request failed", "via", id, "error", err)
+	}
+	return false
+}
+
+// joinTargets is whom a node asks to join, in order: the leader that a live
+// member reports (unless that is the node itself), then every live member
+// that has a cluster (it forwards to its leader).
+func joinTargets(self peer.ID, view []peerView) []peer.ID {
+	var targets []peer.ID
+	leader := leaderOf(view)
+	if leader != "" && leader != self {
+		targets = append(targets, leader)
+	}
+	for _, v := range view {
+		if v.alive && v.status.Formed && v.id != self && v.id != leader {
+			targets = append(targets, v.id)
+		}
+	}
+	return targets
+}
+
+// leaderOf returns the leader that a live, formed peer reports, if any.
+func leaderOf(view []peerView) peer.ID {
+	for _, v := range view {
+		if v.alive && v.status.Formed && len(v.status.Leader) > 0 {
+			if id, err := peer.IDFromBytes(v.status.Leader); err == nil {
+				return id
+			}
+		}
+	}
+	return ""
+}
+
+// waitVoter waits until this node's configuration makes it a voter, or the
+// deadline passes.
+func (c *cluster) waitVoter(deadline time.Time) {
+	for !c.isVoter(c.self) && time.Now().Before(deadline) {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// startMembership starts the membership loop once.
+func (c *cluster) startMembership() {
+	c.membershipOnce.Do(func() {
+		c.wg.Add(1)
+		go c.membershipLoop()
+	})
+}
+
+// membershipLoop keeps this node in the cluster. Until it is a voter it asks
+// to join, with backoff, through every live member it knows (and, when no
+// cluster exists anywhere it can see and it has the smallest ID, it
+// bootstraps the waiting nodes). Once a voter it watches for a second cluster
+// in the namespace (see mergeIfSplit). A voter removed while running stays
+// out until restarted.
+func (c *cluster) membershipLoop() {
+	defer c.wg.Done()
+	t := c.peers
+	wasVoter := false
+	warnedRemoved := false
+	backoff := t.fastInterval()
+	for {
+		wait := backoff
+		switch {
+		case c.isVoter(c.self):
+			if !wasVoter {
+				c.logger.Info("voter of the cluster")
+				wasVoter, warnedRemoved = true, false
+				t.fast.Store(false)
+				backoff = t.fastInterval()
+			}
+			if c.mergeIfSplit() {
+				wasVoter = false
+				t.fast.Store(true)
+				wait = 0
+				break
+			}
+			wait = steadyExchangeInterval
+		case c.votedIn.Load():
+			if !warnedRemoved {
+				c.logger.Warn("removed from the configuration; not rejoining until restarted")
+				warnedRemoved = true
+			}
+			wait = steadyExchangeInterval
+		default:
+			t.fast.Store(true)
+			view := t.view()
+			if c.requestJoin(view, 5*time.Second) {
+				wait = 20 * time.Millisecond // becoming a voter takes one replication
+				break
+			}
+			// Past the window every live peer counts as a founder.
+			if voters, ok := founderRule(c.self, view, time.Now()); ok && !c.formed() {
+				if err := c.bootstrapWith(voters); err != nil {
+					c.logger.Error("bootstrap failed", "error", err)
+				} else {
+					c.logger.Info("bootstrapped the waiting nodes", "voters", len(voters))
+				}
+				wait = 20 * time.Millisecond
+				break
+			}
+			backoff *= 2
+			if backoff > 2*time.Second {
+				backoff = 2 * time.Second
+			}
+		}
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// rejoinIfRemoved handles a voter that was removed while it was down: its
+// own configuration still lists it, so it waits for a leader that will never
+// call. When a live member of its configuration follows a leader of that same
+// configuration, and that leader confirms that its configuration no longer
+// holds this node, it asks to join again. Joining is harmless if wrong: the
+// leader only adds a voter.
+func (c *cluster) rejoinIfRemoved(mine map[peer.ID]bool) {
+	for _, leader := range removedBy(c.self, mine, c.peers.view()) {
+		if !c.confirmLeaderWithout(leader) {
+			continue
+		}
+		c.logger.Info("removed from the configuration while away; asking to join again", "leader", leader)
+		if c.requestJoin(c.peers.view(), 5*time.Second) {
+			c.waitVoter(time.Now().Add(time.Second))
+		}
+		return
+	}
+}
+
+// removedBy lists the leaders that, by what live voters of this member's own
+// configuration (mine) report, now lead that configuration without this
+// member: each report names a leader inside mine and lists every voter, and
+// this member is not among them. Each leader is listed once, in view order;
+// it must still confirm before the member asks back in.
+func removedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) []peer.ID {
+	var out []peer.ID
+	for _, v := range view {
+		st := v.status
+		if !v.alive || !mine[v.id] || !st.Formed || !st.listsEveryVoter() || containsPeer(st.VoterIDs, self) {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || !mine[leader] || leader == self || slices.Contains(out, leader) {
+			continue
+		}
+		out = append(out, leader)
+	}
+	return out
+}

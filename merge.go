@@ -1,0 +1,278 @@
+package raft
+
+import (
+	"context"
+	"os"
+	"strings"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// mergeIfSplit handles a second cluster in the namespace, which the
+// bootstrap protocol avoids but cannot rule out when discovery was slow or
+// the network split during formation (for example a node that bootstrapped
+// alone). A voter that sees a live member of a cluster whose voters share
+// none with its own, and that cluster is larger (or as large, with a smaller
+// leader ID), drops its state and joins it. Every member of the smaller
+// cluster does the same, so the namespace ends as one cluster. Writes that
+// the smaller cluster accepted are lost; the README says so. It reports
+// whether it dropped its state.
+func (c *cluster) mergeIfSplit() bool {
+	members, err := c.Members()
+	if err != nil || len(members) == 0 {
+		return false
+	}
+	mine := map[peer.ID]bool{}
+	for _, m := range members {
+		if m.Suffrage == hraft.Voter {
+			mine[m.ID] = true
+		}
+	}
+	myLeader, err := c.Leader()
+	if err != nil {
+		c.rejoinIfRemoved(mine)
+		return c.leaveOrphanedConfig(mine)
+	}
+	c.orphanRounds = 0
+	for _, m := range mergeCandidates(mine, myLeader, c.peers.view()) {
+		// Believe no single peer: a majority of the other cluster's voters
+		// must confirm it before this member drops its data.
+		if !c.confirmCluster(m.leader, m.voters, mine) {
+			c.logger.Warn("a peer reported another cluster that its voters do not confirm", "peer", m.via, "leader", m.leader)
+			continue
+		}
+		c.logger.Warn("found another cluster in the namespace; dropping this one to join it",
+			"leader", m.leader, "their_voters", len(m.voters), "our_voters", len(mine))
+		if err := c.reset(); err != nil {
+			c.logger.Error("reset failed", "error", err)
+			return false
+		}
+		return true
+	}
+	return false
+}
+
+// leaveOrphanedConfig handles overlapping configurations, which the disjoint
+// rule of mergeIfSplit cannot see: two founders that never saw each other
+// during their windows, but both saw a third node c with a larger ID, both
+// bootstrap with it ({a, c} and {b, c}). c follows only one of them; the
+// other is left a leaderless candidate forever. This member, having no
+// leader, drops its state and joins the other cluster when a live voter of
+// its own configuration follows a leader outside that configuration, in a
+// configuration without this member; the sighting must hold on two
+// consecutive rounds (an election in progress is not an orphaned
+// configuration) and the leader itself must confirm it. mine is this
+// member's voter set.
+func (c *cluster) leaveOrphanedConfig(mine map[peer.ID]bool) bool {
+	leader, ok := orphanedBy(c.self, mine, c.peers.view())
+	if !ok {
+		c.orphanRounds = 0
+		return false
+	}
+	if c.orphanRounds++; c.orphanRounds < 2 {
+		return false
+	}
+	if !c.confirmLeaderWithout(leader) {
+		return false
+	}
+	c.orphanRounds = 0
+	c.logger.Warn("a voter of our configuration follows another cluster and we have no leader; dropping this configuration to join it",
+		"leader", leader)
+	if err := c.reset(); err != nil {
+		c.logger.Error("reset failed", "error", err)
+		return false
+	}
+	return true
+}
+
+// mergeCandidate is another cluster of the namespace, as one peer reports it.
+type mergeCandidate struct {
+	via    peer.ID  // the peer that reported it
+	leader peer.ID  // its leader
+	voters [][]byte // its voters, as the peer listed them
+}
+
+// mergeCandidates lists, in view order, the other clusters that live peers
+// report and that this member's cluster (voters mine, led by myLeader) must
+// give way to: the reporting peer and its leader are outside mine, the
+// reported voters share none with mine, and that cluster is larger, or as
+// large with a smaller leader ID. The rule is the same on both sides, so of
+// two clusters exactly one gives way. A candidate is only a claim: the
+// caller has a majority of its voters confirm it (confirmsCluster).
+func mergeCandidates(mine map[peer.ID]bool, myLeader peer.ID, view []peerView) []mergeCandidate {
+	var out []mergeCandidate
+	for _, v := range view {
+		st := v.status
+		if !v.alive || !st.Formed || mine[v.id] || len(st.VoterIDs) == 0 {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || mine[leader] || sharesVoter(st.VoterIDs, mine) {
+			continue
+		}
+		theirs, ours := len(st.VoterIDs), len(mine)
+		if theirs > ours || (theirs == ours && leader < myLeader) {
+			out = append(out, mergeCandidate{via: v.id, leader: leader, voters: st.VoterIDs})
+		}
+	}
+	return out
+}
+
+// sharesVoter reports whether any of ids (peer IDs as bytes) is in mine.
+func sharesVoter(ids [][]byte, mine map[peer.ID]bool) bool {
+	for _, b := range ids {
+		if id, err := peer.IDFromBytes(b); err == nil && mine[id] {
+			return true
+		}
+	}
+	return false
+}
+
+// orphanedBy returns the leader that a live voter of our configuration (mine)
+// follows, when that leader is not in mine and that voter's configuration,
+// reported in full, does not hold this member (self).
+func orphanedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) (peer.ID, bool) {
+	for _, v := range view {
+		st := v.status
+		if !v.alive || v.id == self || !mine[v.id] || !st.Formed || !st.Member || !st.listsEveryVoter() {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || mine[leader] || leader == self {
+			continue
+		}
+		if !containsPeer(st.VoterIDs, self) {
+			return leader, true
+		}
+	}
+	return "", false
+}
+
+// confirmLeaderWithout asks leader itself whether it leads a configuration,
+// given in full, that does not hold this member.
+func (c *cluster) confirmLeaderWithout(leader peer.ID) bool {
+	st, ok := c.askStatus(leader)
+	return ok && leadsWithout(st, leader, c.self)
+}
+
+// leadsWithout reports whether st, the state that leader gave of itself,
+// shows a voter that leads (it names itself leader) a configuration, listed
+// in full, without self.
+func leadsWithout(st *status, leader, self peer.ID) bool {
+	l, err := peer.IDFromBytes(st.Leader)
+	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryVoter() && !containsPeer(st.VoterIDs, self)
+}
+
+// askStatus asks a peer, in a peer exchange, for its own state.
+func (c *cluster) askStatus(id peer.ID) (*status, bool) {
+	req := &request{Cmd: cmdExchangePeers, Status: c.status()}
+	resp, err := c.caller.ask(c.ctx, id, req, time.Now().Add(exchangeTimeout))
+	if err != nil || resp.Status == nil {
+		return nil, false
+	}
+	return resp.Status, true
+}
+
+// containsPeer reports whether ids (peer IDs as bytes) holds id.
+func containsPeer(ids [][]byte, id peer.ID) bool {
+	for _, b := range ids {
+		if peer.ID(b) == id {
+			return true
+		}
+	}
+	return false
+}
+
+// confirmCluster asks each claimed voter of another cluster for its state,
+// and reports whether a majority of them confirm it (confirmsCluster).
+func (c *cluster) confirmCluster(leader peer.ID, voterIDs [][]byte, mine map[peer.ID]bool) bool {
+	confirmed := 0
+	for _, b := range voterIDs {
+		id, err := peer.IDFromBytes(b)
+		if err != nil || mine[id] || id == c.self {
+			continue
+		}
+		if st, ok := c.askStatus(id); ok && confirmsCluster(st, leader, mine) {
+			confirmed++
+		}
+	}
+	return confirmed*2 > len(voterIDs)
+}
+
+// confirmsCluster reports whether st, the state a claimed voter gave of
+// itself, confirms the claim: it is a voter of a cluster led by leader whose
+// voters share none with ours (mine).
+func confirmsCluster(st *status, leader peer.ID, mine map[peer.ID]bool) bool {
+	l, err := peer.IDFromBytes(st.Leader)
+	return err == nil && l == leader && st.Formed && st.Member && !sharesVoter(st.VoterIDs, mine)
+}
+
+// reset drops this member's Raft state and key-value data and starts Raft
+// afresh, ready to join another cluster.
+func (c *cluster) reset() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return ErrShutdown
+	}
+	if err := c.raft.Shutdown().Error(); err != nil {
+		return err
+	}
+	// The state machine goes first: a crash part way must never leave it
+	// with data and an applied index but no log, or it would skip the
+	// entries of the cluster it joins. (The log's synced delete below also
+	// makes the wipe durable when the wipe itself was not synced.)
+	if err := c.fsm.wipe(); err != nil {
+		return err
+	}
+	if first, err := c.logs.FirstIndex(); err == nil {
+		if last, err := c.logs.LastIndex(); err == nil && last > 0 {
+			if err := c.logs.DeleteRange(first, last); err != nil {
+				return err
+			}
+		}
+	}
+	if err := deleteChildren(c.node.Store(), c.namespace+"/stable"); err != nil {
+		return err
+	}
+	c.votedIn.Store(false)
+	if err := os.RemoveAll(c.snapDir); err != nil {
+		return err
+	}
+	_, r, err := c.start()
+	if err != nil {
+		return err
+	}
+	c.raft = r
+	return nil
+}
+
+// deleteChildren deletes the keys exactly one segment below prefix.
+func deleteChildren(ds datastore.Batching, prefix string) error {
+	ctx := context.Background()
+	res, err := ds.Query(ctx, query.Query{Prefix: prefix, KeysOnly: true})
+	if err != nil {
+		return err
+	}
+	entries, err := res.Rest()
+	if err != nil {
+		return err
+	}
+	b, err := ds.Batch(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Key, prefix+"/")
+		if ok && rest != "" && !strings.Contains(rest, "/") {
+			if err := b.Delete(ctx, datastore.RawKey(e.Key)); err != nil {
+				return err
+			}
+		}
+	}
+	return b.Commit(ctx)
+}

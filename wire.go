@@ -1,0 +1,197 @@
+package raft
+
+// The command service's wire: what a request and a response hold, how they
+// are framed (msgio varint frames, capped at MaxMessageSize), and the
+// envelope that says whether a frame is plaintext or sealed with the
+// namespace key. The server side is stream.go, the client side caller.go.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/fxamacker/cbor/v2"
+	"github.com/libp2p/go-msgio"
+)
+
+// Commands of the command service.
+const (
+	cmdSet           = "set"
+	cmdGet           = "get"
+	cmdDelete        = "delete"
+	cmdKeys          = "keys"
+	cmdJoinVoter     = "joinVoter"
+	cmdExchangePeers = "exchangePeers"
+	cmdReadIndex     = "readIndex"
+)
+
+// Envelope bytes: the first byte of every frame says whether the rest is
+// plaintext CBOR or sealed with the namespace key.
+const (
+	envelopePlain  byte = 0
+	envelopeSealed byte = 1
+)
+
+const (
+	// requestReadTimeout bounds how long a member waits for a request frame,
+	// so a stream that never finishes cannot hold a handler.
+	requestReadTimeout = 10 * time.Second
+	// defaultCallTimeout bounds reads and other calls without a timeout of
+	// their own.
+	defaultCallTimeout = 10 * time.Second
+	// callMargin is added to a request's own timeout on the wire, so that the
+	// member's answer, even a timeout, gets back before the stream deadline.
+	callMargin = 5 * time.Second
+)
+
+// request is one command. Fields are keyed by small integers, so the wire
+// stays compact and new fields can be added.
+type request struct {
+	Cmd       string     `cbor:"1,keyasint"`
+	Key       string     `cbor:"2,keyasint,omitempty"`
+	Value     []byte     `cbor:"3,keyasint,omitempty"`
+	Prefix    string     `cbor:"4,keyasint,omitempty"`
+	Timeout   int64      `cbor:"5,keyasint,omitempty"` // nanoseconds
+	Barrier   int64      `cbor:"6,keyasint,omitempty"` // nanoseconds
+	Peer      []byte     `cbor:"7,keyasint,omitempty"` // joinVoter: the peer to add
+	Peers     []wirePeer `cbor:"8,keyasint,omitempty"`
+	Forwarded bool       `cbor:"9,keyasint,omitempty"`
+	Status    *status    `cbor:"10,keyasint,omitempty"` // exchangePeers: the sender's state
+}
+
+// response answers a request. Code 0 is success; otherwise Code names the
+// sentinel error (see errors.go) and Message explains.
+type response struct {
+	Code    uint16     `cbor:"1,keyasint,omitempty"`
+	Message string     `cbor:"2,keyasint,omitempty"`
+	Value   []byte     `cbor:"3,keyasint,omitempty"`
+	Found   bool       `cbor:"4,keyasint,omitempty"`
+	Keys    []string   `cbor:"5,keyasint,omitempty"`
+	Peers   []wirePeer `cbor:"6,keyasint,omitempty"`
+	Index   uint64     `cbor:"7,keyasint,omitempty"`
+	Status  *status    `cbor:"8,keyasint,omitempty"`
+}
+
+// wirePeer is a peer as exchangePeers carries it. Age is how long ago the
+// sender (or whoever told it) first saw the peer, so that sightings travel
+// without the members' clocks having to agree.
+type wirePeer struct {
+	_     struct{} `cbor:",toarray"`
+	ID    []byte
+	Addrs [][]byte
+	Age   int64 // milliseconds
+}
+
+// status is a member's view of its own cluster, sent in peer exchange.
+type status struct {
+	_ struct{} `cbor:",toarray"`
+	// Leader is the leader the member knows, empty if none.
+	Leader []byte
+	// Formed: the member has Raft state (it bootstrapped or was added).
+	Formed bool
+	// Deciding: the member is still in its bootstrap window.
+	Deciding bool
+	// Voters is the number of voters in the member's configuration.
+	Voters int
+	// Member: the member is a voter of its own configuration.
+	Member bool
+	// VoterIDs are the voters of its configuration (at most maxStatusVoters),
+	// which tells whether two members are in the same cluster.
+	VoterIDs [][]byte
+}
+
+// maxStatusVoters caps the voter list a status carries.
+const maxStatusVoters = 64
+
+// listsEveryVoter reports whether the status names a leader and lists every
+// voter of its configuration: only then does a peer's absence from VoterIDs
+// mean it is not a voter (a list cut at maxStatusVoters proves nothing).
+func (st *status) listsEveryVoter() bool {
+	return len(st.Leader) > 0 && len(st.VoterIDs) > 0 && len(st.VoterIDs) >= st.Voters
+}
+
+func (r *response) err() error { return errorFromWire(r.Code, r.Message) }
+
+// errorResponse is the answer that carries err; nil gives a plain success.
+func errorResponse(err error) *response {
+	if err == nil {
+		return &response{}
+	}
+	return &response{Code: errorCode(err), Message: err.Error()}
+}
+
+// wireDec decodes requests and responses: strict about types and sizes,
+// tolerant of fields it does not know (newer peers may send more).
+var wireDec = strictDecMode(1<<16, 64, cbor.ExtraDecErrorNone)
+
+// decodeRequest decodes a plaintext request body.
+func decodeRequest(b []byte) (*request, error) {
+	var req request
+	if err := wireDec.Unmarshal(b, &req); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	}
+	return &req, nil
+}
+
+// codec frames and (optionally) seals messages of one namespace.
+type codec struct {
+	key *secretKey
+}
+
+// encode turns a message into a frame body.
+func (c codec) encode(v any) ([]byte, error) {
+	b, err := cborEnc.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	if c.key == nil {
+		return append([]byte{envelopePlain}, b...), nil
+	}
+	sealed, err := c.key.seal(b)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 1+len(sealed))
+	out[0] = envelopeSealed
+	copy(out[1:], sealed)
+	if err := checkSize("message", len(out), MaxMessageSize); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// open unwraps a frame body into its CBOR payload.
+func (c codec) open(frame []byte) ([]byte, error) {
+	if len(frame) == 0 {
+		return nil, fmt.Errorf("%w: empty frame", ErrInvalidCommand)
+	}
+	switch frame[0] {
+	case envelopePlain:
+		if c.key != nil {
+			return nil, ErrEncryptionRequired
+		}
+		return frame[1:], nil
+	case envelopeSealed:
+		if c.key == nil {
+			return nil, ErrUnexpectedEncryption
+		}
+		return c.key.open(frame[1:])
+	}
+	return nil, fmt.Errorf("%w: unknown envelope %d", ErrInvalidCommand, frame[0])
+}
+
+func writeFrame(w io.Writer, body []byte) error {
+	if err := checkSize("message", len(body), MaxMessageSize); err != nil {
+		return err
+	}
+	return msgio.NewVarintWriter(w).WriteMsg(body)
+}
+
+func readFrame(r io.Reader) ([]byte, error) {
+	b, err := msgio.NewVarintReaderSize(r, MaxMessageSize).ReadMsg()
+	if errors.Is(err, msgio.ErrMsgTooLarge) {
+		return nil, fmt.Errorf("%w: frame over %d bytes", ErrTooLarge, MaxMessageSize)
+	}
+	return b, err
+}
