@@ -379,14 +379,21 @@ func benchInmemStores(*testing.B, string) benchStores {
 	return benchStores{logs: s, stable: s, snaps: hraft.NewInmemSnapshotStore(), close: func() error { return nil }}
 }
 
-// benchDatastoreStores puts our LogStore and StableStore on ds, behind the
-// LogCache cluster.start uses, with a file snapshot store in dir as in the
-// library.
+// benchDatastoreStores puts our LogStore and StableStore on ds, as the
+// library does (benchLibraryStores).
 func benchDatastoreStores(b *testing.B, dir string, ds datastore.Batching, closeDS func() error) benchStores {
 	logs, err := NewLogStore(ds, "/raft/bench/log")
 	if err != nil {
 		b.Fatal(err)
 	}
+	s := benchLibraryStores(b, dir, logs, NewStableStore(ds, "/raft/bench/stable"), closeDS)
+	s.ds = ds
+	return s
+}
+
+// benchLibraryStores puts logs behind the LogCache cluster.start uses, with a
+// file snapshot store in dir as in the library.
+func benchLibraryStores(b *testing.B, dir string, logs hraft.LogStore, stable hraft.StableStore, closeStores func() error) benchStores {
 	cache, err := hraft.NewLogCache(512, logs)
 	if err != nil {
 		b.Fatal(err)
@@ -395,7 +402,7 @@ func benchDatastoreStores(b *testing.B, dir string, ds datastore.Batching, close
 	if err != nil {
 		b.Fatal(err)
 	}
-	return benchStores{ds: ds, logs: cache, stable: NewStableStore(ds, "/raft/bench/stable"), snaps: snaps, close: closeDS}
+	return benchStores{logs: cache, stable: stable, snaps: snaps, close: closeStores}
 }
 
 // benchMapStores: our stores on the in-memory datastore p2pnode gives a node
@@ -421,15 +428,7 @@ func benchBoltStores(b *testing.B, dir string) benchStores {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cache, err := hraft.NewLogCache(512, bs)
-	if err != nil {
-		b.Fatal(err)
-	}
-	snaps, err := hraft.NewFileSnapshotStoreWithLogger(dir, SnapshotRetain, hclog.NewNullLogger())
-	if err != nil {
-		b.Fatal(err)
-	}
-	return benchStores{logs: cache, stable: bs, snaps: snaps, close: bs.Close}
+	return benchLibraryStores(b, dir, bs, bs, bs.Close)
 }
 
 // benchRaw is a running raw hashicorp/raft cluster.
@@ -635,13 +634,6 @@ func (c *benchRaw) prefill() error {
 
 // ---- 3. End to end ----
 
-// benchSecret returns a fresh shared encryption key.
-func benchSecret() []byte {
-	k := make([]byte, MinKeySize)
-	_, _ = rand.Read(k)
-	return k
-}
-
 // benchClusterOpts are the options of every library cluster here.
 func benchClusterOpts(b *testing.B, extra ...Option) []Option {
 	opts := []Option{
@@ -803,7 +795,7 @@ func BenchmarkCompareEndToEnd(b *testing.B) {
 	rawKV := benchStartRawFSM(b, benchLibp2pTransports(b, benchNodes, "/raft/bench-raw-kv"), benchMapStores,
 		func(s benchStores) hraft.FSM { return &benchKVFSM{ds: s.ds} }, benchKVEntry)
 	plain := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-e2e")
-	enc := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-e2e", WithEncryptionKey(benchSecret()))
+	enc := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-e2e", WithEncryptionKey(newSecret(b)))
 	benchWarmUp(b, plain.set)
 	benchWarmUp(b, enc.set)
 	sides := []benchSide{raw.side("raw"), rawKV.side("rawkv"), plain.side("cluster"), enc.side("encrypted")}

@@ -11,10 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/tauraft/raft/rafttest"
 )
 
@@ -38,8 +35,7 @@ func newCSFixture(t testing.TB, ns string) *csFixture {
 	t.Helper()
 	mesh := rafttest.NewMesh(t, 4, rafttest.Connected())
 	tc := newTestCluster(t, mesh, ns)
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
+	tc.form(15*time.Second, 0, 1, 2)
 	tc.leader(10 * time.Second)
 	cl, err := NewClient(mesh.Node(csClientNode), ns, nil)
 	if err != nil {
@@ -57,11 +53,11 @@ func (f *csFixture) role(i int) string {
 	return "follower"
 }
 
-// raw sends one request straight to member i with roundTrip, bypassing the
+// raw sends one request straight to member i with a caller, bypassing the
 // Client's own validation, and returns the member's error (nil on success).
 func (f *csFixture) raw(i int, req *request) (*response, error) {
 	f.t.Helper()
-	resp, err := roundTrip(f.t.Context(), f.mesh.Node(f.cn).Peer(), f.mesh.ID(i), Protocol(f.ns), codec{}, req, time.Now().Add(15*time.Second))
+	resp, err := newCaller(f.mesh.Node(f.cn).Peer(), Protocol(f.ns), codec{}).call(f.t.Context(), f.mesh.ID(i), req, time.Now().Add(15*time.Second))
 	if err != nil {
 		f.t.Fatalf("raw %s to member %d: transport error %v", req.Cmd, i, err)
 	}
@@ -293,12 +289,7 @@ func TestClientWritesDuringLeaderFailover(t *testing.T) {
 	for g := range writers {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(g), uint64(time.Now().UnixNano())))
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			untilClosed(stop, func(n int) {
 				target := rng.IntN(3)
 				key := fmt.Sprintf("fo/%d/%05d", g, n)
 				started := time.Now().UnixNano()
@@ -315,13 +306,13 @@ func TestClientWritesDuringLeaderFailover(t *testing.T) {
 				}
 				// Pacing, so the verification below stays short.
 				time.Sleep(10 * time.Millisecond)
-			}
+			})
 		})
 	}
 	stopWriters := sync.OnceFunc(func() { close(stop); wg.Wait() })
 	defer stopWriters()
 
-	rafttest.WaitFor(t, 10*time.Second, "writes before the kill", func() bool { return okBefore.Load() >= 30 })
+	f.tc.waitFor(10*time.Second, "writes before the kill", func() bool { return okBefore.Load() >= 30 })
 	t.Logf("killing leader %d", old)
 	killStart := time.Now()
 	f.tc.stop(old)
@@ -329,7 +320,7 @@ func TestClientWritesDuringLeaderFailover(t *testing.T) {
 	nl := f.tc.leader(15 * time.Second)
 	electedAt.Store(time.Now().UnixNano())
 	t.Logf("new leader %d after %v", nl, time.Since(killStart))
-	rafttest.WaitFor(t, 10*time.Second, "writes after the election", func() bool { return okAfter.Load() >= 30 })
+	f.tc.waitFor(10*time.Second, "writes after the election", func() bool { return okAfter.Load() >= 30 })
 	stopWriters()
 
 	// Classify.
@@ -341,18 +332,10 @@ func TestClientWritesDuringLeaderFailover(t *testing.T) {
 		case o.err == nil:
 			class = "ok"
 			acked = append(acked, o)
-		case errors.Is(o.err, ErrNotLeader):
-			class, refused = "ErrNotLeader (not applied)", append(refused, o)
-		case errors.Is(o.err, ErrNoLeader):
-			class, refused = "ErrNoLeader (not applied)", append(refused, o)
-		case errors.Is(o.err, errNotSent):
-			class, refused = "not sent (not applied)", append(refused, o)
-		case errors.Is(o.err, ErrTimeout):
-			class = "ErrTimeout (unknown)"
-		case errors.Is(o.err, ErrLeadershipLost):
-			class = "ErrLeadershipLost (unknown)"
-		case errors.Is(o.err, ErrShutdown):
-			class = "ErrShutdown (unknown)"
+		case IsNotApplied(o.err):
+			class, refused = sentinelName(o.err)+" (not applied)", append(refused, o)
+		case sentinelName(o.err) != "":
+			class = sentinelName(o.err) + " (unknown)"
 		default:
 			class = "other/stream (unknown)"
 		}
@@ -439,14 +422,14 @@ func TestClientLocalValidation(t *testing.T) {
 		want error
 	}{
 		{"Set empty key", cl.Set("", []byte("v"), time.Second), ErrInvalidKey},
-		{"Get empty key", secondOf3(cl.Get("", 0)), ErrInvalidKey},
+		{"Get empty key", thirdErr(cl.Get("", 0)), ErrInvalidKey},
 		{"Delete empty key", cl.Delete("", time.Second), ErrInvalidKey},
 		{"Set long key", cl.Set(long, nil, time.Second), ErrTooLarge},
-		{"Get long key", secondOf3(cl.Get(long, 0)), ErrTooLarge},
+		{"Get long key", thirdErr(cl.Get(long, 0)), ErrTooLarge},
 		{"Delete long key", cl.Delete(long, time.Second), ErrTooLarge},
 		{"Set large value", cl.Set("k", make([]byte, MaxValueSize+1), time.Second), ErrTooLarge},
-		{"Get negative barrier", secondOf3(cl.Get("k", -1)), ErrInvalidBarrier},
-		{"Get barrier over max", secondOf3(cl.Get("k", int64(MaxBarrier)+1)), ErrInvalidBarrier},
+		{"Get negative barrier", thirdErr(cl.Get("k", -1)), ErrInvalidBarrier},
+		{"Get barrier over max", thirdErr(cl.Get("k", int64(MaxBarrier)+1)), ErrInvalidBarrier},
 		{"Set zero timeout", cl.Set("k", nil, 0), ErrInvalidTimeout},
 		{"Delete long timeout", cl.Delete("k", MaxTimeout+1), ErrInvalidTimeout},
 		{"JoinVoter zero timeout", cl.JoinVoter(target, 0), ErrInvalidTimeout},
@@ -463,7 +446,7 @@ func TestClientLocalValidation(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	closed := []error{
-		cl.Set("k", nil, time.Second, target), secondOf3(cl.Get("k", 0, target)), cl.Delete("k", time.Second, target),
+		cl.Set("k", nil, time.Second, target), thirdErr(cl.Get("k", 0, target)), cl.Delete("k", time.Second, target),
 		secondErr(cl.Keys("", target)), cl.JoinVoter(target, time.Second, target), secondErr(cl.ExchangePeers(nil, target)),
 		cl.Set("k", nil, time.Second),
 	}
@@ -476,8 +459,6 @@ func TestClientLocalValidation(t *testing.T) {
 		t.Errorf("second Close: %v, want ErrAlreadyClosed", err)
 	}
 }
-
-func secondOf3[A, B any](_ A, _ B, err error) error { return err }
 
 // 4b. Member-side validation: raw requests that skip the Client's checks get
 // the same sentinels back over the wire, from the leader and from followers
@@ -581,8 +562,7 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 	const ns = "/raft/client-noleader"
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, ns)
-	tc.startAll(0, 1)
-	tc.waitVoters(15*time.Second, 0, 1)
+	tc.form(15*time.Second, 0, 1)
 	l := tc.leader(10 * time.Second)
 	fl := 1 - l
 	cl, err := NewClient(mesh.Node(2), ns, nil)
@@ -596,7 +576,7 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 
 	mesh.Cut(l, fl)
 	for _, i := range []int{fl, l} {
-		rafttest.WaitFor(t, 10*time.Second, fmt.Sprintf("member %d to lose its leader", i), func() bool {
+		tc.waitFor(10*time.Second, fmt.Sprintf("member %d to lose its leader", i), func() bool {
 			_, err := tc.get(i).Leader()
 			return errors.Is(err, ErrNoLeader)
 		})
@@ -611,7 +591,7 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 			t.Errorf("Set through leaderless member %d took %v with a 1s timeout", i, d)
 		}
 		// The local call agrees on "certainly not applied".
-		if err := tc.get(i).Set("nl", []byte("x"), time.Second); !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrNoLeader) {
+		if err := tc.get(i).Set("nl", []byte("x"), time.Second); !IsNotApplied(err) {
 			t.Errorf("local Set on leaderless member %d: %v", i, err)
 		}
 		// A barrier read has the same fate.
@@ -633,7 +613,7 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 	}()
 	mh := mesh.Node(fl).Peer()
 	rafttest.WaitFor(t, 5*time.Second, "the request to reach member "+fmt.Sprint(fl), func() bool {
-		return csServing(mh, mesh.ID(2), Protocol(ns))
+		return inboundStreams(mh, mesh.ID(2), Protocol(ns)) > 0
 	})
 	closedAt := time.Now()
 	tc.stop(fl)
@@ -663,7 +643,7 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 	}()
 	lh := mesh.Node(l).Peer()
 	rafttest.WaitFor(t, 5*time.Second, "the request to reach member "+fmt.Sprint(l), func() bool {
-		return csServing(lh, mesh.ID(2), Protocol(ns))
+		return inboundStreams(lh, mesh.ID(2), Protocol(ns)) > 0
 	})
 	closedAt = time.Now()
 	if err := cl.Close(); err != nil {
@@ -680,18 +660,6 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("call in flight did not return after the Client closed")
 	}
-}
-
-// csServing reports whether h has a stream of proto open from peer from.
-func csServing(h host.Host, from peer.ID, proto protocol.ID) bool {
-	for _, c := range h.Network().ConnsToPeer(from) {
-		for _, s := range c.GetStreams() {
-			if s.Protocol() == proto && s.Stat().Direction == network.DirInbound {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // 4d. Every sentinel survives the wire. A stub member answers each request

@@ -5,8 +5,8 @@ package raft
 // NetworkTransport) and the real command service. The unit tests of the
 // cipher itself are in crypto_test.go.
 //
-// Every helper here is prefixed with "ei" (encryption integration) so that it
-// cannot collide with the helpers of the package's other test files.
+// The helpers of this file are prefixed with "ei" (encryption integration);
+// the cluster fixture they build on is in helpers_test.go.
 
 import (
 	"bytes"
@@ -36,16 +36,6 @@ import (
 	"github.com/tauraft/raft/p2pnode"
 	"github.com/tauraft/raft/rafttest"
 )
-
-// eiSecret returns a fresh uniformly random shared key of MinKeySize bytes.
-func eiSecret(t testing.TB) []byte {
-	t.Helper()
-	k := make([]byte, MinKeySize)
-	if _, err := rand.Read(k); err != nil {
-		t.Fatalf("random key: %v", err)
-	}
-	return k
-}
 
 // eiMarker returns label followed by 24 random hex digits: a string that can
 // only appear on the wire if somebody sent it in the clear.
@@ -98,78 +88,6 @@ func (l *eiLogBuf) hasLine(subs ...string) bool {
 	return false
 }
 
-// eiStart starts tc's cluster on every node of idx at once, node i with the
-// extra options extra(i), and waits for every New to return.
-func eiStart(t *testing.T, tc *testCluster, idx []int, extra func(i int) []Option) {
-	t.Helper()
-	errs := make([]error, len(idx))
-	var wg sync.WaitGroup
-	for k, i := range idx {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var opts []Option
-			if extra != nil {
-				opts = extra(i)
-			}
-			_, errs[k] = tc.start(i, opts...)
-		}()
-	}
-	wg.Wait()
-	for k, err := range errs {
-		if err != nil {
-			t.Fatalf("start node %d: %v", idx[k], err)
-		}
-	}
-}
-
-// eiRetry runs op until it succeeds. Only errors that mean "leadership was
-// moving" are retried (every op used with it writes one fixed value, so a
-// retry after an unknown outcome is harmless); anything else fails the test.
-func eiRetry(t *testing.T, what string, op func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := op()
-		if err == nil {
-			return
-		}
-		retry := errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader) ||
-			errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrTimeout)
-		if !retry || time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond) // back-off between attempts
-	}
-}
-
-// eiFollower returns a member of idx that is not the current leader,
-// preferring the n-th one.
-func eiFollower(tc *testCluster, idx []int, n int) int {
-	l := tc.leader(15 * time.Second)
-	var fs []int
-	for _, i := range idx {
-		if i != l {
-			fs = append(fs, i)
-		}
-	}
-	return fs[n%len(fs)]
-}
-
-// eiErr2 and eiErr3 keep only the error of a call's results.
-func eiErr2[A any](_ A, err error) error         { return err }
-func eiErr3[A, B any](_ A, _ B, err error) error { return err }
-
-// eiSorted returns the IDs of the given mesh nodes, sorted like voters().
-func eiSorted(mesh *rafttest.Mesh, idx ...int) []peer.ID {
-	var out []peer.ID
-	for _, i := range idx {
-		out = append(out, mesh.ID(i))
-	}
-	slices.Sort(out)
-	return out
-}
-
 // Three keyed nodes that know each other only through discovery form one
 // cluster by themselves and replicate; a keyed client on a fourth node, which
 // is no member, writes and reads through followers. A follower forwards both
@@ -178,14 +96,13 @@ func eiSorted(mesh *rafttest.Mesh, idx ...int) []peer.ID {
 // success proves the forwarded hop was encrypted too.
 func TestEncryptedClusterForms(t *testing.T) {
 	const ns = "/raft/enc-forms"
-	secret := eiSecret(t)
+	secret := newSecret(t)
 	mesh := rafttest.NewMesh(t, 4) // not connected: discovery only
 	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(secret))
 	members := []int{0, 1, 2}
 
 	start := time.Now()
-	tc.startAll(members...)
-	tc.waitVoters(15*time.Second, members...)
+	tc.form(15*time.Second, members...)
 	tc.leader(15 * time.Second)
 	t.Logf("3 keyed nodes formed one cluster in %v", time.Since(start))
 	for _, i := range members {
@@ -194,7 +111,7 @@ func TestEncryptedClusterForms(t *testing.T) {
 		}
 	}
 
-	tc.setOnLeader("replicated", []byte("sealed on the wire"))
+	tc.set("replicated", []byte("sealed on the wire"))
 	for _, i := range members {
 		tc.waitValue(i, "replicated", []byte("sealed on the wire"))
 	}
@@ -207,8 +124,8 @@ func TestEncryptedClusterForms(t *testing.T) {
 
 	value := []byte("written by a non-member through a follower")
 	var via int
-	eiRetry(t, "keyed client Set through a follower", func() error {
-		via = eiFollower(tc, members, 0)
+	tc.mustRetry("keyed client Set through a follower", 20*time.Second, notAppliedOrLost, func() error {
+		via = tc.follower(tc.leader(15*time.Second), 0)
 		return cl.Set("from-client", value, 5*time.Second, mesh.ID(via))
 	})
 	t.Logf("Set went through follower %d", via)
@@ -217,8 +134,8 @@ func TestEncryptedClusterForms(t *testing.T) {
 	}
 
 	var got []byte
-	eiRetry(t, "keyed client barrier Get through a follower", func() error {
-		via = eiFollower(tc, members, 1)
+	tc.mustRetry("keyed client barrier Get through a follower", 20*time.Second, notAppliedOrLost, func() error {
+		via = tc.follower(tc.leader(15*time.Second), 1)
 		v, ok, err := cl.Get("from-client", int64(3*time.Second), mesh.ID(via))
 		if err != nil {
 			return err
@@ -235,7 +152,7 @@ func TestEncryptedClusterForms(t *testing.T) {
 	}
 
 	// The client's node is not a member.
-	want := eiSorted(mesh, members...)
+	want := sortedIDs(mesh, members...)
 	for _, i := range members {
 		if got := voters(tc.get(i)); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("node %d voters %v, want %v", i, got, want)
@@ -300,10 +217,10 @@ func eiDialOnlyTransport(t testing.TB, h host.Host, ns string, key *secretKey) *
 func TestEncryptedRefusesOutsiders(t *testing.T) {
 	const ns = "/raft/enc-outsiders"
 	const wrongIdx, plainIdx = 3, 4
-	secret, wrong := eiSecret(t), eiSecret(t)
+	secret, wrong := newSecret(t), newSecret(t)
 	mesh := rafttest.NewMesh(t, 5)
 	members := []int{0, 1, 2}
-	want := eiSorted(mesh, members...)
+	want := sortedIDs(mesh, members...)
 	logs := []*eiLogBuf{{}, {}, {}}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -317,15 +234,13 @@ func TestEncryptedRefusesOutsiders(t *testing.T) {
 	// Formation is TestEncryptedClusterForms' subject; here node 0 founds
 	// the cluster at once and the others join it, which sidesteps the
 	// overlapping-founders race (see TestBootstrapOverlappingFoundersConverge).
-	eiStart(t, tc, members, func(i int) []Option {
-		opts := []Option{WithLogger(logs[i].logger())}
-		if i == 0 {
-			opts = append(opts, WithForceBootstrap())
-		}
-		return opts
-	})
+	if err := tc.startEach(members, func(i int) []Option {
+		return append(forceFirst(i), WithLogger(logs[i].logger()))
+	}); err != nil {
+		t.Fatal(err)
+	}
 	tc.waitVoters(15*time.Second, members...)
-	tc.setOnLeader("before", []byte("v1"))
+	tc.set("before", []byte("v1"))
 
 	wrongTC := newTestCluster(t, mesh, ns, WithEncryptionKey(wrong))
 	plainTC := newTestCluster(t, mesh, ns)
@@ -428,11 +343,11 @@ func TestEncryptedRefusesOutsiders(t *testing.T) {
 			}{
 				{"Set", cs.cl.Set("outsider-write", []byte("x"), 2*time.Second, target)},
 				{"Delete", cs.cl.Delete("before", 2*time.Second, target)},
-				{"Get", eiErr3(cs.cl.Get("before", 0, target))},
-				{"barrier Get", eiErr3(cs.cl.Get("before", int64(time.Second), target))},
-				{"Keys", eiErr2(cs.cl.Keys("", target))},
+				{"Get", thirdErr(cs.cl.Get("before", 0, target))},
+				{"barrier Get", thirdErr(cs.cl.Get("before", int64(time.Second), target))},
+				{"Keys", secondErr(cs.cl.Keys("", target))},
 				{"JoinVoter", cs.cl.JoinVoter(cs.self, 2*time.Second, target)},
-				{"ExchangePeers", eiErr2(cs.cl.ExchangePeers(nil, target))},
+				{"ExchangePeers", secondErr(cs.cl.ExchangePeers(nil, target))},
 			}
 			for _, c := range calls {
 				if !errors.Is(c.err, cs.want) {
@@ -507,7 +422,7 @@ func TestEncryptedRefusesOutsiders(t *testing.T) {
 		}
 		tc.waitValue(i, "before", []byte("v1"))
 	}
-	tc.setOnLeader("after", []byte("v2"))
+	tc.set("after", []byte("v2"))
 	for _, i := range members {
 		tc.waitValue(i, "after", []byte("v2"))
 	}
@@ -516,8 +431,8 @@ func TestEncryptedRefusesOutsiders(t *testing.T) {
 		t.Fatalf("NewClient: %v", err)
 	}
 	t.Cleanup(func() { _ = keyed.Close() })
-	eiRetry(t, "keyed client barrier Get", func() error {
-		v, ok, err := keyed.Get("after", int64(3*time.Second), mesh.ID(eiFollower(tc, members, 0)))
+	tc.mustRetry("keyed client barrier Get", 20*time.Second, notAppliedOrLost, func() error {
+		v, ok, err := keyed.Get("after", int64(3*time.Second), mesh.ID(tc.follower(tc.leader(15*time.Second), 0)))
 		if err != nil {
 			return err
 		}
@@ -662,7 +577,7 @@ func eiTapCount(taps []*eiTap, s string) (hits, total int) {
 // through a follower (command service, then forwarding, then replication).
 func TestEncryptedNoPlaintextOnWire(t *testing.T) {
 	const encNS, plainNS = "/raft/enc-wire", "/raft/enc-wire-control"
-	secret := eiSecret(t)
+	secret := newSecret(t)
 
 	// Codec level first: a sealed set request hides its key and value,
 	// which the plaintext encoding does carry (sanity).
@@ -727,24 +642,16 @@ func TestEncryptedNoPlaintextOnWire(t *testing.T) {
 	members := []int{0, 1, 2}
 	enc := newTestCluster(t, mesh, encNS, WithEncryptionKey(secret))
 	ctl := newTestCluster(t, mesh, plainNS)
+	// Node 0 founds both clusters at once and the others join, as in
+	// TestEncryptedRefusesOutsiders.
 	var wg sync.WaitGroup
-	errs := make([]error, 2*len(members))
-	for k, i := range members {
-		// Node 0 founds both clusters at once and the others join, as in
-		// TestEncryptedRefusesOutsiders.
-		var opts []Option
-		if i == 0 {
-			opts = append(opts, WithForceBootstrap())
-		}
-		wg.Add(2)
-		go func() { defer wg.Done(); _, errs[2*k] = enc.start(i, opts...) }()
-		go func() { defer wg.Done(); _, errs[2*k+1] = ctl.start(i, opts...) }()
+	errs := make([]error, 2)
+	for k, tc := range []*testCluster{enc, ctl} {
+		wg.Go(func() { errs[k] = tc.startEach(members, forceFirst) })
 	}
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatalf("start: %v", err)
-		}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
 	}
 	enc.waitVoters(15*time.Second, members...)
 	ctl.waitVoters(15*time.Second, members...)
@@ -753,17 +660,17 @@ func TestEncryptedNoPlaintextOnWire(t *testing.T) {
 	write := func(tc *testCluster, ns string, secret []byte, label string) (replicated, forwarded marked) {
 		replicated = marked{eiMarker(t, label+"-raft-key"), eiMarker(t, label+"-raft-value")}
 		forwarded = marked{eiMarker(t, label+"-client-key"), eiMarker(t, label+"-client-value")}
-		tc.setOnLeader(replicated.key, []byte(replicated.value))
+		tc.set(replicated.key, []byte(replicated.value))
 		cl, err := NewClient(mesh.Node(3), ns, secret)
 		if err != nil {
 			t.Fatalf("NewClient: %v", err)
 		}
 		defer cl.Close()
-		eiRetry(t, label+" client Set through a follower", func() error {
-			return cl.Set(forwarded.key, []byte(forwarded.value), 5*time.Second, mesh.ID(eiFollower(tc, members, 0)))
+		tc.mustRetry(label+" client Set through a follower", 20*time.Second, notAppliedOrLost, func() error {
+			return cl.Set(forwarded.key, []byte(forwarded.value), 5*time.Second, mesh.ID(tc.follower(tc.leader(15*time.Second), 0)))
 		})
-		eiRetry(t, label+" client barrier Get through a follower", func() error {
-			v, ok, err := cl.Get(forwarded.key, int64(3*time.Second), mesh.ID(eiFollower(tc, members, 1)))
+		tc.mustRetry(label+" client barrier Get through a follower", 20*time.Second, notAppliedOrLost, func() error {
+			v, ok, err := cl.Get(forwarded.key, int64(3*time.Second), mesh.ID(tc.follower(tc.leader(15*time.Second), 1)))
 			if err == nil && (!ok || string(v) != forwarded.value) {
 				err = fmt.Errorf("barrier Get returned %q %v", v, ok)
 			}
@@ -806,33 +713,6 @@ func TestEncryptedNoPlaintextOnWire(t *testing.T) {
 	t.Logf("taps recorded %d bytes", total)
 }
 
-// eiSinkConn is a net.Conn that records what is written to it and has
-// nothing to read.
-type eiSinkConn struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (c *eiSinkConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.buf = append(c.buf, p...)
-	return len(p), nil
-}
-func (c *eiSinkConn) Read([]byte) (int, error)         { return 0, io.EOF }
-func (c *eiSinkConn) Close() error                     { return nil }
-func (c *eiSinkConn) LocalAddr() net.Addr              { return eiAddr("sink") }
-func (c *eiSinkConn) RemoteAddr() net.Addr             { return eiAddr("sink") }
-func (c *eiSinkConn) SetDeadline(time.Time) error      { return nil }
-func (c *eiSinkConn) SetReadDeadline(time.Time) error  { return nil }
-func (c *eiSinkConn) SetWriteDeadline(time.Time) error { return nil }
-
-// eiIsTimeout reports a deadline expiry.
-func eiIsTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
 // A recorded transport stream (three frames) is replayed over a real libp2p
 // stream between two hosts, altered in one way per case. The receiving
 // secureConn delivers exactly the frames before the damage, then fails with
@@ -841,7 +721,7 @@ func eiIsTimeout(err error) bool {
 func TestEncryptedTamperDropsConnection(t *testing.T) {
 	const ns = "/raft/enc-tamper"
 	proto := protocol.ID("/tauraft-test/enc-tamper")
-	k, err := newSecretKey(eiSecret(t), ns)
+	k, err := newSecretKey(newSecret(t), ns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -858,17 +738,7 @@ func TestEncryptedTamperDropsConnection(t *testing.T) {
 	for i := range msgs {
 		msgs[i] = bytes.Repeat([]byte{byte('a' + i)}, 100)
 	}
-	sink := &eiSinkConn{}
-	sc, err := k.secureConn(sink)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range msgs {
-		if _, err := sc.Write(m); err != nil {
-			t.Fatal(err)
-		}
-	}
-	rec := sink.buf
+	rec := captureSecureStream(t, k, msgs...)
 	const fsize = frameHeaderSize + 100 + gcmTagSize
 	if want := transportSaltSize + 3*fsize; len(rec) != want {
 		t.Fatalf("recorded %d bytes, want %d", len(rec), want)
@@ -957,7 +827,7 @@ func TestEncryptedTamperDropsConnection(t *testing.T) {
 			// reset, not a timeout).
 			_ = raw.SetReadDeadline(time.Now().Add(5 * time.Second))
 			n, err := raw.Read(buf)
-			if err == nil || eiIsTimeout(err) {
+			if err == nil || isTimeout(err) {
 				t.Fatalf("sender's stream still open after the failure: read %d, %v", n, err)
 			}
 		})
@@ -975,7 +845,7 @@ func eiBenchTransport(b *testing.B, encrypted bool) {
 	var key *secretKey
 	if encrypted {
 		var err error
-		if key, err = newSecretKey(eiSecret(b), ns); err != nil {
+		if key, err = newSecretKey(newSecret(b), ns); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -1046,33 +916,3 @@ func eiBenchTransport(b *testing.B, encrypted bool) {
 
 func BenchmarkTransportEncrypted(b *testing.B) { eiBenchTransport(b, true) }
 func BenchmarkTransportPlain(b *testing.B)     { eiBenchTransport(b, false) }
-
-// A bootstrap race (not about encryption; it showed up as a rare timeout of
-// TestEncryptedClusterForms, about 1 run in 30). Two
-// founders that never see each other during the window, but both see a third
-// node with a larger ID, both bootstrap with it: configurations {a, c} and
-// {b, c}. c can vote for only one of them; the other (say a) stays a
-// leaderless candidate forever, because mergeIfSplit only merges disjoint
-// configurations.
-//
-// The race is made deterministic by cutting the a-b link during the window;
-// leaveOrphanedConfig (cluster.go) must bring the namespace back to one
-// cluster once the link heals.
-func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
-	const ns = "/raft/enc-overlap"
-	mesh := rafttest.NewMesh(t, 3)
-	idx := []int{0, 1, 2}
-	slices.SortFunc(idx, func(x, y int) int { return strings.Compare(string(mesh.ID(x)), string(mesh.ID(y))) })
-	a, b, c := idx[0], idx[1], idx[2]
-	mesh.Cut(a, b)
-	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(eiSecret(t)))
-	tc.startAll(0, 1, 2)
-	rafttest.WaitFor(t, 10*time.Second, "both small founders to bootstrap", func() bool {
-		return tc.get(a).(*cluster).formed() && tc.get(b).(*cluster).formed()
-	})
-	t.Logf("a=%d voters %v, b=%d voters %v, c=%d voters %v", a, shortIDs(voters(tc.get(a))), b, shortIDs(voters(tc.get(b))), c, shortIDs(voters(tc.get(c))))
-	mesh.Heal(a, b)
-	// Once healed, the namespace must end as one cluster of all three.
-	tc.waitVoters(20*time.Second, 0, 1, 2)
-	tc.leader(10 * time.Second)
-}

@@ -973,7 +973,7 @@ func TestSealOpen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(sealed) != n+commandSaltSize+gcmTagSize {
+		if len(sealed) != n+commandOverhead {
 			t.Errorf("sealed %d bytes into %d", n, len(sealed))
 		}
 		if n >= 16 && bytes.Contains(sealed, msg[:16]) {
@@ -1012,7 +1012,7 @@ func TestSealOpen(t *testing.T) {
 		"wrong namespace": {cryptoTestKey(t, "one", "other"), sealed},
 		"empty":           {k, nil},
 		"salt only":       {k, sealed[:commandSaltSize]},
-		"one short":       {k, sealed[:commandSaltSize+gcmTagSize-1]},
+		"one short":       {k, sealed[:commandOverhead-1]},
 		"truncated":       {k, sealed[:len(sealed)-1]},
 		"extended":        {k, append(bytes.Clone(sealed), 0)},
 	}
@@ -1188,8 +1188,8 @@ func FuzzOpen(f *testing.F) {
 		f.Add(sealed)
 	}
 	f.Add([]byte{})
-	f.Add(make([]byte, commandSaltSize+gcmTagSize-1))
-	f.Add(make([]byte, commandSaltSize+gcmTagSize))
+	f.Add(make([]byte, commandOverhead-1))
+	f.Add(make([]byte, commandOverhead))
 	f.Add(bytes.Repeat([]byte{0xff}, 100))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -1205,7 +1205,7 @@ func FuzzOpen(f *testing.F) {
 			return
 		}
 		// Only genuine messages (the seeds) open; check what they give.
-		if len(pt) != len(data)-commandSaltSize-gcmTagSize {
+		if len(pt) != len(data)-commandOverhead {
 			t.Fatalf("plaintext of %d bytes from %d sealed", len(pt), len(data))
 		}
 		if _, err := other.open(data); !errors.Is(err, ErrDecrypt) {

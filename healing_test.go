@@ -2,7 +2,6 @@ package raft
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -16,7 +15,6 @@ import (
 	"github.com/ipfs/go-datastore"
 	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/network"
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
 )
 
@@ -24,78 +22,13 @@ import (
 // moved to another port) and come back; each time the namespace must end as
 // one cluster holding every acknowledged write, with nobody's help.
 
-// healLeaderAmong waits until the members idx agree on one leader that is
-// one of them and leads, and returns its index. Unlike tc.leader it ignores
-// the other running members (the far side of a partition).
-func healLeaderAmong(tc *testCluster, timeout time.Duration, idx ...int) int {
-	tc.t.Helper()
-	li := -1
-	rafttest.WaitFor(tc.t, timeout, fmt.Sprintf("one leader agreed by nodes %v", idx), func() bool {
-		var agreed peer.ID
-		for _, i := range idx {
-			c := tc.get(i)
-			if c == nil {
-				return false
-			}
-			l, err := c.Leader()
-			if err != nil || (agreed != "" && l != agreed) {
-				return false
-			}
-			agreed = l
-		}
-		li = tc.mesh.Index(agreed)
-		return slices.Contains(idx, li) && tc.get(li).IsLeader()
-	})
-	return li
-}
-
-// healSet writes key=value through whichever of the members among leads,
-// retrying any failure (the value is the same, so a retried write whose
-// first attempt did apply changes nothing).
-func healSet(tc *testCluster, among []int, key, value string) {
-	tc.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var err error = ErrNoLeader
-		for _, i := range among {
-			if c := tc.get(i); c != nil && c.IsLeader() {
-				err = c.Set(key, []byte(value), 5*time.Second)
-				break
-			}
-		}
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tc.dumpState()
-			tc.t.Fatalf("set %q among %v: %v", key, among, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // healRemove removes node victim through whichever of the members among
 // leads, retrying while leadership moves (removing twice changes nothing).
 func healRemove(tc *testCluster, among []int, victim int) {
 	tc.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var err error = ErrNoLeader
-		for _, i := range among {
-			if c := tc.get(i); c != nil && c.IsLeader() {
-				err = c.RemoveServer(tc.mesh.ID(victim), 5*time.Second)
-				break
-			}
-		}
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tc.dumpState()
-			tc.t.Fatalf("remove node %d: %v", victim, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	tc.mustRetry(fmt.Sprintf("remove node %d", victim), 15*time.Second, nil, func() error {
+		return tc.onLeader(among, func(c Cluster) error { return c.RemoveServer(tc.mesh.ID(victim), 5*time.Second) })
+	})
 }
 
 // healWriteMany writes n distinct keys prefix%05d with a few concurrent
@@ -138,60 +71,13 @@ func healWriteMany(tc *testCluster, prefix string, n, writers int) []string {
 	return acked
 }
 
-// healWaitVotersOn waits until each member in on has exactly the voters want
-// (tc.waitVoters looks at every running member; a removed or cut-off member
-// may legitimately lag).
-func healWaitVotersOn(tc *testCluster, timeout time.Duration, on []int, want ...int) {
-	tc.t.Helper()
-	var ids []peer.ID
-	for _, i := range want {
-		ids = append(ids, tc.mesh.ID(i))
-	}
-	sort.Slice(ids, func(a, b int) bool { return ids[a] < ids[b] })
-	deadline := time.Now().Add(timeout)
-	for {
-		ok := true
-		for _, i := range on {
-			if c := tc.get(i); c == nil || fmt.Sprint(voters(c)) != fmt.Sprint(ids) {
-				ok = false
-			}
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tc.dumpState()
-			tc.t.Fatalf("timed out after %v waiting for nodes %v to have voters %v", timeout, on, want)
-		}
-		time.Sleep(rafttest.PollInterval)
-	}
-}
-
 // healWaitKeys waits until member i holds every key of keys with the value
 // healWriteMany gave it.
 func healWaitKeys(tc *testCluster, timeout time.Duration, i int, keys []string) {
 	tc.t.Helper()
-	rafttest.WaitFor(tc.t, timeout, fmt.Sprintf("node %d to hold %d keys", i, len(keys)), func() bool {
-		c := tc.get(i)
-		for _, k := range keys {
-			v, ok := c.Get(k)
-			if !ok || string(v) != "v"+k {
-				return false
-			}
-		}
-		return true
+	tc.waitFor(timeout, fmt.Sprintf("node %d to hold %d keys", i, len(keys)), func() bool {
+		return heldWrites(tc.get(i), keys) == len(keys)
 	})
-}
-
-// healFollowerOf returns the smallest running index that is not l.
-func healFollowerOf(tc *testCluster, l int) int {
-	for _, i := range tc.running() {
-		if i != l {
-			return i
-		}
-	}
-	tc.t.Fatalf("no follower besides %d", l)
-	return -1
 }
 
 // healWipe deletes everything node i stored for the namespace (Raft log and
@@ -236,9 +122,8 @@ func healWipe(tc *testCluster, i int, snapDir string) {
 func TestHealRejoinAfterRemove(t *testing.T) {
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-rejoin")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
-	tc.setOnLeader("before", []byte("1"))
+	tc.form(15*time.Second, 0, 1, 2)
+	tc.set("before", []byte("1"))
 
 	for round, mode := range []struct {
 		name      string
@@ -250,7 +135,7 @@ func TestHealRejoinAfterRemove(t *testing.T) {
 		{name: "removed while down", whileDown: true},
 	} {
 		l := tc.leader(10 * time.Second)
-		victim := healFollowerOf(tc, l)
+		victim := tc.follower(l, 0)
 		rest := others(victim, 3)
 		t.Logf("%s: removing node %d (leader %d)", mode.name, victim, l)
 		tc.waitValue(victim, "before", []byte("1"))
@@ -260,11 +145,11 @@ func TestHealRejoinAfterRemove(t *testing.T) {
 		}
 
 		healRemove(tc, rest, victim)
-		healWaitVotersOn(tc, 10*time.Second, rest, rest...)
+		tc.waitVotersOn(10*time.Second, rest, rest...)
 		// It stays out while it runs: nothing re-adds it, and the cluster
 		// serves writes without it.
 		key := fmt.Sprintf("while-removed/%d", round)
-		healSet(tc, rest, key, mode.name)
+		tc.set(key, []byte(mode.name), rest...)
 		if !mode.whileDown {
 			stayOut := time.Now().Add(time.Second)
 			for time.Now().Before(stayOut) {
@@ -292,7 +177,7 @@ func TestHealRejoinAfterRemove(t *testing.T) {
 		tc.waitValue(victim, "before", []byte("1"))
 		// And it takes part: a new write reaches it.
 		after := fmt.Sprintf("after-rejoin/%d", round)
-		tc.setOnLeader(after, []byte("ok"))
+		tc.set(after, []byte("ok"))
 		tc.waitValue(victim, after, []byte("ok"))
 		if err := c.Barrier(5 * time.Second); err != nil {
 			t.Fatalf("%s: barrier on the rejoined node: %v", mode.name, err)
@@ -310,19 +195,15 @@ func TestHealFollowerReboot(t *testing.T) {
 			var extra []Option
 			writes := 50
 			if mode == "snapshot" {
-				tm := PresetLocal.Timeouts()
-				tm.SnapshotThreshold = 100
-				tm.SnapshotInterval = 50 * time.Millisecond
-				extra = append(extra, WithTimeouts(tm))
+				extra = append(extra, snapshotEvery(100))
 				writes = 400
 			}
 			tc := newTestCluster(t, mesh, "/raft/heal-follower", extra...)
-			tc.startAll(0, 1, 2)
-			tc.waitVoters(15*time.Second, 0, 1, 2)
+			tc.form(15*time.Second, 0, 1, 2)
 			before := healWriteMany(tc, "before/", 5, 1)
 
 			l := tc.leader(10 * time.Second)
-			victim := healFollowerOf(tc, l)
+			victim := tc.follower(l, 0)
 			healWaitKeys(tc, 10*time.Second, victim, before)
 			vc := tc.get(victim).(*cluster)
 			r, _ := vc.r()
@@ -335,7 +216,7 @@ func TestHealFollowerReboot(t *testing.T) {
 
 			down := healWriteMany(tc, "down/", writes, 8)
 			if mode == "snapshot" {
-				rafttest.WaitFor(t, 15*time.Second, "the leader's log to be truncated past the follower", func() bool {
+				tc.waitFor(15*time.Second, "the leader's log to be truncated past the follower", func() bool {
 					first, err := tc.get(tc.leader(10 * time.Second)).(*cluster).logs.FirstIndex()
 					return err == nil && first > victimLast+1
 				})
@@ -353,7 +234,7 @@ func TestHealFollowerReboot(t *testing.T) {
 				t.Fatalf("the follower has %d of %d keys", n, writes)
 			}
 			tc.waitVoters(10*time.Second, 0, 1, 2)
-			tc.setOnLeader("after", []byte("ok"))
+			tc.set("after", []byte("ok"))
 			tc.waitValue(victim, "after", []byte("ok"))
 		})
 	}
@@ -366,9 +247,8 @@ func TestHealFollowerReboot(t *testing.T) {
 func TestHealLeaderReboot(t *testing.T) {
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-leader")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
-	tc.setOnLeader("k", []byte("old"))
+	tc.form(15*time.Second, 0, 1, 2)
+	tc.set("k", []byte("old"))
 	old := tc.leader(10 * time.Second)
 	rest := others(old, 3)
 	for i := range 3 {
@@ -386,10 +266,10 @@ func TestHealLeaderReboot(t *testing.T) {
 	mesh.Stop(old)
 	mesh.Rejoin(old)
 
-	nl := healLeaderAmong(tc, 15*time.Second, rest...)
-	healSet(tc, rest, "k", "new")
+	nl := tc.leaderAmong(15*time.Second, rest...)
+	tc.set("k", []byte("new"), rest...)
 	for i := range 10 {
-		healSet(tc, rest, fmt.Sprintf("after/%d", i), "v")
+		tc.set(fmt.Sprintf("after/%d", i), []byte("v"), rest...)
 	}
 	t.Logf("node %d leads after node %d left", nl, old)
 
@@ -399,7 +279,7 @@ func TestHealLeaderReboot(t *testing.T) {
 		t.Fatalf("the old leader came back as %v", s)
 	}
 	// Its stale entry never shows, anywhere, while it catches up.
-	rafttest.WaitFor(t, 20*time.Second, "the old leader to hold the new writes", func() bool {
+	tc.waitFor(20*time.Second, "the old leader to hold the new writes", func() bool {
 		for _, i := range tc.running() {
 			if v, _ := tc.get(i).Get("k"); string(v) == "stale" {
 				t.Fatalf("node %d reads the old leader's uncommitted write", i)
@@ -423,15 +303,8 @@ func TestHealLeaderReboot(t *testing.T) {
 		}
 	}
 	// The old leader takes part again.
-	tc.setOnLeader("final", []byte("ok"))
+	tc.set("final", []byte("ok"))
 	tc.waitValue(old, "final", []byte("ok"))
-}
-
-// minorityErrs are the errors a write on the minority side of a partition
-// may end with: refused, or in flight when leadership was lost.
-func minorityErr(err error) bool {
-	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) ||
-		errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrTimeout)
 }
 
 // Five members split into {leader, one follower} and the three others: the
@@ -444,9 +317,8 @@ func TestHealPartition(t *testing.T) {
 	mesh := rafttest.NewMesh(t, 6, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-partition")
 	all := seq(5)
-	tc.startAll(all...)
-	tc.waitVoters(20*time.Second, all...)
-	tc.setOnLeader("k", []byte("before"))
+	tc.form(20*time.Second, all...)
+	tc.set("k", []byte("before"))
 
 	old := tc.leader(10 * time.Second)
 	buddy := (old + 1) % 5
@@ -482,12 +354,7 @@ func TestHealPartition(t *testing.T) {
 	)
 	for _, i := range minority {
 		wg.Go(func() {
-			for n := 0; ; n++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
+			untilClosed(stop, func(n int) {
 				key := fmt.Sprintf("min/%d/%03d", i, n)
 				err := tc.get(i).Set(key, []byte("minority"), time.Second)
 				if n%2 == 1 {
@@ -498,31 +365,26 @@ func TestHealPartition(t *testing.T) {
 				attempts = append(attempts, attempt{i, key, err})
 				mu.Unlock()
 				time.Sleep(20 * time.Millisecond)
-			}
+			})
 		})
 	}
 	// And a Client writes through the minority's members.
 	wg.Go(func() {
-		for n := 0; ; n++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
+		untilClosed(stop, func(n int) {
 			key := fmt.Sprintf("min/client/%03d", n)
 			err := cl.Set(key, []byte("minority"), time.Second, mesh.ID(old), mesh.ID(buddy))
 			mu.Lock()
 			attempts = append(attempts, attempt{clientNode, key, err})
 			mu.Unlock()
-		}
+		})
 	})
 
 	start := time.Now()
-	nl := healLeaderAmong(tc, 15*time.Second, majority...)
+	nl := tc.leaderAmong(15*time.Second, majority...)
 	t.Logf("the majority elected node %d in %v", nl, time.Since(start).Round(time.Millisecond))
-	healSet(tc, majority, "k", "majority")
+	tc.set("k", []byte("majority"), majority...)
 	for i := range 10 {
-		healSet(tc, majority, fmt.Sprintf("maj/%d", i), "v")
+		tc.set(fmt.Sprintf("maj/%d", i), []byte("v"), majority...)
 	}
 	// Let the minority try for a while past its leader's lease.
 	if d := 2*time.Second - time.Since(start); d > 0 {
@@ -535,13 +397,11 @@ func TestHealPartition(t *testing.T) {
 		switch {
 		case a.err == nil:
 			t.Errorf("node %d on the minority side acknowledged a write of %s", a.node, a.key)
-		case !minorityErr(a.err):
-			t.Errorf("node %d on the minority side: write of %s failed with %v, want ErrNotLeader, ErrNoLeader, ErrLeadershipLost or ErrTimeout", a.node, a.key, a.err)
+		case !notAppliedOrLost(a.err):
+			t.Errorf("node %d on the minority side: write of %s failed with %v, want an error that IsNotApplied, ErrLeadershipLost or ErrTimeout", a.node, a.key, a.err)
 		}
-		for _, s := range []error{ErrNotLeader, ErrNoLeader, ErrLeadershipLost, ErrTimeout} {
-			if errors.Is(a.err, s) {
-				counts[s.Error()]++
-			}
+		if name := sentinelName(a.err); name != "" {
+			counts[name]++
 		}
 	}
 	t.Logf("minority write attempts: %d (node %d is the client), refusals: %v", len(attempts), clientNode, counts)
@@ -581,7 +441,7 @@ func TestHealPartition(t *testing.T) {
 	t.Logf("isolating node %d (leader %d)", iso, l)
 	mesh.Isolate(iso)
 	rest := others(iso, 5)
-	healSet(tc, rest, "while-isolated", "v")
+	tc.set("while-isolated", []byte("v"), rest...)
 	isolatedUntil := time.Now().Add(2 * time.Second)
 	for time.Now().Before(isolatedUntil) {
 		c := tc.get(iso)
@@ -609,7 +469,7 @@ func TestHealPartition(t *testing.T) {
 			t.Fatalf("node %d's voters changed to %v", i, shortIDs(got))
 		}
 	}
-	tc.setOnLeader("after-rejoin", []byte("ok"))
+	tc.set("after-rejoin", []byte("ok"))
 	tc.waitValue(iso, "after-rejoin", []byte("ok"))
 }
 
@@ -626,10 +486,9 @@ func healConnected(tc *testCluster, from, to int) bool {
 func TestHealChangedAddress(t *testing.T) {
 	mesh := rafttest.NewMesh(t, 3)
 	tc := newTestCluster(t, mesh, "/raft/heal-address")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(20*time.Second, 0, 1, 2)
+	tc.form(20*time.Second, 0, 1, 2)
 	l := tc.leader(10 * time.Second)
-	f := healFollowerOf(tc, l)
+	f := tc.follower(l, 0)
 	rest := others(f, 3)
 
 	// 1. Restarted on a new port; the others still hold its old address,
@@ -649,16 +508,16 @@ func TestHealChangedAddress(t *testing.T) {
 			t.Fatalf("node %d has no address for node %d: the test needs a stale one", i, f)
 		}
 	}
-	healSet(tc, rest, "moved/while-down", "v")
+	tc.set("moved/while-down", []byte("v"), rest...)
 	start := time.Now()
 	c := tc.mustStart(f)
-	rafttest.WaitFor(t, 25*time.Second, "the others to reach the moved node", func() bool {
+	tc.waitFor(25*time.Second, "the others to reach the moved node", func() bool {
 		v, ok := c.Get("moved/while-down")
 		return ok && string(v) == "v"
 	})
 	t.Logf("the others reached the moved node %v after its restart", time.Since(start).Round(time.Millisecond))
 	mesh.RevealAll()
-	healSet(tc, rest, "moved/after", "v")
+	tc.set("moved/after", []byte("v"), rest...)
 	tc.waitValue(f, "moved/after", []byte("v"))
 	tc.waitVoters(10*time.Second, 0, 1, 2)
 
@@ -667,7 +526,7 @@ func TestHealChangedAddress(t *testing.T) {
 	tc.stop(f)
 	mesh.Stop(f)
 	mesh.ClearAddrs(f)
-	healSet(tc, rest, "forgotten/while-down", "v")
+	tc.set("forgotten/while-down", []byte("v"), rest...)
 	mesh.Restart(f)
 	c = tc.mustStart(f)
 	tc.waitValue(f, "forgotten/while-down", []byte("v"))
@@ -687,12 +546,12 @@ func TestHealChangedAddress(t *testing.T) {
 	}
 	mesh.Rejoin(f)
 	start = time.Now()
-	healSet(tc, rest, "forgotten/after", "v")
+	tc.set("forgotten/after", []byte("v"), rest...)
 	tc.waitValue(f, "forgotten/after", []byte("v"))
 	t.Logf("the leader found the running node again %v after its addresses were forgotten", time.Since(start).Round(time.Millisecond))
 	l = tc.leader(10 * time.Second)
 	if l != f {
-		rafttest.WaitFor(t, 10*time.Second, "the leader to be connected to the moved node", func() bool {
+		tc.waitFor(10*time.Second, "the leader to be connected to the moved node", func() bool {
 			return healConnected(tc, l, f)
 		})
 	}
@@ -711,8 +570,7 @@ func TestHealWholeClusterRestart(t *testing.T) {
 	const writes = 200
 	mesh := rafttest.NewMesh(t, 3, rafttest.WithPebble())
 	tc := newTestCluster(t, mesh, "/raft/heal-whole")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(20*time.Second, 0, 1, 2)
+	tc.form(20*time.Second, 0, 1, 2)
 	acked := healWriteMany(tc, "w/", writes, 8)
 	t.Logf("%d of %d writes acknowledged", len(acked), writes)
 
@@ -730,7 +588,7 @@ func TestHealWholeClusterRestart(t *testing.T) {
 	tc.startAll(0, 1)
 	l := tc.leader(20 * time.Second)
 	t.Logf("nodes 0 and 1 re-formed with leader %d %v after their restart", l, time.Since(start).Round(time.Millisecond))
-	healSet(tc, []int{0, 1}, "two-of-three", "v")
+	tc.set("two-of-three", []byte("v"), 0, 1)
 	// Then the last one, which rejoins them.
 	mesh.Restart(2)
 	tc.mustStart(2)
@@ -743,17 +601,11 @@ func TestHealWholeClusterRestart(t *testing.T) {
 		if err := c.Barrier(10 * time.Second); err != nil {
 			t.Fatalf("barrier on node %d: %v", i, err)
 		}
-		found := 0
-		for _, k := range acked {
-			if v, ok := c.Get(k); ok && string(v) == "v"+k {
-				found++
-			}
-		}
-		if found != len(acked) {
+		if found := heldWrites(c, acked); found != len(acked) {
 			t.Fatalf("node %d holds %d of %d acknowledged writes after the restart", i, found, len(acked))
 		}
 	}
-	tc.setOnLeader("after-restart", []byte("ok"))
+	tc.set("after-restart", []byte("ok"))
 	for i := range 3 {
 		tc.waitValue(i, "after-restart", []byte("ok"))
 	}
@@ -778,15 +630,11 @@ func TestHealStateMachineBehindLog(t *testing.T) {
 			mesh := rafttest.NewMesh(t, 3, rafttest.Connected(), rafttest.WithPebble())
 			var extra []Option
 			if tt.snapshot {
-				tm := PresetLocal.Timeouts()
-				tm.SnapshotThreshold = 100
-				tm.SnapshotInterval = 50 * time.Millisecond
-				extra = append(extra, WithTimeouts(tm))
+				extra = append(extra, snapshotEvery(100))
 			}
 			ns := "/raft/heal-behind"
 			tc := newTestCluster(t, mesh, ns, extra...)
-			tc.startAll(0, 1, 2)
-			tc.waitVoters(20*time.Second, 0, 1, 2)
+			tc.form(20*time.Second, 0, 1, 2)
 			acked := healWriteMany(tc, "w/", tt.writes, 8)
 			if len(acked) < tt.writes/2 {
 				t.Fatalf("only %d of %d writes acknowledged", len(acked), tt.writes)
@@ -796,7 +644,7 @@ func TestHealStateMachineBehindLog(t *testing.T) {
 				t.Fatalf("barrier on node %d: %v", f, err)
 			}
 			if tt.snapshot {
-				rafttest.WaitFor(t, 10*time.Second, "a snapshot on the follower", func() bool {
+				tc.waitFor(10*time.Second, "a snapshot on the follower", func() bool {
 					return snapshotCount(t, tc.get(f)) > 0
 				})
 			}
@@ -821,7 +669,7 @@ func TestHealStateMachineBehindLog(t *testing.T) {
 				}
 			}
 			// Writes it misses while down.
-			tc.setOnLeader("while-down", []byte("w"))
+			tc.set("while-down", []byte("w"))
 
 			c := tc.mustStart(f)
 			tc.waitValue(f, "while-down", []byte("w"))

@@ -1,19 +1,32 @@
 package raft
 
+// The test fixture: testCluster runs the clusters of one namespace on the
+// nodes of a rafttest mesh (all of them or a subset, each node with its own
+// options if need be) and waits for what the tests need. Every wait that can
+// time out prints every member's view (dumpState) before it fails the test,
+// and every write that has to get through goes through the one retry loop,
+// retry.
+
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
+	"net"
 	"os"
-	"path/filepath"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/tauraft/raft/rafttest"
 	"go.uber.org/goleak"
 )
@@ -50,6 +63,16 @@ func testOpts(t testing.TB, snapRoot string, extra ...Option) []Option {
 	return append(opts, extra...)
 }
 
+// snapshotEvery is the local preset with a snapshot every threshold log
+// entries, checked every 50 ms: a test's writes produce snapshots and
+// truncate the log.
+func snapshotEvery(threshold uint64) Option {
+	tm := PresetLocal.Timeouts()
+	tm.SnapshotThreshold = threshold
+	tm.SnapshotInterval = 50 * time.Millisecond
+	return WithTimeouts(tm)
+}
+
 // testCluster is a set of clusters of one namespace on a mesh, indexed like
 // the mesh's nodes.
 type testCluster struct {
@@ -69,6 +92,8 @@ func newTestCluster(t testing.TB, mesh *rafttest.Mesh, ns string, extra ...Optio
 	t.Cleanup(tc.closeAll)
 	return tc
 }
+
+// ---- starting and stopping members ----
 
 // start starts the cluster on node i with the common options plus extra.
 func (tc *testCluster) start(i int, extra ...Option) (Cluster, error) {
@@ -93,25 +118,53 @@ func (tc *testCluster) mustStart(i int, extra ...Option) Cluster {
 	return c
 }
 
-// startAll starts the cluster on the given nodes at once and waits for New
-// to return on each.
-func (tc *testCluster) startAll(idx ...int) {
-	tc.t.Helper()
-	var wg sync.WaitGroup
+// startEach starts the cluster on the nodes idx at once, node i with the
+// common options plus opts(i) (opts may be nil), and waits for New to return
+// on each. opts(i) runs on node i's own goroutine right before its New, so it
+// may also delay that start. It returns the failures, joined; it does not
+// fail the test, so it may run on any goroutine.
+func (tc *testCluster) startEach(idx []int, opts func(i int) []Option) error {
 	errs := make([]error, len(idx))
+	var wg sync.WaitGroup
 	for k, i := range idx {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, errs[k] = tc.start(i)
-		}()
+		wg.Go(func() {
+			var extra []Option
+			if opts != nil {
+				extra = opts(i)
+			}
+			if _, err := tc.start(i, extra...); err != nil {
+				errs[k] = fmt.Errorf("start node %d: %w", i, err)
+			}
+		})
 	}
 	wg.Wait()
-	for k, err := range errs {
-		if err != nil {
-			tc.t.Fatalf("start node %d: %v", idx[k], err)
-		}
+	return errors.Join(errs...)
+}
+
+// startAll is startEach with the common options only, failing the test on
+// error.
+func (tc *testCluster) startAll(idx ...int) {
+	tc.t.Helper()
+	if err := tc.startEach(idx, nil); err != nil {
+		tc.t.Fatal(err)
 	}
+}
+
+// form starts the cluster on the nodes idx at once and waits until every
+// running member has exactly them as voters.
+func (tc *testCluster) form(timeout time.Duration, idx ...int) {
+	tc.t.Helper()
+	tc.startAll(idx...)
+	tc.waitVoters(timeout, idx...)
+}
+
+// forceFirst is a startEach option function: node 0 founds the cluster at
+// once (WithForceBootstrap) and the others join it.
+func forceFirst(i int) []Option {
+	if i == 0 {
+		return []Option{WithForceBootstrap()}
+	}
+	return nil
 }
 
 func (tc *testCluster) get(i int) Cluster {
@@ -143,12 +196,15 @@ func (tc *testCluster) forget(i int) {
 func (tc *testCluster) running() []int {
 	tc.mu.Lock()
 	defer tc.mu.Unlock()
-	var out []int
-	for i := range tc.clusters {
-		out = append(out, i)
+	return slices.Sorted(maps.Keys(tc.clusters))
+}
+
+// among returns idx, or every running member when idx is empty.
+func (tc *testCluster) among(idx []int) []int {
+	if len(idx) == 0 {
+		return tc.running()
 	}
-	sort.Ints(out)
-	return out
+	return idx
 }
 
 func (tc *testCluster) closeAll() {
@@ -157,28 +213,79 @@ func (tc *testCluster) closeAll() {
 	}
 }
 
+// ---- waits ----
+
+// waitFor polls cond until it holds; after timeout it prints every member's
+// view and fails the test.
+func (tc *testCluster) waitFor(timeout time.Duration, what string, cond func() bool) {
+	tc.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tc.dumpState()
+			tc.t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return // only reached with a testing.TB whose Fatalf returns
+		}
+		time.Sleep(rafttest.PollInterval)
+	}
+}
+
 // leader waits for the running members to agree on one leader and returns
 // its node index.
 func (tc *testCluster) leader(timeout time.Duration) int {
 	tc.t.Helper()
-	var idx int
-	rafttest.WaitFor(tc.t, timeout, "one agreed leader", func() bool {
-		idx = -1
+	return tc.leaderAmong(timeout)
+}
+
+// leaderAmong waits until the members idx (every running member when idx is
+// empty) agree on one leader that is one of them and says it leads, and
+// returns its index. Members outside idx are ignored (the far side of a
+// partition, say).
+func (tc *testCluster) leaderAmong(timeout time.Duration, idx ...int) int {
+	tc.t.Helper()
+	what := "one leader agreed by every running member"
+	if len(idx) > 0 {
+		what = fmt.Sprintf("one leader agreed by nodes %v", idx)
+	}
+	li := -1
+	tc.waitFor(timeout, what, func() bool {
+		among := tc.among(idx)
 		var agreed peer.ID
-		for _, i := range tc.running() {
-			l, err := tc.get(i).Leader()
+		for _, i := range among {
+			c := tc.get(i)
+			if c == nil {
+				return false
+			}
+			l, err := c.Leader()
 			if err != nil || (agreed != "" && l != agreed) {
 				return false
 			}
 			agreed = l
 		}
-		idx = tc.mesh.Index(agreed)
-		return idx >= 0 && tc.get(idx) != nil && tc.get(idx).IsLeader()
+		li = tc.mesh.Index(agreed)
+		c := tc.get(li)
+		return slices.Contains(among, li) && c != nil && c.IsLeader()
 	})
-	return idx
+	return li
 }
 
-// voters returns the sorted voter IDs of node i's configuration.
+// follower returns the n-th (modulo their number) running member other than
+// node l.
+func (tc *testCluster) follower(l, n int) int {
+	tc.t.Helper()
+	var fs []int
+	for _, i := range tc.running() {
+		if i != l {
+			fs = append(fs, i)
+		}
+	}
+	if len(fs) == 0 {
+		tc.t.Fatalf("no follower besides %d", l)
+	}
+	return fs[n%len(fs)]
+}
+
+// voters returns the sorted voter IDs of c's configuration.
 func voters(c Cluster) []peer.ID {
 	ms, err := c.Members()
 	if err != nil {
@@ -190,112 +297,181 @@ func voters(c Cluster) []peer.ID {
 			out = append(out, m.ID)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	slices.Sort(out)
+	return out
+}
+
+// sortedIDs returns the IDs of the given mesh nodes, sorted like voters().
+func sortedIDs(mesh *rafttest.Mesh, idx ...int) []peer.ID {
+	var out []peer.ID
+	for _, i := range idx {
+		out = append(out, mesh.ID(i))
+	}
+	slices.Sort(out)
 	return out
 }
 
 // waitVoters waits until every running member's configuration has exactly
 // the voters of the given node indexes.
-func (tc *testCluster) waitVoters(timeout time.Duration, idx ...int) {
+func (tc *testCluster) waitVoters(timeout time.Duration, want ...int) {
 	tc.t.Helper()
-	var want []peer.ID
-	for _, i := range idx {
-		want = append(want, tc.mesh.ID(i))
+	tc.waitVotersOn(timeout, nil, want...)
+}
+
+// waitVotersOn waits until each member in on (every running member when on
+// is empty) has exactly the voters want. A removed or cut-off member may
+// legitimately lag: leave it out of on.
+func (tc *testCluster) waitVotersOn(timeout time.Duration, on []int, want ...int) {
+	tc.t.Helper()
+	ids := fmt.Sprint(sortedIDs(tc.mesh, want...))
+	what := fmt.Sprintf("voters %v on every member", want)
+	if len(on) > 0 {
+		what = fmt.Sprintf("nodes %v to have voters %v", on, want)
 	}
-	sort.Slice(want, func(i, j int) bool { return want[i] < want[j] })
+	tc.waitFor(timeout, what, func() bool {
+		for _, i := range tc.among(on) {
+			if c := tc.get(i); c == nil || fmt.Sprint(voters(c)) != ids {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// waitOneCluster waits until every running member is a voter of one and the
+// same configuration holding all of want, with one agreed leader.
+func (tc *testCluster) waitOneCluster(timeout time.Duration, want ...int) {
+	tc.t.Helper()
+	tc.waitVoters(timeout, want...)
+	tc.leader(timeout)
+}
+
+// waitValue waits until node i's replica holds want under key.
+func (tc *testCluster) waitValue(i int, key string, want []byte) {
+	tc.t.Helper()
+	tc.waitFor(15*time.Second, fmt.Sprintf("node %d to hold %s=%q", i, key, want), func() bool {
+		v, ok := tc.get(i).Get(key)
+		return ok && string(v) == string(want)
+	})
+}
+
+// ---- writes that have to get through ----
+
+// notAppliedOrLost reports whether a write failed because leadership was
+// missing or moving: certainly not applied (IsNotApplied), or in flight when
+// leadership was lost (ErrLeadershipLost, ErrTimeout: outcome unknown).
+func notAppliedOrLost(err error) bool {
+	return IsNotApplied(err) || errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrTimeout)
+}
+
+// retry runs op until it returns nil, pausing between attempts, for at most
+// timeout. It retries the errors retryable accepts (every error when
+// retryable is nil) and returns the first other one, or the last one at the
+// deadline. Retrying a write whose outcome is unknown is only right when the
+// write is idempotent: every caller writes one fixed value per key.
+func retry(timeout time.Duration, retryable func(error) bool, op func() error) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		ok := true
-		for _, i := range tc.running() {
-			if fmt.Sprint(voters(tc.get(i))) != fmt.Sprint(want) {
-				ok = false
-			}
-		}
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tc.dumpState()
-			tc.t.Fatalf("timed out after %v waiting for voters %v on every member", timeout, idx)
-		}
-		time.Sleep(rafttest.PollInterval)
-	}
-}
-
-// setOnLeader writes through whichever member leads, retrying while
-// leadership moves.
-func (tc *testCluster) setOnLeader(key string, value []byte) {
-	tc.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		l := tc.leader(20 * time.Second)
-		err := tc.get(l).Set(key, value, 5*time.Second)
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			tc.t.Fatalf("set %q: %v", key, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// setRetry writes through the current leader from any goroutine, retrying
-// errors that mean "certainly not applied" while leadership moves.
-func (tc *testCluster) setRetry(key string, value []byte) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error = ErrNoLeader
-		for _, i := range tc.running() {
-			if c := tc.get(i); c != nil && c.IsLeader() {
-				err = c.Set(key, value, 10*time.Second)
-				break
-			}
-		}
-		// Retrying a Set whose outcome is unknown is fine here: each key is
-		// written by one goroutine with one value.
-		retry := errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrTimeout)
-		if err == nil || !retry || time.Now().After(deadline) {
+		err := op()
+		if err == nil || (retryable != nil && !retryable(err)) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
 
-// waitValue waits until node i's replica holds want under key.
-func (tc *testCluster) waitValue(i int, key string, want []byte) {
+// mustRetry is retry that prints every member's view and fails the test
+// when op does not succeed.
+func (tc *testCluster) mustRetry(what string, timeout time.Duration, retryable func(error) bool, op func() error) {
 	tc.t.Helper()
-	rafttest.WaitFor(tc.t, 15*time.Second, fmt.Sprintf("node %d to hold %s=%q", i, key, want), func() bool {
-		v, ok := tc.get(i).Get(key)
-		return ok && string(v) == string(want)
+	if err := retry(timeout, retryable, op); err != nil {
+		tc.dumpState()
+		tc.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// onLeader runs op on whichever member of idx (every running member when idx
+// is empty) says it leads, or returns ErrNoLeader.
+func (tc *testCluster) onLeader(idx []int, op func(c Cluster) error) error {
+	for _, i := range tc.among(idx) {
+		if c := tc.get(i); c != nil && c.IsLeader() {
+			return op(c)
+		}
+	}
+	return ErrNoLeader
+}
+
+// set writes key=value through whichever member of among (every running
+// member when among is empty) leads, retrying any failure while leadership
+// moves (the value is fixed, so a retried write whose first attempt did apply
+// changes nothing); it fails the test after 30 s.
+func (tc *testCluster) set(key string, value []byte, among ...int) {
+	tc.t.Helper()
+	tc.mustRetry(fmt.Sprintf("set %q among %v", key, tc.among(among)), 30*time.Second, nil, func() error {
+		return tc.onLeader(among, func(c Cluster) error { return c.Set(key, value, 5*time.Second) })
 	})
 }
 
-func ctxTimeout(d time.Duration) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), d)
+// setRetry writes through the current leader from any goroutine, retrying
+// only while leadership is missing or moving (notAppliedOrLost), and returns
+// the error it gave up on.
+func (tc *testCluster) setRetry(key string, value []byte) error {
+	return retry(30*time.Second, notAppliedOrLost, func() error {
+		return tc.onLeader(nil, func(c Cluster) error { return c.Set(key, value, 10*time.Second) })
+	})
 }
 
-// snapshotCount lists the snapshots a member kept on disk.
-func snapshotCount(t testing.TB, c Cluster) int {
-	t.Helper()
-	dir := c.(*cluster).snapDir
-	store, err := hraft.NewFileSnapshotStoreWithLogger(dir, SnapshotRetain, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatalf("open snapshot store %s: %v", dir, err)
+// untilClosed calls f(0), f(1), ... until stop is closed: the loop of the
+// tests' background writers and clients.
+func untilClosed(stop <-chan struct{}, f func(n int)) {
+	for n := 0; ; n++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		f(n)
 	}
-	list, err := store.List()
-	if err != nil {
-		t.Fatalf("list snapshots: %v", err)
-	}
-	return len(list)
 }
 
-var _ = filepath.Join
+// heldWrites counts the keys of keys that c holds with the value "v"+key,
+// the value every bulk writer of these tests (healWriteMany, the
+// linearizability test's unique writes) gives a key.
+func heldWrites(c Cluster, keys []string) int {
+	n := 0
+	for _, k := range keys {
+		if v, ok := c.Get(k); ok && string(v) == "v"+k {
+			n++
+		}
+	}
+	return n
+}
+
+// ---- diagnostics ----
+
+// sentinelName names the first sentinel error err matches, for test logs and
+// summaries ("not the leader"), or returns "" when it matches none. Those a
+// failed write most often ends with come first.
+func sentinelName(err error) string {
+	if err == nil {
+		return ""
+	}
+	common := []error{ErrNotLeader, ErrNoLeader, ErrNoMembers, errNotSent, ErrTimeout, ErrLeadershipLost, ErrShutdown}
+	for _, s := range append(common, wireErrors...) {
+		if errors.Is(err, s) {
+			return strings.TrimPrefix(s.Error(), "raft: ")
+		}
+	}
+	return ""
+}
 
 // dumpState logs every running member's view, for failing tests.
 func (tc *testCluster) dumpState() {
 	for _, i := range tc.running() {
-		c := tc.get(i).(*cluster)
+		c, ok := tc.get(i).(*cluster)
+		if !ok {
+			continue // stopped meanwhile
+		}
 		l, _ := c.Leader()
 		tc.t.Logf("node %d (%s): state %v leader %s voters %v formed %v", i, shortID(c.self), c.State(), shortID(l), shortIDs(voters(c)), c.formed())
 		for _, v := range c.peers.view() {
@@ -318,6 +494,83 @@ func shortIDs(ids []peer.ID) []string {
 		out = append(out, shortID(id))
 	}
 	return out
+}
+
+// ---- small helpers ----
+
+// seq returns 0, 1, ..., n-1.
+func seq(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// others returns 0, 1, ..., n-1 without skip.
+func others(skip, n int) []int {
+	var out []int
+	for i := 0; i < n; i++ {
+		if i != skip {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func ctxTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// newSecret returns a fresh uniformly random shared key of MinKeySize bytes.
+func newSecret(t testing.TB) []byte {
+	t.Helper()
+	k := make([]byte, MinKeySize)
+	if _, err := rand.Read(k); err != nil {
+		t.Fatalf("random key: %v", err)
+	}
+	return k
+}
+
+// secondErr and thirdErr keep only the error of a call's results.
+func secondErr[A any](_ A, err error) error        { return err }
+func thirdErr[A, B any](_ A, _ B, err error) error { return err }
+
+// isTimeout reports a deadline expiry.
+func isTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// inboundStreams counts h's inbound streams of proto from peer from.
+func inboundStreams(h host.Host, from peer.ID, proto protocol.ID) int {
+	n := 0
+	for _, c := range h.Network().ConnsToPeer(from) {
+		for _, s := range c.GetStreams() {
+			if s.Protocol() == proto && s.Stat().Direction == network.DirInbound {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// snapshotCount lists the snapshots a member kept on disk.
+func snapshotCount(t testing.TB, c Cluster) int {
+	t.Helper()
+	dir := c.(*cluster).snapDir
+	store, err := hraft.NewFileSnapshotStoreWithLogger(dir, SnapshotRetain, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatalf("open snapshot store %s: %v", dir, err)
+	}
+	list, err := store.List()
+	if err != nil {
+		t.Fatalf("list snapshots: %v", err)
+	}
+	return len(list)
 }
 
 // TestMain checks that no test leaves a goroutine behind.

@@ -65,7 +65,7 @@ func TestCoreThreeNodes(t *testing.T) {
 	if err := tc.get(l).TransferLeadership(); err != nil {
 		t.Fatalf("transfer leadership: %v", err)
 	}
-	rafttest.WaitFor(t, 10*time.Second, "a new leader after transfer", func() bool {
+	tc.waitFor(10*time.Second, "a new leader after transfer", func() bool {
 		nl, err := tc.get(l).Leader()
 		return err == nil && nl != mesh.ID(l) && tc.get(mesh.Index(nl)).IsLeader()
 	})
@@ -86,24 +86,13 @@ func TestCoreThreeNodes(t *testing.T) {
 	}
 }
 
-func others(skip, n int) []int {
-	var out []int
-	for i := 0; i < n; i++ {
-		if i != skip {
-			out = append(out, i)
-		}
-	}
-	return out
-}
-
 // A member on pebble is closed, misses writes, and comes back with the same
 // identity and its data.
 func TestCoreRestartFromDisk(t *testing.T) {
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected(), rafttest.WithPebble())
 	tc := newTestCluster(t, mesh, "/raft/restart")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
-	tc.setOnLeader("before", []byte("1"))
+	tc.form(15*time.Second, 0, 1, 2)
+	tc.set("before", []byte("1"))
 
 	l := tc.leader(10 * time.Second)
 	victim := (l + 1) % 3
@@ -113,7 +102,7 @@ func TestCoreRestartFromDisk(t *testing.T) {
 	tc.stop(victim)
 	mesh.Stop(victim)
 	for i := range 20 {
-		tc.setOnLeader(fmt.Sprintf("while-down/%02d", i), []byte("v"))
+		tc.set(fmt.Sprintf("while-down/%02d", i), []byte("v"))
 	}
 	mesh.Restart(victim)
 	c := tc.mustStart(victim)
@@ -138,12 +127,8 @@ func TestCoreRestartFromDisk(t *testing.T) {
 func TestCoreSnapshotsAndInstall(t *testing.T) {
 	const writes = 5000
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
-	tm := PresetLocal.Timeouts()
-	tm.SnapshotThreshold = 500
-	tm.SnapshotInterval = 50 * time.Millisecond
-	tc := newTestCluster(t, mesh, "/raft/snap", WithTimeouts(tm))
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
+	tc := newTestCluster(t, mesh, "/raft/snap", snapshotEvery(500))
+	tc.form(15*time.Second, 0, 1, 2)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var failed atomic.Value
@@ -167,7 +152,7 @@ func TestCoreSnapshotsAndInstall(t *testing.T) {
 	if err, _ := failed.Load().(error); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-	rafttest.WaitFor(t, 20*time.Second, "a snapshot and a truncated log on every member", func() bool {
+	tc.waitFor(20*time.Second, "a snapshot and a truncated log on every member", func() bool {
 		for i := range 3 {
 			first, _ := tc.get(i).(*cluster).logs.FirstIndex()
 			if snapshotCount(t, tc.get(i)) == 0 || first <= 1 {
@@ -180,7 +165,7 @@ func TestCoreSnapshotsAndInstall(t *testing.T) {
 	n := mesh.Add()
 	c := tc.mustStart(n)
 	tc.waitVoters(20*time.Second, 0, 1, 2, n)
-	rafttest.WaitFor(t, 20*time.Second, "the new member to hold every key", func() bool {
+	tc.waitFor(20*time.Second, "the new member to hold every key", func() bool {
 		return len(c.Keys("k/")) == writes
 	})
 	if snapshotCount(t, c) == 0 {
@@ -200,15 +185,19 @@ func TestCoreTwoNamespaces(t *testing.T) {
 	a := newTestCluster(t, mesh, "/raft/ns-a")
 	b := newTestCluster(t, mesh, "/raft/ns-a/b") // nested on purpose: storage must not mix
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); a.startAll(0, 1, 2) }()
-	go func() { defer wg.Done(); b.startAll(0, 1, 2) }()
+	errs := make([]error, 2)
+	for k, tc := range []*testCluster{a, b} {
+		wg.Go(func() { errs[k] = tc.startEach([]int{0, 1, 2}, nil) })
+	}
 	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
 	a.waitVoters(15*time.Second, 0, 1, 2)
 	b.waitVoters(15*time.Second, 0, 1, 2)
-	a.setOnLeader("shared-name", []byte("from-a"))
-	b.setOnLeader("shared-name", []byte("from-b"))
-	b.setOnLeader("only-b", []byte("b"))
+	a.set("shared-name", []byte("from-a"))
+	b.set("shared-name", []byte("from-b"))
+	b.set("only-b", []byte("b"))
 	for i := range 3 {
 		a.waitValue(i, "shared-name", []byte("from-a"))
 		b.waitValue(i, "shared-name", []byte("from-b"))
@@ -261,8 +250,8 @@ func TestCoreBadInput(t *testing.T) {
 		{"zero timeout", c.Set("k", nil, 0), ErrInvalidTimeout},
 		{"negative timeout", c.Delete("k", -time.Second), ErrInvalidTimeout},
 		{"long timeout", c.Set("k", nil, MaxTimeout+time.Second), ErrInvalidTimeout},
-		{"apply timeout", applyErr(c.Apply(mustCommand(t, SetOp("k", nil)), 61*time.Second)), ErrInvalidTimeout},
-		{"apply garbage", applyErr(c.Apply([]byte("garbage"), time.Second)), ErrInvalidCommand},
+		{"apply timeout", secondErr(c.Apply(mustCommand(t, SetOp("k", nil)), 61*time.Second)), ErrInvalidTimeout},
+		{"apply garbage", secondErr(c.Apply([]byte("garbage"), time.Second)), ErrInvalidCommand},
 		{"barrier timeout", c.Barrier(0), ErrInvalidTimeout},
 		{"add voter timeout", c.AddVoter(mesh.ID(0), 0), ErrInvalidTimeout},
 	}
@@ -304,7 +293,7 @@ func TestCoreBadInput(t *testing.T) {
 	}
 	after := []error{
 		c.Set("k", nil, time.Second), c.Delete("k", time.Second), c.Barrier(time.Second),
-		applyErr(c.Apply(cmd, time.Second)), c.AddVoter(mesh.ID(0), time.Second),
+		secondErr(c.Apply(cmd, time.Second)), c.AddVoter(mesh.ID(0), time.Second),
 		c.RemoveServer(mesh.ID(0), time.Second), c.TransferLeadership(),
 		c.WaitForLeader(t.Context()), secondErr(c.Leader()), secondErr(c.Members()),
 	}
@@ -322,17 +311,4 @@ func TestCoreBadInput(t *testing.T) {
 	if err := c.Close(); !errors.Is(err, ErrAlreadyClosed) {
 		t.Errorf("second Close: %v, want ErrAlreadyClosed", err)
 	}
-}
-
-func applyErr(_ FSMResponse, err error) error { return err }
-
-func secondErr[T any](_ T, err error) error { return err }
-
-func mustCommand(t testing.TB, ops ...Op) []byte {
-	t.Helper()
-	b, err := EncodeCommand(ops...)
-	if err != nil {
-		t.Fatalf("encode: %v", err)
-	}
-	return b
 }

@@ -2,12 +2,13 @@ package raft
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -104,26 +105,10 @@ var linModel = porcupine.Model{
 	},
 }
 
-// linNotApplied tells whether a failed write was certainly not applied (the
-// README's list, plus a request the Client could not send at all); any
-// other failure leaves its outcome unknown.
-func linNotApplied(err error) bool {
-	for _, s := range []error{ErrNotLeader, ErrNoLeader, ErrNoMembers, errNotSent,
-		ErrInvalidKey, ErrInvalidTimeout, ErrInvalidCommand, ErrTooLarge} {
-		if errors.Is(err, s) {
-			return true
-		}
-	}
-	return false
-}
-
 // linErrClass names an error for the summary.
 func linErrClass(err error) string {
-	for _, s := range []error{ErrNotLeader, ErrNoLeader, ErrNoMembers, errNotSent, ErrTimeout,
-		ErrLeadershipLost, ErrShutdown} {
-		if errors.Is(err, s) {
-			return strings.TrimPrefix(s.Error(), "raft: ")
-		}
+	if name := sentinelName(err); name != "" {
+		return name
 	}
 	msg := err.Error()
 	if len(msg) > 60 {
@@ -167,7 +152,7 @@ func (h *linHistory) write(client int, key, value string, call, ret int64, err e
 	switch {
 	case err == nil:
 		h.counts["write ok"]++
-	case linNotApplied(err):
+	case IsNotApplied(err):
 		h.counts["write failed"]++
 		h.errs["write: "+linErrClass(err)]++
 		return false
@@ -204,7 +189,7 @@ func (h *linHistory) durableWrite(key string, err error) {
 	case err == nil:
 		h.counts["unique ok"]++
 		h.durable = append(h.durable, key)
-	case linNotApplied(err):
+	case IsNotApplied(err):
 		h.counts["unique failed"]++
 	default:
 		h.counts["unique unknown"]++
@@ -214,13 +199,8 @@ func (h *linHistory) durableWrite(key string, err error) {
 func (h *linHistory) summary() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var keys []string
-	for k := range h.counts {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var parts []string
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(h.counts)) {
 		parts = append(parts, fmt.Sprintf("%s=%d", k, h.counts[k]))
 	}
 	var errs []string
@@ -237,12 +217,7 @@ func (h *linHistory) summary() string {
 func linWorker(h *linHistory, cl *Client, members []peer.ID, w int, seed int64, stop <-chan struct{}) {
 	rng := rand.New(rand.NewSource(seed))
 	client := h.newClientID()
-	for n := 0; ; n++ {
-		select {
-		case <-stop:
-			return
-		default:
-		}
+	untilClosed(stop, func(n int) {
 		targets := make([]peer.ID, len(members))
 		for i, j := range rng.Perm(len(members)) {
 			targets[i] = members[j]
@@ -265,7 +240,7 @@ func linWorker(h *linHistory, cl *Client, members []peer.ID, w int, seed int64, 
 			h.durableWrite(k, cl.Set(k, []byte("v"+k), linWriteTimeout, targets...))
 		}
 		time.Sleep(time.Duration(rng.Intn(10)) * time.Millisecond)
-	}
+	})
 }
 
 // linSleep sleeps between lo and hi.
@@ -314,8 +289,7 @@ func linRun(t *testing.T, seed int64) {
 	mesh := rafttest.NewMesh(t, linMembers+linClientNodes, rafttest.Connected(), rafttest.WithPebble())
 	tc := newTestCluster(t, mesh, "/raft/lin")
 	members := seq(linMembers)
-	tc.startAll(members...)
-	tc.waitVoters(20*time.Second, members...)
+	tc.form(20*time.Second, members...)
 	tc.leader(10 * time.Second)
 	var ids []peer.ID
 	for _, i := range members {
@@ -387,8 +361,7 @@ func linRun(t *testing.T, seed int64) {
 	for _, i := range members {
 		mesh.Restart(i)
 	}
-	tc.startAll(members...)
-	tc.waitVoters(20*time.Second, members...)
+	tc.form(20*time.Second, members...)
 	tc.leader(20 * time.Second)
 	t.Logf("whole cluster re-formed %v after its restart", time.Since(restart).Round(time.Millisecond))
 
@@ -401,7 +374,7 @@ func linRun(t *testing.T, seed int64) {
 	defer cl.Close()
 	client := h.newClientID()
 	for _, k := range linKeys {
-		rafttest.WaitFor(t, 20*time.Second, "a barrier read of "+k+" after the restart", func() bool {
+		tc.waitFor(20*time.Second, "a barrier read of "+k+" after the restart", func() bool {
 			call := h.now()
 			v, found, err := cl.Get(k, int64(linBarrier), ids...)
 			if err == nil {
@@ -424,13 +397,7 @@ func linRun(t *testing.T, seed int64) {
 		if err := c.Barrier(10 * time.Second); err != nil {
 			t.Fatalf("barrier on node %d after the restart: %v", i, err)
 		}
-		found := 0
-		for _, k := range durable {
-			if v, ok := c.Get(k); ok && string(v) == "v"+k {
-				found++
-			}
-		}
-		if found != len(durable) {
+		if found := heldWrites(c, durable); found != len(durable) {
 			t.Errorf("node %d holds %d of %d acknowledged unique writes after the restart", i, found, len(durable))
 		}
 	}
@@ -502,8 +469,7 @@ func TestLinearizableFollowerBarrier(t *testing.T) {
 		cfg.Datastore = linSlowStore{Batching: dssync.MutexWrap(datastore.NewMapDatastore()), slow: &slow[i]}
 	}))
 	tc := newTestCluster(t, mesh, "/raft/lin-barrier")
-	tc.startAll(0, 1, 2)
-	tc.waitVoters(15*time.Second, 0, 1, 2)
+	tc.form(15*time.Second, 0, 1, 2)
 	l := tc.leader(10 * time.Second)
 	followers := others(l, 3)
 	for _, f := range followers {

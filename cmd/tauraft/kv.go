@@ -18,11 +18,12 @@ import (
 )
 
 type kvFlags struct {
-	namespace string
-	peers     []string
-	timeout   time.Duration
-	keyFile   string
-	barrier   time.Duration
+	namespace    string
+	peers        []string
+	timeout      time.Duration
+	keyFile      string
+	swarmKeyFile string
+	barrier      time.Duration
 }
 
 func newKVCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -45,6 +46,7 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 	pf.StringArrayVar(&f.peers, "peer", nil, "full /p2p/ multiaddr of a member (repeatable, at least one)")
 	pf.DurationVar(&f.timeout, "timeout", 10*time.Second, "how long to wait for connections and writes")
 	pf.StringVar(&f.keyFile, "key-file", "", "file holding the shared encryption key (at least 32 bytes, used as is)")
+	pf.StringVar(&f.swarmKeyFile, "swarm-key-file", "", "swarm key file of the members' libp2p private network")
 
 	set := &cobra.Command{
 		Use:   "set KEY VALUE",
@@ -155,11 +157,18 @@ func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn fu
 	if err != nil {
 		return err
 	}
+	swarmKey, err := readSwarmKeyFile(f.swarmKeyFile)
+	if err != nil {
+		return err
+	}
 
-	// No DHT: the client is told whom to talk to.
+	// No DHT: the client is told whom to talk to. With a swarm key the
+	// throwaway host joins the members' private network (over TCP, the
+	// only transport a private network has).
 	node, err := p2pnode.New(ctx, p2pnode.Config{
 		ListenAddrs: []string{"/ip4/127.0.0.1/tcp/0"},
 		Discovery:   memdisc.Nop{},
+		SwarmKey:    swarmKey,
 	})
 	if err != nil {
 		return failure(err)
