@@ -49,7 +49,7 @@ func (c caller) call(ctx context.Context, id peer.ID, req *request, deadline tim
 		return nil, fmt.Errorf("%w: write to %s: %w", errNotSent, id, err)
 	}
 	_ = s.CloseWrite()
-	frame, err := readFrame(s)
+	payload, plain, err := c.codec.readMessage(s, true)
 	if err != nil {
 		_ = s.Reset()
 		if refusedBeforeHandling(err) {
@@ -62,18 +62,14 @@ func (c caller) call(ctx context.Context, id peer.ID, req *request, deadline tim
 		}
 		return nil, fmt.Errorf("raft: read answer from %s: %w", id, err)
 	}
-	plain, err := c.codec.open(frame)
 	var resp response
-	if err != nil {
-		// A member that refuses our envelope answers in plaintext with the
-		// reason; surface that reason rather than our own decoding error.
-		if len(frame) > 0 && frame[0] == envelopePlain && wireDec.Unmarshal(frame[1:], &resp) == nil && resp.Code != codeOK {
-			return &resp, nil
-		}
-		return nil, err
-	}
-	if err := wireDec.Unmarshal(plain, &resp); err != nil {
+	if err := wireDec.Unmarshal(payload, &resp); err != nil {
 		return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, id, err)
+	}
+	if plain && c.codec.key != nil && resp.Code == codeOK {
+		// Only a refusal may come back in plaintext under a key: the
+		// member refused our envelope and said why.
+		return nil, fmt.Errorf("%w: %s answered in plaintext", ErrEncryptionRequired, id)
 	}
 	return &resp, nil
 }

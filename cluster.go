@@ -94,8 +94,9 @@ type cluster struct {
 	fsm     *kvStore
 	snapDir string
 
-	mu   sync.RWMutex // guards raft, which a reset replaces
-	raft *hraft.Raft
+	mu    sync.RWMutex // guards raft and layer, which a reset replaces
+	raft  *hraft.Raft
+	layer *streamLayer // Raft's streams, closed by Close if Raft hangs
 
 	// caller sends this member's requests to other members (joins, merge
 	// checks); fwd sends leader-only requests to the leader.
@@ -186,7 +187,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd)
-	hasState, r, err := c.start()
+	hasState, r, layer, err := c.start()
 	if err != nil {
 		c.svc.close()
 		cancel()
@@ -194,7 +195,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	}
 	// The command service already takes streams: publish under the lock.
 	c.mu.Lock()
-	c.raft = r
+	c.raft, c.layer = r, layer
 	c.mu.Unlock()
 
 	// Cancelling the node's context stops the cluster as Close would.
@@ -265,23 +266,25 @@ func (c *cluster) open() error {
 
 // start builds the transport and Raft itself, and reports whether there was
 // Raft state from an earlier run.
-func (c *cluster) start() (hasState bool, r *hraft.Raft, err error) {
+func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err error) {
 	snaps, err := hraft.NewFileSnapshotStoreWithLogger(c.snapDir, SnapshotRetain, c.logger.Named("snapshots"))
 	if err != nil {
-		return false, nil, fmt.Errorf("raft: snapshot store in %s: %w", c.snapDir, err)
+		return false, nil, nil, fmt.Errorf("raft: snapshot store in %s: %w", c.snapDir, err)
 	}
 	hasState, err = hraft.HasExistingState(c.logs, c.stable, snaps)
 	if err != nil {
-		return false, nil, fmt.Errorf("raft: reading existing state: %w", err)
+		return false, nil, nil, fmt.Errorf("raft: reading existing state: %w", err)
 	}
 
-	layer, err := newStreamLayer(c.node.Peer(), TransportProtocol(c.namespace))
+	layer, err = newStreamLayer(c.node.Peer(), TransportProtocol(c.namespace))
 	if err != nil {
-		return false, nil, err
+		return false, nil, nil, err
 	}
 	layer.logger = c.logger
 	layer.resolve = c.peers.ensureAddrs
 	layer.lookup = c.peers.lookup
+	layer.admit = c.admitRPC
+	layer.isMember = c.inConfiguration
 	if c.key != nil {
 		layer.secure = c.key.secureConn
 	}
@@ -306,7 +309,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, err error) {
 	rc.Logger = c.logger.Named("raft")
 	if err := hraft.ValidateConfig(rc); err != nil {
 		_ = trans.Close()
-		return false, nil, fmt.Errorf("raft: %w", err)
+		return false, nil, nil, fmt.Errorf("raft: %w", err)
 	}
 	// Followers read back entries the leader just wrote (replication and
 	// apply both read the log): a cache of two batches' worth keeps those
@@ -314,14 +317,14 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, err error) {
 	cache, err := hraft.NewLogCache(logCacheSize, c.logs)
 	if err != nil {
 		_ = trans.Close()
-		return false, nil, err
+		return false, nil, nil, err
 	}
 	r, err = hraft.NewRaft(rc, c.fsm, cache, c.stable, snaps, trans)
 	if err != nil {
 		_ = trans.Close()
-		return false, nil, fmt.Errorf("raft: starting raft: %w", err)
+		return false, nil, nil, fmt.Errorf("raft: starting raft: %w", err)
 	}
-	return hasState, r, nil
+	return hasState, r, layer, nil
 }
 
 // logCacheSize is how many recent log entries Raft keeps in memory: twice
@@ -334,7 +337,6 @@ const logCacheSize = 512
 // with the cause. Restarted on a working store, the member re-applies the
 // entry from its log.
 func (c *cluster) stateMachineFailed(err error) {
-	err = fmt.Errorf("%w: state machine stopped: %w", ErrShutdown, err)
 	c.failure.Store(&err)
 	c.logger.Error("stopping this member: a committed entry could not be applied; restart it on a working store", "error", err)
 	c.wg.Add(1)
@@ -377,7 +379,7 @@ func (c *cluster) Close() error {
 	c.cancel()
 	c.svc.close()
 	c.mu.Lock()
-	r := c.raft
+	r, layer := c.raft, c.layer
 	c.mu.Unlock()
 	var err error
 	if r != nil && r.State() == hraft.Leader {
@@ -387,13 +389,55 @@ func (c *cluster) Close() error {
 		_ = r.LeadershipTransfer().Error()
 	}
 	if r != nil {
-		// Shutdown also closes the transport.
-		err = translateRaftError(r.Shutdown().Error())
-		if errors.Is(err, ErrShutdown) {
-			err = nil
-		}
+		err = c.stopRaft(r, layer)
 	}
 	c.wg.Wait()
 	c.peers.wait()
+	return err
+}
+
+// ShutdownTimeout bounds how long Close waits for Raft to stop once it has
+// closed Raft's streams (after a leader's hand-off, which takes at most an
+// election timeout, and a grace period of one election timeout). Raft's
+// goroutines block only on I/O and on each other; closing every stream
+// unblocks the I/O, so only a bug can hold Raft past it, and then Close
+// returns ErrTimeout instead of hanging.
+const ShutdownTimeout = 10 * time.Second
+
+// stopRaft shuts Raft down: gracefully for an election timeout, then with
+// its streams closed under it, for at most ShutdownTimeout more.
+func (c *cluster) stopRaft(r *hraft.Raft, layer *streamLayer) error {
+	f := r.Shutdown()
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	grace := time.NewTimer(c.cfg.timeouts.ElectionTimeout)
+	defer grace.Stop()
+	select {
+	case err := <-done:
+		return shutdownResult(err)
+	case <-grace.C:
+	}
+	c.logger.Warn("raft is slow to stop; closing its streams")
+	if layer != nil {
+		layer.closeStreams()
+	}
+	hard := time.NewTimer(ShutdownTimeout)
+	defer hard.Stop()
+	select {
+	case err := <-done:
+		return shutdownResult(err)
+	case <-hard.C:
+		c.logger.Error("raft did not stop; giving up on it", "waited", ShutdownTimeout)
+		return fmt.Errorf("%w: raft did not stop within %v of closing its streams", ErrTimeout, ShutdownTimeout)
+	}
+}
+
+// shutdownResult is Close's error from Raft's Shutdown: stopping something
+// already stopped is no error.
+func shutdownResult(err error) error {
+	err = translateRaftError(err)
+	if errors.Is(err, ErrShutdown) {
+		return nil
+	}
 	return err
 }

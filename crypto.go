@@ -27,10 +27,16 @@ package raft
 // Wire format of a sealed command message:
 //
 //	salt    16 random bytes, fresh for every message
-//	sealed  AES-256-GCM(key, nonce = 12 zero bytes, plaintext, no aad)
+//	header  AES-256-GCM(key, nonce = 12 zero bytes, uint64 big-endian
+//	        length of body, no aad): 24 bytes
+//	body    AES-256-GCM(key, nonce = 11 zero bytes || 0x01, plaintext, no aad)
 //
 //	key   = HKDF-SHA256(secret = shared key, salt = salt,
 //	                    info = "tauraft/v1/command" || 0x00 || namespace)
+//
+// The header lets a member authenticate a message after its first 40 bytes:
+// a peer without the key is refused before the member reads (or allocates
+// for) the body, whatever length its frame claims.
 //
 // Because the namespace is part of every HKDF info string, one shared key
 // used for two namespaces yields unrelated keys, and the purpose label keeps
@@ -90,8 +96,16 @@ const (
 	transportSaltSize = 32
 
 	// commandSaltSize is the per-message salt of sealed commands; see seal
-	// for why 128 bits are enough with a fixed nonce.
+	// for why 128 bits are enough with fixed nonces.
 	commandSaltSize = 16
+	// commandHeaderSize is a sealed command's authenticated body length.
+	commandHeaderSize = 8 + gcmTagSize
+	// commandPrefixSize is what a member reads of a sealed command before
+	// it knows whether the sender holds the key.
+	commandPrefixSize = commandSaltSize + commandHeaderSize
+	// commandOverhead is how much longer a sealed command is than its
+	// plaintext.
+	commandOverhead = commandPrefixSize + gcmTagSize
 
 	// gcmNonceSize and gcmTagSize are the standard AES-GCM sizes used by
 	// cipher.NewGCM.
@@ -134,8 +148,10 @@ var (
 	// 2^64 frames, but wrapping to zero would reuse a nonce, so it is checked.
 	errNonceExhausted = errors.New("raft: encrypted connection exhausted its nonce space")
 
-	// zeroNonce is the fixed nonce of sealed command messages; see seal.
-	zeroNonce [gcmNonceSize]byte
+	// headerNonce and bodyNonce are the fixed nonces of a sealed command's
+	// two parts; see seal.
+	headerNonce [gcmNonceSize]byte
+	bodyNonce   = [gcmNonceSize]byte{gcmNonceSize - 1: 1}
 )
 
 // secretKey holds a namespace's shared secret and derives from it the keys of
@@ -191,16 +207,17 @@ func (k *secretKey) newAEAD(salt []byte, info string) (cipher.AEAD, error) {
 }
 
 // seal encrypts and authenticates one command-service message and returns
-// salt || ciphertext || tag, 32 bytes longer than plaintext.
+// salt || header || body (see the wire format above), commandOverhead bytes
+// longer than plaintext.
 //
-// The nonce is fixed at zero. That is safe because every message gets its own
-// key, derived from a fresh 128-bit random salt: a (key, nonce) pair repeats
-// only if two salts collide, which after 2^32 messages has probability about
-// 2^-65. A random nonce would add 12 bytes to every message while guarding
-// against exactly the same event (a failing random source), so it buys
-// nothing here.
+// The two nonces are fixed. That is safe because every message gets its own
+// key, derived from a fresh 128-bit random salt, and the header and body use
+// different nonces: a (key, nonce) pair repeats only if two salts collide,
+// which after 2^32 messages has probability about 2^-65. Random nonces would
+// add bytes to every message while guarding against exactly the same event
+// (a failing random source), so they buy nothing here.
 func (k *secretKey) seal(plaintext []byte) ([]byte, error) {
-	out := make([]byte, commandSaltSize, commandSaltSize+len(plaintext)+gcmTagSize)
+	out := make([]byte, commandSaltSize, len(plaintext)+commandOverhead)
 	if _, err := rand.Read(out); err != nil {
 		return nil, fmt.Errorf("raft: generate message salt: %w", err)
 	}
@@ -208,27 +225,61 @@ func (k *secretKey) seal(plaintext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	var length [8]byte
+	binary.BigEndian.PutUint64(length[:], uint64(len(plaintext)+gcmTagSize))
 	// Seal appends to out, whose capacity already fits the result, so the
-	// salt and the ciphertext share one allocation.
-	return aead.Seal(out, zeroNonce[:], plaintext, nil), nil
+	// salt, header and body share one allocation.
+	out = aead.Seal(out, headerNonce[:], length[:], nil)
+	return aead.Seal(out, bodyNonce[:], plaintext, nil), nil
 }
 
-// open checks and decrypts a message produced by seal with the same shared key
-// and namespace. Any input that is too short or fails authentication yields an
-// error wrapping ErrDecrypt; sealed itself is never modified.
-func (k *secretKey) open(sealed []byte) ([]byte, error) {
-	if len(sealed) < commandSaltSize+gcmTagSize {
-		return nil, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, len(sealed))
+// openHeader checks the first commandPrefixSize bytes of a sealed message
+// and returns the body's cipher and length. Failure wraps ErrDecrypt: the
+// sender does not hold the key (or the message was altered).
+func (k *secretKey) openHeader(prefix []byte) (cipher.AEAD, int, error) {
+	if len(prefix) != commandPrefixSize {
+		return nil, 0, fmt.Errorf("%w: command message header of %d bytes", ErrDecrypt, len(prefix))
 	}
-	aead, err := k.newAEAD(sealed[:commandSaltSize], k.commandInfo)
+	aead, err := k.newAEAD(prefix[:commandSaltSize], k.commandInfo)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	plaintext, err := aead.Open(nil, zeroNonce[:], sealed[commandSaltSize:], nil)
+	var length [8]byte
+	if _, err := aead.Open(length[:0], headerNonce[:], prefix[commandSaltSize:], nil); err != nil {
+		return nil, 0, fmt.Errorf("%w: command message rejected (different key or namespace, or altered)", ErrDecrypt)
+	}
+	n := binary.BigEndian.Uint64(length[:])
+	if n < gcmTagSize || n > MaxMessageSize {
+		return nil, 0, fmt.Errorf("%w: command body of %d bytes", ErrDecrypt, n)
+	}
+	return aead, int(n), nil
+}
+
+// openBody checks and decrypts a sealed message's body.
+func openBody(aead cipher.AEAD, body []byte) ([]byte, error) {
+	plaintext, err := aead.Open(nil, bodyNonce[:], body, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%w: command message rejected (different key or namespace, or altered)", ErrDecrypt)
 	}
 	return plaintext, nil
+}
+
+// open checks and decrypts a whole message produced by seal with the same
+// shared key and namespace. Any input that is too short, of the wrong length
+// or fails authentication yields an error wrapping ErrDecrypt; sealed itself
+// is never modified.
+func (k *secretKey) open(sealed []byte) ([]byte, error) {
+	if len(sealed) < commandOverhead {
+		return nil, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, len(sealed))
+	}
+	aead, n, err := k.openHeader(sealed[:commandPrefixSize])
+	if err != nil {
+		return nil, err
+	}
+	if body := sealed[commandPrefixSize:]; len(body) == n {
+		return openBody(aead, body)
+	}
+	return nil, fmt.Errorf("%w: command body of %d bytes, header says %d", ErrDecrypt, len(sealed)-commandPrefixSize, n)
 }
 
 // secureConn wraps c so that everything written is encrypted and everything

@@ -28,17 +28,42 @@ const (
 	// exchangeTimeout bounds one peer exchange.
 	exchangeTimeout = 2 * time.Second
 	// maxTrackedPeers caps the tracker, so a flood of exchanged peer lists
-	// cannot grow it without bound.
+	// cannot grow it without bound. When it is full an unproven peer makes
+	// room for a new one; proven peers are never pushed out by newcomers.
 	maxTrackedPeers = 1024
+	// maxExchangePeers, maxPeerAddrs and maxAddrSize bound what one
+	// exchange may add: entries of a list past them are ignored, so a
+	// list of made-up peers with long addresses cannot grow a member.
+	maxExchangePeers = 256
+	maxPeerAddrs     = 8
+	maxAddrSize      = 256
+	// maxProbeBackoff and maxMemberBackoff cap the pause after failed
+	// exchanges with a peer that never answered (a stranger, perhaps one
+	// without the key) and with one that did (a member that went away).
+	maxProbeBackoff  = 5 * time.Minute
+	maxMemberBackoff = 30 * time.Second
+	// maxProbeFailures is how many failed exchanges in a row drop a peer
+	// that never answered; discovery may bring it back later.
+	maxProbeFailures = 8
+	// peerEvictAfter drops a peer that has not answered for this long.
+	peerEvictAfter = 10 * time.Minute
 )
 
 // trackedPeer is what this member knows of another member of the namespace.
+// A peer is proven once an exchange with it succeeded in either direction
+// (in a keyed namespace exchanges are sealed, so it holds the key): only
+// proven peers are sent the full peer list, and appear in it.
 type trackedPeer struct {
 	firstSeen  time.Time // earliest sighting by anyone, on our clock
-	lastAnswer time.Time // last exchange with it in either direction
+	lastAnswer time.Time // last exchange with it in either direction; zero: unproven
 	status     *status   // its state at lastAnswer
 	inflight   bool      // an exchange with it is running
+	failures   int       // failed exchanges in a row
+	nextTry    time.Time // no exchange before this, after failures
 }
+
+// proven tells whether the peer ever completed an exchange with us.
+func (p *trackedPeer) proven() bool { return !p.lastAnswer.IsZero() }
 
 // statusSource gives this member's own state for peer exchange (the
 // cluster).
@@ -230,41 +255,120 @@ func (t *peerTracker) addConnected() {
 }
 
 // learn records a peer and its addresses. age is how long ago someone first
-// saw it; the earliest sighting wins.
+// saw it; the earliest sighting wins. Addresses are kept (at most
+// maxPeerAddrs, each at most maxAddrSize bytes) only for a peer the tracker
+// holds.
 func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration) {
 	if id == t.self {
 		return
 	}
-	if len(addrs) > 0 {
+	seen := time.Now().Add(-age)
+	t.mu.Lock()
+	p, ok := t.peers[id]
+	switch {
+	case ok:
+		if seen.Before(p.firstSeen) {
+			p.firstSeen = seen
+		}
+	case len(t.peers) < maxTrackedPeers || t.evictUnprovenLocked():
+		t.peers[id] = &trackedPeer{firstSeen: seen}
+	default:
+		t.mu.Unlock()
+		return
+	}
+	t.mu.Unlock()
+	if addrs = boundedAddrs(addrs); len(addrs) > 0 {
 		t.node.Peer().Peerstore().AddAddrs(id, addrs, peerstore.AddressTTL)
 	}
-	seen := time.Now().Add(-age)
+}
+
+// evictUnprovenLocked drops the unproven peer seen last, to make room, and
+// reports whether there was one.
+func (t *peerTracker) evictUnprovenLocked() bool {
+	var victim peer.ID
+	var newest time.Time
+	for id, p := range t.peers {
+		if !p.proven() && !p.inflight && (victim == "" || p.firstSeen.After(newest)) {
+			victim, newest = id, p.firstSeen
+		}
+	}
+	if victim == "" {
+		return false
+	}
+	delete(t.peers, victim)
+	return true
+}
+
+// boundedAddrs keeps at most maxPeerAddrs addresses of at most maxAddrSize
+// bytes.
+func boundedAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
+	out := addrs[:0:0]
+	for _, a := range addrs {
+		if len(out) == maxPeerAddrs {
+			break
+		}
+		if len(a.Bytes()) <= maxAddrSize {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// answered records a successful exchange with a peer (either direction) and
+// what it said of itself.
+func (t *peerTracker) answered(from peer.ID, st *status) {
+	t.learn(from, nil, 0)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.peers[from]; ok {
+		p.lastAnswer = time.Now()
+		p.status = st
+		p.failures, p.nextTry = 0, time.Time{}
+	}
+}
+
+// failed records a failed exchange with a peer: it backs off (more for a
+// peer that never answered), and a peer that never answered is dropped after
+// maxProbeFailures.
+func (t *peerTracker) failed(id peer.ID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	p, ok := t.peers[id]
 	if !ok {
-		if len(t.peers) >= maxTrackedPeers {
-			return
-		}
-		t.peers[id] = &trackedPeer{firstSeen: seen}
 		return
 	}
-	if seen.Before(p.firstSeen) {
-		p.firstSeen = seen
+	p.failures++
+	if !p.proven() && p.failures >= maxProbeFailures {
+		delete(t.peers, id)
+		return
 	}
+	p.nextTry = time.Now().Add(exchangeBackoff(t.fastInterval(), p.failures, p.proven()))
 }
 
-// merge takes what a peer sent in an exchange (either direction).
+// exchangeBackoff is the pause after failures failed exchanges in a row:
+// doubling from base, capped at maxMemberBackoff for a proven peer and
+// maxProbeBackoff for one that never answered.
+func exchangeBackoff(base time.Duration, failures int, proven bool) time.Duration {
+	limit := maxProbeBackoff
+	if proven {
+		limit = maxMemberBackoff
+	}
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// merge takes what a peer sent in an exchange (either direction): its state,
+// which proves it, and at most maxExchangePeers entries of its list.
 func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 	// Only members send a status; a plain client is not a peer to track.
 	if from != t.self && st != nil {
-		t.learn(from, nil, 0)
-		t.mu.Lock()
-		if p, ok := t.peers[from]; ok {
-			p.lastAnswer = time.Now()
-			p.status = st
-		}
-		t.mu.Unlock()
+		t.answered(from, st)
+	}
+	if len(list) > maxExchangePeers {
+		list = list[:maxExchangePeers]
 	}
 	for _, wp := range list {
 		id, err := peer.IDFromBytes(wp.ID)
@@ -273,6 +377,12 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 		}
 		var addrs []ma.Multiaddr
 		for _, b := range wp.Addrs {
+			if len(addrs) == maxPeerAddrs {
+				break
+			}
+			if len(b) > maxAddrSize {
+				continue
+			}
 			if a, err := ma.NewMultiaddrBytes(b); err == nil {
 				addrs = append(addrs, a)
 			}
@@ -295,16 +405,23 @@ func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status) ([]wir
 	return t.wireList(), t.status.status()
 }
 
-// wireList is the peer list this member sends in an exchange.
+// wireList is the peer list this member sends in an exchange: the proven
+// peers, at most maxExchangePeers of them, with their addresses.
 func (t *peerTracker) wireList() []wirePeer {
 	ps := t.node.Peer().Peerstore()
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := make([]wirePeer, 0, len(t.peers))
+	out := make([]wirePeer, 0, min(len(t.peers), maxExchangePeers))
 	for id, p := range t.peers {
+		if !p.proven() {
+			continue
+		}
+		if len(out) == maxExchangePeers {
+			break
+		}
 		wp := wirePeer{ID: []byte(id), Age: now.Sub(p.firstSeen).Milliseconds()}
-		for _, a := range ps.Addrs(id) {
+		for _, a := range boundedAddrs(ps.Addrs(id)) {
 			wp.Addrs = append(wp.Addrs, a.Bytes())
 		}
 		out = append(out, wp)
@@ -312,42 +429,62 @@ func (t *peerTracker) wireList() []wirePeer {
 	return out
 }
 
-// exchangeAll starts an exchange with every known peer that has none in
-// flight. It does not wait for them: one slow or dead peer must not delay
-// the others, or every view would go stale together.
+// exchangeAll starts an exchange with every tracked peer that is due (none
+// in flight, not backing off), and drops peers silent for peerEvictAfter. A
+// proven peer gets our peer list; an unproven one only a probe with our
+// state, so a stranger learns nothing and costs little. It does not wait:
+// one slow or dead peer must not delay the others, or every view would go
+// stale together.
 func (t *peerTracker) exchangeAll(ctx context.Context) {
+	now := time.Now()
+	type due struct {
+		id    peer.ID
+		probe bool
+	}
+	var dues []due
 	t.mu.Lock()
-	var ids []peer.ID
 	for id, p := range t.peers {
-		if !p.inflight {
+		if p.proven() && now.Sub(p.lastAnswer) > peerEvictAfter && !p.inflight {
+			delete(t.peers, id)
+			continue
+		}
+		if !p.inflight && !now.Before(p.nextTry) {
 			p.inflight = true
-			ids = append(ids, id)
+			dues = append(dues, due{id: id, probe: !p.proven()})
 		}
 	}
 	t.mu.Unlock()
-	if len(ids) == 0 {
+	if len(dues) == 0 {
 		return
 	}
 	mine := t.wireList()
 	st := t.status.status()
-	for _, id := range ids {
+	for _, d := range dues {
 		t.wg.Add(1)
 		go func() {
 			defer t.wg.Done()
 			defer func() {
 				t.mu.Lock()
-				if p, ok := t.peers[id]; ok {
+				if p, ok := t.peers[d.id]; ok {
 					p.inflight = false
 				}
 				t.mu.Unlock()
 			}()
 			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
-			resp, err := t.caller.ask(ctx, id, req, time.Now().Add(exchangeTimeout))
+			if d.probe {
+				req.Peers = nil
+			}
+			resp, err := t.caller.ask(ctx, d.id, req, time.Now().Add(exchangeTimeout))
 			if err != nil {
-				t.logger.Debug("exchange failed", "peer", id, "error", err)
+				t.logger.Debug("exchange failed", "peer", d.id, "error", err)
+				t.failed(d.id)
 				return
 			}
-			t.merge(id, resp.Peers, resp.Status)
+			if resp.Status == nil {
+				t.failed(d.id) // a client, not a member
+				return
+			}
+			t.merge(d.id, resp.Peers, resp.Status)
 		}()
 	}
 }

@@ -16,7 +16,9 @@ import (
 )
 
 // FSMResponse is what applying a command returned: Error is non-nil when the
-// command was rejected by the state machine (nothing of it was applied).
+// command was rejected by the state machine (nothing of it was applied), or
+// when the member's state machine stopped (an error wrapping ErrShutdown:
+// the entry is committed, so the outcome is unknown).
 type FSMResponse struct {
 	Error error
 	Data  []byte
@@ -178,6 +180,9 @@ func (f *kvStore) stopLocked(err error) {
 	if f.failed != nil {
 		return
 	}
+	// The entries answered with it are committed: the outcome of a write
+	// waiting on one is unknown, as for any member shutting down mid-write.
+	err = fmt.Errorf("%w: state machine stopped (the outcome of writes in flight is unknown): %w", ErrShutdown, err)
 	f.failed = err
 	if f.onFail != nil {
 		f.onFail(err) // must not block: Raft waits for this apply

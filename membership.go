@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -82,10 +83,19 @@ func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
 }
 
 // joinVoter is the leader's side of a join request: a peer that already is a
-// voter is left as it is, any other is added.
-func (c *cluster) joinVoter(id peer.ID, timeout time.Duration) error {
+// voter is left as it is; any other is added once the leader has reached it
+// (a peer that does not answer would only cost the cluster its quorum). A
+// request forwarded by via is taken only if via is a server of the
+// configuration: an outsider cannot pose as a forwarding member.
+func (c *cluster) joinVoter(id, via peer.ID, timeout time.Duration) error {
+	if via != "" && !c.inConfiguration(via) {
+		return fmt.Errorf("%w: %s forwarded a join but is not a member", ErrInvalidCommand, via)
+	}
 	if c.isVoter(id) {
 		return nil
+	}
+	if _, ok := c.askStatus(id); !ok {
+		return fmt.Errorf("raft: could not reach %s to add it", id)
 	}
 	if err := c.addVoter(id, timeout); err != nil {
 		return err
@@ -221,6 +231,9 @@ func (c *cluster) membershipLoop() {
 	warnedRemoved := false
 	backoff := t.fastInterval()
 	for {
+		if c.failure.Load() != nil {
+			return // the member has stopped; its calls say why
+		}
 		wait := backoff
 		switch {
 		case c.isVoter(c.self):
@@ -311,4 +324,80 @@ func removedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) []peer.ID {
 		out = append(out, leader)
 	}
 	return out
+}
+
+// inConfiguration tells whether id is a server (of any suffrage) of this
+// member's latest configuration.
+func (c *cluster) inConfiguration(id peer.ID) bool {
+	r, err := c.r()
+	if err != nil {
+		return false
+	}
+	for _, s := range r.GetConfiguration().Configuration().Servers {
+		if s.ID == hraft.ServerID(id.String()) {
+			return true
+		}
+	}
+	return false
+}
+
+// admitRPC decides, for the transport's guard, whether an inbound Raft RPC
+// from a peer (whose header already names that very peer) may reach Raft.
+func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	return admitRPC(rpcType, from, r.GetConfiguration().Configuration().Servers, c.peers.view())
+}
+
+// errNotMember refuses a leader's RPC from a peer outside the configuration.
+var errNotMember = errors.New("not a member of this configuration")
+
+// admitRPC is the rule for inbound Raft RPCs. Votes and pre-votes go to
+// Raft, which refuses candidates outside its configuration by itself (the
+// guard has made sure the candidate's ID cannot be left empty or borrowed).
+// An RPC only a leader sends (AppendEntries, InstallSnapshot, TimeoutNow)
+// could raise this member's term or make it follow someone, so it is taken
+// only from:
+//   - a server of this member's latest configuration (servers);
+//   - anyone, for AppendEntries and InstallSnapshot, while this member has
+//     no configuration yet: it is joining and does not know its leader;
+//   - a peer that a majority of the configuration's voters report as their
+//     leader (view): a leader added after this member's configuration was
+//     last replicated to it, which only that leader can bring up to date.
+//     Outsiders cannot fake it: each report comes from the voter itself.
+func admitRPC(rpcType byte, from peer.ID, servers []hraft.Server, view []peerView) error {
+	if rpcType == rpcTypeRequestVote || rpcType == rpcTypeRequestPreVote {
+		return nil
+	}
+	if len(servers) == 0 {
+		if rpcType == rpcTypeTimeoutNow {
+			return errNotMember
+		}
+		return nil
+	}
+	voters := map[peer.ID]bool{}
+	for _, s := range servers {
+		if s.ID == hraft.ServerID(from.String()) {
+			return nil
+		}
+		if s.Suffrage == hraft.Voter {
+			if id, err := peer.Decode(string(s.ID)); err == nil {
+				voters[id] = true
+			}
+		}
+	}
+	if rpcType != rpcTypeTimeoutNow {
+		following := 0
+		for _, v := range view {
+			if v.alive && voters[v.id] && peer.ID(v.status.Leader) == from {
+				following++
+			}
+		}
+		if following*2 > len(voters) {
+			return nil
+		}
+	}
+	return errNotMember
 }

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"testing"
 
+	hraft "github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -150,6 +151,58 @@ func TestListsEveryVoter(t *testing.T) {
 			if got := tc.st.listsEveryVoter(); got != tc.want {
 				t.Fatalf("listsEveryVoter = %v, want %v (leader %d bytes, %d of %d voters listed)",
 					got, tc.want, len(tc.st.Leader), len(tc.st.VoterIDs), tc.st.Voters)
+			}
+		})
+	}
+}
+
+// ruleServers is a configuration of the given voters (and non-voters).
+func ruleServers(voters []peer.ID, nonvoters ...peer.ID) []hraft.Server {
+	var out []hraft.Server
+	for _, id := range voters {
+		out = append(out, hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(id.String()), Address: hraft.ServerAddress(id.String())})
+	}
+	for _, id := range nonvoters {
+		out = append(out, hraft.Server{Suffrage: hraft.Nonvoter, ID: hraft.ServerID(id.String()), Address: hraft.ServerAddress(id.String())})
+	}
+	return out
+}
+
+func TestAdmitRPC(t *testing.T) {
+	a, b, c, d, e, x := ruleNamed()
+	abc := ruleServers([]peer.ID{a, b, c})
+	leaderOnly := []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot, rpcTypeTimeoutNow}
+	for _, tc := range []struct {
+		name    string
+		types   []byte
+		from    peer.ID
+		servers []hraft.Server
+		view    []peerView
+		admit   bool
+	}{
+		{name: "votes go to Raft, which checks membership itself", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote}, from: x, servers: abc, admit: true},
+		{name: "a voter of the configuration", types: leaderOnly, from: b, servers: abc, admit: true},
+		{name: "a non-voter of the configuration", types: leaderOnly, from: d, servers: ruleServers([]peer.ID{a, b, c}, d), admit: true},
+		{name: "an outsider", types: leaderOnly, from: x, servers: abc},
+		{name: "an outsider that one voter follows (no majority)", types: leaderOnly, from: x, servers: abc,
+			view: ruleView(pvIn(b, x, b, c, x))},
+		{name: "a leader added later, which two of three voters follow", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: d, servers: abc,
+			view: ruleView(pvIn(b, d, a, b, c, d), pvIn(c, d, a, b, c, d)), admit: true},
+		{name: "TimeoutNow only from the configuration, even from a followed leader", types: []byte{rpcTypeTimeoutNow}, from: d, servers: abc,
+			view: ruleView(pvIn(b, d, a, b, c, d), pvIn(c, d, a, b, c, d))},
+		{name: "stale reports of following do not count", types: leaderOnly, from: d, servers: abc,
+			view: ruleView(pvDead(pvIn(b, d, a, b, c, d)), pvDead(pvIn(c, d, a, b, c, d)))},
+		{name: "reports from outside the configuration do not count", types: leaderOnly, from: x, servers: abc,
+			view: ruleView(pvIn(d, x, d, e, x), pvIn(e, x, d, e, x))},
+		{name: "a joining member (no configuration) takes a leader's appends", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x, admit: true},
+		{name: "a joining member refuses TimeoutNow", types: []byte{rpcTypeTimeoutNow}, from: x},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, typ := range tc.types {
+				err := admitRPC(typ, tc.from, tc.servers, tc.view)
+				if (err == nil) != tc.admit {
+					t.Fatalf("admitRPC(type %d, %s) = %v, want admitted %v", typ, ruleName(tc.from), err, tc.admit)
+				}
 			}
 		})
 	}

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"time"
@@ -212,16 +213,26 @@ func confirmsCluster(st *status, leader peer.ID, mine map[peer.ID]bool) bool {
 }
 
 // reset drops this member's Raft state and key-value data and starts Raft
-// afresh, ready to join another cluster.
+// afresh, ready to join another cluster. The data is first written to a
+// backup file (see backup.go): if that fails, nothing is dropped.
 func (c *cluster) reset() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed.Load() {
 		return ErrShutdown
 	}
-	if err := c.raft.Shutdown().Error(); err != nil {
+	if err := c.stopRaft(c.raft, c.layer); err != nil {
 		return err
 	}
+	// Raft is stopped, so the state machine holds still while it is copied.
+	path, err := c.fsm.backupData(c.backupDir(), time.Now())
+	if err != nil {
+		if _, r, layer, serr := c.start(); serr == nil {
+			c.raft, c.layer = r, layer
+		}
+		return fmt.Errorf("raft: not dropping this member's data, keeping a copy failed: %w", err)
+	}
+	c.logger.Warn("kept this member's data before dropping it to join another cluster; `tauraft kv restore` reads it back", "file", path)
 	// The state machine goes first: a crash part way must never leave it
 	// with data and an applied index but no log, or it would skip the
 	// entries of the cluster it joins. (The log's synced delete below also
@@ -243,11 +254,11 @@ func (c *cluster) reset() error {
 	if err := os.RemoveAll(c.snapDir); err != nil {
 		return err
 	}
-	_, r, err := c.start()
+	_, r, layer, err := c.start()
 	if err != nil {
 		return err
 	}
-	c.raft = r
+	c.raft, c.layer = r, layer
 	return nil
 }
 

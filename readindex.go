@@ -51,6 +51,9 @@ func (c *cluster) waitApplied(idx uint64, deadline time.Time) error {
 		if c.closed.Load() {
 			return ErrShutdown
 		}
+		if err := c.failure.Load(); err != nil {
+			return *err
+		}
 		applied := c.fsm.appliedIndex()
 		if applied >= idx {
 			return nil

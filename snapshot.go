@@ -3,10 +3,14 @@ package raft
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/ipfs/go-datastore"
 )
 
 // Snapshot captures the store in memory. Raft calls it between applies, so
@@ -14,6 +18,11 @@ import (
 func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.failed != nil {
+		// Raft counts the entries it handed over as applied; a snapshot
+		// now would claim the ones this store refused.
+		return nil, f.failed
+	}
 	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied}}
 	err := f.scan(false, func(key string, value []byte) error {
 		snap.Pairs = append(snap.Pairs, snapshotPair{Key: key, Value: value})
@@ -22,57 +31,72 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft: snapshot scan: %w", err)
 	}
+	// Key order, whatever order the datastore returns: the same data always
+	// gives the same snapshot, and a backup reads in key order.
+	slices.SortFunc(snap.Pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
 	return snap, nil
 }
 
 // Restore replaces the store with a snapshot: keys absent from the snapshot
 // are gone afterwards. A snapshot no newer than what the datastore already
 // holds is skipped: the local state is a later point of the same history.
+// The whole restore is one datastore batch: a snapshot that does not decode
+// changes nothing, and a storage error stops the store (see kvStore.failed).
 func (f *kvStore) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
-	dec := cborDec.NewDecoder(rc)
-	var h snapshotHeader
-	if err := dec.Decode(&h); err != nil {
-		return fmt.Errorf("raft: snapshot header: %w", err)
-	}
-	if h.Version != snapshotVersion {
-		return fmt.Errorf("raft: snapshot version %d not supported", h.Version)
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if h.Applied != 0 && h.Applied <= f.applied {
-		return nil
+	if f.failed != nil {
+		return f.failed
 	}
 	ctx := context.Background()
-	batch, err := f.ds.Batch(ctx)
-	if err != nil {
+	var batch datastore.Batch
+	var applied uint64
+	// A storage error stops the store; a snapshot that does not decode
+	// leaves it as it was (nothing is written before the final commit).
+	var storageErr error
+	storage := func(err error) error {
+		if err != nil {
+			storageErr = err
+		}
 		return err
 	}
-	// Delete first, then put: in one batch the last operation on a key wins.
-	err = f.scan(true, func(key string, _ []byte) error {
-		return batch.Delete(ctx, f.dataKey(key))
+	err := readSnapshot(rc, func(h snapshotHeader) error {
+		if h.Applied != 0 && h.Applied <= f.applied {
+			return errSkipSnapshot
+		}
+		applied = h.Applied
+		var err error
+		if batch, err = f.ds.Batch(ctx); err != nil {
+			return storage(err)
+		}
+		// Delete first, then put: in one batch the last operation on a key
+		// wins.
+		return storage(f.scan(true, func(key string, _ []byte) error {
+			return batch.Delete(ctx, f.dataKey(key))
+		}))
+	}, func(p snapshotPair) error {
+		return storage(batch.Put(ctx, f.dataKey(p.Key), p.Value))
 	})
+	if errors.Is(err, errSkipSnapshot) {
+		return nil
+	}
+	if err == nil {
+		var idx [8]byte
+		binary.BigEndian.PutUint64(idx[:], applied)
+		if err = storage(batch.Put(ctx, f.appliedKey, idx[:])); err == nil {
+			err = storage(batch.Commit(ctx))
+		}
+	}
+	if storageErr != nil {
+		err = fmt.Errorf("raft: restore snapshot: %w", storageErr)
+		f.stopLocked(err)
+		return err
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("raft: restore snapshot: %w", err)
 	}
-	for i := uint64(0); i < h.Count; i++ {
-		var p snapshotPair
-		if err := dec.Decode(&p); err != nil {
-			return fmt.Errorf("raft: snapshot entry %d: %w", i, err)
-		}
-		if err := batch.Put(ctx, f.dataKey(p.Key), p.Value); err != nil {
-			return err
-		}
-	}
-	var idx [8]byte
-	binary.BigEndian.PutUint64(idx[:], h.Applied)
-	if err := batch.Put(ctx, f.appliedKey, idx[:]); err != nil {
-		return err
-	}
-	if err := batch.Commit(ctx); err != nil {
-		return err
-	}
-	f.applied = h.Applied
+	f.applied = applied
 	return nil
 }
 
@@ -123,26 +147,57 @@ type kvSnapshot struct {
 
 // Persist writes the snapshot to the sink.
 func (s *kvSnapshot) Persist(sink hraft.SnapshotSink) error {
-	err := func() error {
-		enc := cborEnc.NewEncoder(sink)
-		h := s.Header
-		h.Count = uint64(len(s.Pairs))
-		if err := enc.Encode(&h); err != nil {
-			return err
-		}
-		for i := range s.Pairs {
-			if err := enc.Encode(&s.Pairs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}()
-	if err != nil {
+	if err := s.writeTo(sink); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("raft: persist snapshot: %w", err)
 	}
 	return sink.Close()
 }
+
+// writeTo writes the snapshot format: the header, then every pair.
+func (s *kvSnapshot) writeTo(w io.Writer) error {
+	enc := cborEnc.NewEncoder(w)
+	h := s.Header
+	h.Count = uint64(len(s.Pairs))
+	if err := enc.Encode(&h); err != nil {
+		return err
+	}
+	for i := range s.Pairs {
+		if err := enc.Encode(&s.Pairs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readSnapshot reads the snapshot format: header first (which may stop the
+// read by returning errSkipSnapshot), then every pair.
+func readSnapshot(r io.Reader, header func(snapshotHeader) error, pair func(snapshotPair) error) error {
+	dec := cborDec.NewDecoder(r)
+	var h snapshotHeader
+	if err := dec.Decode(&h); err != nil {
+		return fmt.Errorf("raft: snapshot header: %w", err)
+	}
+	if h.Version != snapshotVersion {
+		return fmt.Errorf("raft: snapshot version %d not supported", h.Version)
+	}
+	if err := header(h); err != nil {
+		return err
+	}
+	for i := uint64(0); i < h.Count; i++ {
+		var p snapshotPair
+		if err := dec.Decode(&p); err != nil {
+			return fmt.Errorf("raft: snapshot entry %d: %w", i, err)
+		}
+		if err := pair(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// errSkipSnapshot stops readSnapshot after the header, without error.
+var errSkipSnapshot = errors.New("skip snapshot")
 
 // Release frees the snapshot.
 func (s *kvSnapshot) Release() {}

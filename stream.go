@@ -34,8 +34,9 @@ type leaderCalls interface {
 	// readIndex returns an index covering every acknowledged write
 	// (Cluster.Barrier).
 	readIndex(timeout time.Duration) (uint64, error)
-	// joinVoter adds a validated peer as a voter unless it is one.
-	joinVoter(id peer.ID, timeout time.Duration) error
+	// joinVoter adds a validated peer as a voter unless it is one; via is
+	// the member that forwarded the request, "" when the peer asked itself.
+	joinVoter(id, via peer.ID, timeout time.Duration) error
 }
 
 // commandService serves Protocol(ns) on a member: it reads one request per
@@ -52,16 +53,31 @@ type commandService struct {
 	fwd    *forwarder
 	wg     sync.WaitGroup
 
-	mu      sync.Mutex
-	done    bool
-	streams map[network.Stream]struct{} // being served, reset on close
+	mu       sync.Mutex
+	done     bool
+	streams  map[network.Stream]struct{} // being served, reset on close
+	perPeer  map[peer.ID]int             // streams being served per peer
+	total    int                         // streams being served
+	refusals *logLimiter                 // see refused
 }
+
+// Command streams are capped per peer and in total: each holds a goroutine
+// and whatever of its request has arrived, so a peer opening streams and
+// trickling bytes must not grow a member without bound. A stream over a cap
+// is reset as a resource-limit refusal, which a caller knows was never
+// handled (it tries another member).
+const (
+	commandStreamsPerPeer = 64
+	commandStreamsTotal   = 512
+)
 
 func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder) *commandService {
 	s := &commandService{
 		host: h, proto: proto, codec: cd, logger: logger,
 		kv: kv, peers: peers, leader: leader, fwd: fwd,
-		streams: map[network.Stream]struct{}{},
+		streams:  map[network.Stream]struct{}{},
+		perPeer:  map[peer.ID]int{},
+		refusals: newLogLimiter(refusedLogInterval),
 	}
 	h.SetStreamHandler(proto, s.handle)
 	return s
@@ -81,54 +97,80 @@ func (s *commandService) close() {
 }
 
 func (s *commandService) handle(st network.Stream) {
+	from := st.Conn().RemotePeer()
 	s.mu.Lock()
 	if s.done {
 		s.mu.Unlock()
 		_ = st.Reset()
 		return
 	}
+	if s.perPeer[from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal {
+		s.mu.Unlock()
+		_ = st.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
 	s.wg.Add(1)
 	s.streams[st] = struct{}{}
+	s.perPeer[from]++
+	s.total++
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		delete(s.streams, st)
+		if s.perPeer[from]--; s.perPeer[from] <= 0 {
+			delete(s.perPeer, from)
+		}
+		s.total--
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
 
-	from := st.Conn().RemotePeer()
 	_ = st.SetReadDeadline(time.Now().Add(requestReadTimeout))
-	frame, err := readFrame(st)
+	payload, _, err := s.codec.readMessage(st, false)
 	// The request is in: from here on the member answers, even while it is
 	// closing (ErrShutdown), so close must no longer reset the stream.
 	s.mu.Lock()
 	delete(s.streams, st)
 	s.mu.Unlock()
-	if err != nil {
-		s.logger.Debug("bad request frame", "peer", from, "error", err)
-		if errors.Is(err, ErrTooLarge) {
-			s.reply(st, s.codec, errorResponse(err))
-			return
-		}
-		_ = st.Reset()
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		s.reply(st, s.codec, errorResponse(err))
 		return
-	}
-	plain, err := s.codec.open(frame)
-	if err != nil {
-		s.logger.Warn("refused request", "peer", from, "error", err)
+	case errors.Is(err, ErrEncryptionRequired), errors.Is(err, ErrUnexpectedEncryption),
+		errors.Is(err, ErrDecrypt), errors.Is(err, ErrInvalidCommand):
+		s.refused(from, err)
 		// The refusal goes back in plaintext: the peer cannot read anything
 		// else, and it reveals nothing.
 		s.reply(st, codec{}, errorResponse(err))
 		return
+	case err != nil:
+		s.logger.Debug("bad request frame", "peer", from, "error", err)
+		_ = st.Reset()
+		return
 	}
-	req, err := decodeRequest(plain)
+	req, err := decodeRequest(payload)
 	if err != nil {
 		s.reply(st, s.codec, errorResponse(err))
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	s.reply(st, s.codec, s.dispatch(from, req))
+}
+
+// refusedLogInterval is how often a refused peer is logged: one clear line
+// for a misconfigured peer, not a line per request.
+const refusedLogInterval = time.Minute
+
+// refused logs refused requests at most once per refusedLogInterval for each
+// kind of refusal (whichever peers they come from: a member with the wrong
+// key is refused by, and refuses, every other), naming the peer of the line
+// and counting the refusals left out since.
+func (s *commandService) refused(from peer.ID, err error) {
+	if ok, suppressed := s.refusals.allow(fmt.Sprint(errorCode(err)), time.Now()); ok {
+		s.logger.Warn("refused request", "peer", from, "error", err, "refused_since_last_line", suppressed)
+		return
+	}
+	s.logger.Debug("refused request", "peer", from, "error", err)
 }
 
 func (s *commandService) reply(st network.Stream, cd codec, resp *response) {
@@ -165,7 +207,7 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 	case cmdDelete:
 		return s.write(req, DeleteOp(req.Key))
 	case cmdJoinVoter:
-		return s.joinVoter(req)
+		return s.joinVoter(from, req)
 	case cmdReadIndex:
 		if err := validateTimeout(time.Duration(req.Timeout)); err != nil {
 			return errorResponse(err)
@@ -219,8 +261,11 @@ func (s *commandService) write(req *request, op Op) *response {
 	})
 }
 
-// joinVoter adds the peer a request names as a voter, on the leader.
-func (s *commandService) joinVoter(req *request) *response {
+// joinVoter adds the peer a request names as a voter, on the leader. A peer
+// may only ask for itself: nobody can make up voters (made-up voters that
+// never answer would cost the cluster its quorum). A member that forwards
+// the request has checked that for the leader.
+func (s *commandService) joinVoter(from peer.ID, req *request) *response {
 	timeout := time.Duration(req.Timeout)
 	if err := validateTimeout(timeout); err != nil {
 		return errorResponse(err)
@@ -229,8 +274,14 @@ func (s *commandService) joinVoter(req *request) *response {
 	if err != nil {
 		return errorResponse(fmt.Errorf("%w: peer ID: %v", ErrInvalidCommand, err))
 	}
+	var via peer.ID
+	if req.Forwarded {
+		via = from
+	} else if id != from {
+		return errorResponse(fmt.Errorf("%w: %s may only ask to add itself, not %s", ErrInvalidCommand, from, id))
+	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		return errorResponse(s.leader.joinVoter(id, timeout))
+		return errorResponse(s.leader.joinVoter(id, via, timeout))
 	})
 }
 

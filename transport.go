@@ -43,8 +43,37 @@ type streamLayer struct {
 	lastLookup map[peer.ID]time.Time
 	// secure, when set, wraps every connection (encryption).
 	secure func(net.Conn) (net.Conn, error)
-	logger hclog.Logger
+	// admit, when set, decides whether an inbound RPC may reach Raft (see
+	// admitRPC); isMember tells whether a peer is a server of the current
+	// configuration, which sets how many inbound streams it may hold.
+	admit    func(rpcType byte, from peer.ID) error
+	isMember func(id peer.ID) bool
+	logger   hclog.Logger
+
+	connMu     sync.Mutex
+	closed     bool
+	conns      map[*layerConn]struct{} // every open stream, to close on Close
+	inbound    map[peer.ID]int         // open inbound streams per peer
+	nonMembers int                     // open inbound streams from non-members
 }
+
+// Inbound transport streams are capped: hashicorp serves every accepted
+// stream with its own goroutine and a 256 KiB read buffer, held until the
+// stream ends, so a peer opening streams and leaving them idle would
+// otherwise grow the member without bound.
+const (
+	// transportStreamsPerPeer caps one peer's open inbound streams. Raft
+	// needs a few per peer (a pooled stream for appends, one for
+	// heartbeats, one for a snapshot); more is refused.
+	transportStreamsPerPeer = 8
+	// transportStreamsNonMembers caps the inbound streams of all peers
+	// outside the configuration together: joining nodes, a candidate whose
+	// membership this member has not learned yet.
+	transportStreamsNonMembers = 16
+	// transportIdleTimeout closes an inbound stream that carries nothing for
+	// this long. Pooled streams are busy (heartbeats) or quickly redialled.
+	transportIdleTimeout = 2 * time.Minute
+)
 
 func newStreamLayer(h host.Host, proto protocol.ID) (*streamLayer, error) {
 	l, err := gostream.Listen(h, proto)
@@ -78,7 +107,11 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	if err != nil {
 		return nil, err
 	}
-	return s.wrap(c)
+	w, err := s.wrap(c)
+	if err != nil {
+		return nil, err
+	}
+	return s.track(w, id, false)
 }
 
 // lookupInterval bounds how often a failed dial may ask discovery about the
@@ -107,7 +140,10 @@ func (s *streamLayer) mayLookup(ctx context.Context, id peer.ID) bool {
 	return true
 }
 
-// Accept waits for the next inbound stream.
+// Accept waits for the next inbound stream. Streams over their peer's cap
+// are closed at once; the others are decrypted (with a key), checked RPC by
+// RPC (rpcGuard: the header names the stream's peer, and admit agrees), and
+// closed after transportIdleTimeout without traffic.
 func (s *streamLayer) Accept() (net.Conn, error) {
 	for {
 		c, err := s.listener.Accept()
@@ -116,15 +152,132 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 			// accept loop wants to see the listener closed.
 			return nil, net.ErrClosed
 		}
+		from, err := remotePeer(c)
+		if err != nil {
+			_ = c.Close()
+			continue
+		}
 		w, err := s.wrap(c)
 		if err != nil {
 			if s.logger != nil {
-				s.logger.Warn("refused transport connection", "peer", c.RemoteAddr().String(), "error", err)
+				s.logger.Warn("refused transport connection", "peer", from, "error", err)
 			}
 			continue
 		}
-		return w, nil
+		w = &idleConn{Conn: newRPCGuard(w, from, s.admit), idle: transportIdleTimeout}
+		t, err := s.track(w, from, true)
+		if err != nil {
+			if s.logger != nil {
+				s.logger.Debug("refused transport stream", "peer", from, "error", err)
+			}
+			continue
+		}
+		return t, nil
 	}
+}
+
+// remotePeer is the libp2p peer at the other end of a gostream conn.
+func remotePeer(c net.Conn) (peer.ID, error) {
+	if st, ok := c.(interface{ Conn() network.Conn }); ok {
+		return st.Conn().RemotePeer(), nil
+	}
+	return peer.Decode(c.RemoteAddr().String())
+}
+
+// errTransportFull refuses an inbound stream over its peer's cap.
+var errTransportFull = errors.New("raft: too many transport streams")
+
+// track records an open stream (so Close can end it) and, for inbound ones,
+// enforces the caps.
+func (s *streamLayer) track(c net.Conn, id peer.ID, inbound bool) (net.Conn, error) {
+	member := !inbound || s.isMember == nil || s.isMember(id)
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	switch {
+	case s.closed:
+		_ = c.Close()
+		return nil, net.ErrClosed
+	case inbound && s.inbound[id] >= transportStreamsPerPeer,
+		inbound && !member && s.nonMembers >= transportStreamsNonMembers:
+		_ = c.Close()
+		return nil, fmt.Errorf("%w from %s", errTransportFull, id)
+	}
+	lc := &layerConn{Conn: c, layer: s, peer: id, inbound: inbound, member: member}
+	if s.conns == nil {
+		s.conns, s.inbound = map[*layerConn]struct{}{}, map[peer.ID]int{}
+	}
+	s.conns[lc] = struct{}{}
+	if inbound {
+		s.inbound[id]++
+		if !member {
+			s.nonMembers++
+		}
+	}
+	return lc, nil
+}
+
+// untrack forgets a closed stream.
+func (s *streamLayer) untrack(lc *layerConn) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if _, ok := s.conns[lc]; !ok {
+		return
+	}
+	delete(s.conns, lc)
+	if lc.inbound {
+		if s.inbound[lc.peer]--; s.inbound[lc.peer] <= 0 {
+			delete(s.inbound, lc.peer)
+		}
+		if !lc.member {
+			s.nonMembers--
+		}
+	}
+}
+
+// closeStreams closes every open stream, inbound and outbound, so that no
+// Raft goroutine stays blocked on one, and makes later dials and accepts
+// fail.
+func (s *streamLayer) closeStreams() {
+	s.connMu.Lock()
+	s.closed = true
+	conns := make([]*layerConn, 0, len(s.conns))
+	for lc := range s.conns {
+		conns = append(conns, lc)
+	}
+	s.connMu.Unlock()
+	for _, lc := range conns {
+		_ = lc.Close()
+	}
+}
+
+// layerConn is a stream the layer tracks.
+type layerConn struct {
+	net.Conn
+	layer   *streamLayer
+	peer    peer.ID
+	inbound bool
+	member  bool
+	once    sync.Once
+}
+
+// Close closes the stream and forgets it.
+func (c *layerConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.layer.untrack(c) })
+	return err
+}
+
+// idleConn closes a stream that carries nothing for idle: every Read gets a
+// fresh deadline. hashicorp sets none on inbound streams.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+// Read reads with a deadline of idle from now.
+func (c *idleConn) Read(p []byte) (int, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
 }
 
 func (s *streamLayer) wrap(c net.Conn) (net.Conn, error) {
@@ -160,22 +313,56 @@ func newNetworkTransport(layer *streamLayer, timeout time.Duration, logger hclog
 		Stream:  layer,
 		MaxPool: transportPoolSize,
 		Timeout: timeout,
-		Logger:  transportLogger{logger},
+		Logger:  transportLogger{Logger: logger, refusals: newLogLimiter(refusedLogInterval)},
+		// No pipelining: hashicorp's pipeline can deadlock when a follower
+		// answers Success=false while the pipeline is full (hashicorp/raft
+		// #612): the leader keeps heartbeating that follower but never
+		// sends it another entry, and Shutdown waits for it forever. One
+		// RPC in flight makes Raft replicate with plain AppendEntries,
+		// which batches up to MaxAppendEntries per round trip.
+		MaxRPCsInFlight: 1,
 	})
 }
 
 // transportLogger demotes the transport's report of a connection that ended
 // (a peer closed its cluster, a pooled stream was reset) from an error to a
 // debug line: it is routine on libp2p streams, and it drowned real errors.
-type transportLogger struct{ hclog.Logger }
+type transportLogger struct {
+	hclog.Logger
+	refusals *logLimiter
+}
 
 // Error logs at debug level when the error only says the connection ended.
 func (l transportLogger) Error(msg string, args ...interface{}) {
+	if msg == "failed to decode incoming command" && refusedRPC(args) {
+		// A peer without the key, or an RPC the guard refused: one line a
+		// minute says so (hashicorp's line does not name the peer; the
+		// guard's error does).
+		if ok, suppressed := l.refusals.allow("refused", time.Now()); ok {
+			l.Logger.Warn("refused transport stream", append(args, "refused_since_last_line", suppressed)...)
+			return
+		}
+		l.Logger.Debug(msg, args...)
+		return
+	}
 	if msg == "failed to decode incoming command" && connectionEnded(args) {
 		l.Logger.Debug(msg, args...)
 		return
 	}
 	l.Logger.Error(msg, args...)
+}
+
+// refusedRPC tells whether the error is the guard's refusal or a failed
+// decryption (hashicorp's decode error does not wrap them, so they are found
+// by their text).
+func refusedRPC(args []interface{}) bool {
+	for _, a := range args {
+		if err, ok := a.(error); ok && (errors.Is(err, errRPCRefused) || errors.Is(err, ErrDecrypt) ||
+			strings.Contains(err.Error(), errRPCRefused.Error()) || strings.Contains(err.Error(), ErrDecrypt.Error())) {
+			return true
+		}
+	}
+	return false
 }
 
 func connectionEnded(args []interface{}) bool {

@@ -6,6 +6,8 @@ package raft
 // namespace key. The server side is stream.go, the client side caller.go.
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -188,10 +190,107 @@ func writeFrame(w io.Writer, body []byte) error {
 	return msgio.NewVarintWriter(w).WriteMsg(body)
 }
 
+// readFrame reads one whole frame.
 func readFrame(r io.Reader) ([]byte, error) {
-	b, err := msgio.NewVarintReaderSize(r, MaxMessageSize).ReadMsg()
-	if errors.Is(err, msgio.ErrMsgTooLarge) {
-		return nil, fmt.Errorf("%w: frame over %d bytes", ErrTooLarge, MaxMessageSize)
+	n, err := readFrameLength(r)
+	if err != nil {
+		return nil, err
 	}
-	return b, err
+	return readFull(r, n)
+}
+
+// readMessage reads one frame and returns its CBOR payload, opened with the
+// codec's key. Frames are read as they arrive rather than by the length a
+// peer announces (msgio's reader allocates that length up front), so a
+// member never holds more than a peer has sent it; and under a key it reads
+// a sealed frame's body only after authenticating its first
+// commandPrefixSize bytes, so a peer without the key gets nothing but a
+// refusal. A plaintext frame under a key is refused before its body is
+// read, unless plainAnswer (a member's plaintext refusal of our request):
+// then plain reports it.
+func (c codec) readMessage(r io.Reader, plainAnswer bool) (payload []byte, plain bool, err error) {
+	n, err := readFrameLength(r)
+	if err != nil {
+		return nil, false, err
+	}
+	if n == 0 {
+		return nil, false, fmt.Errorf("%w: empty frame", ErrInvalidCommand)
+	}
+	var env [1]byte
+	if _, err := io.ReadFull(r, env[:]); err != nil {
+		return nil, false, err
+	}
+	n--
+	switch env[0] {
+	case envelopePlain:
+		if c.key != nil && !plainAnswer {
+			return nil, true, ErrEncryptionRequired
+		}
+		b, err := readFull(r, n)
+		return b, true, err
+	case envelopeSealed:
+		if c.key == nil {
+			return nil, false, ErrUnexpectedEncryption
+		}
+		if n < commandOverhead {
+			return nil, false, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, n)
+		}
+		prefix, err := readFull(r, commandPrefixSize)
+		if err != nil {
+			return nil, false, err
+		}
+		aead, bodyLen, err := c.key.openHeader(prefix)
+		if err != nil {
+			return nil, false, err
+		}
+		if bodyLen != n-commandPrefixSize {
+			return nil, false, fmt.Errorf("%w: command body of %d bytes, header says %d", ErrDecrypt, n-commandPrefixSize, bodyLen)
+		}
+		body, err := readFull(r, bodyLen)
+		if err != nil {
+			return nil, false, err
+		}
+		payload, err := openBody(aead, body)
+		return payload, false, err
+	}
+	return nil, false, fmt.Errorf("%w: unknown envelope %d", ErrInvalidCommand, env[0])
+}
+
+// readFrameLength reads a frame's varint length, at most MaxMessageSize.
+func readFrameLength(r io.Reader) (int, error) {
+	n, err := binary.ReadUvarint(byteReader{r})
+	if err != nil {
+		return 0, fmt.Errorf("raft: frame length: %w", err)
+	}
+	if n > MaxMessageSize {
+		return 0, fmt.Errorf("%w: frame over %d bytes", ErrTooLarge, MaxMessageSize)
+	}
+	return int(n), nil
+}
+
+// readChunk is the most readFull allocates ahead of the bytes it has.
+const readChunk = 64 << 10
+
+// readFull reads exactly n bytes, growing its buffer as they arrive.
+func readFull(r io.Reader, n int) ([]byte, error) {
+	var b bytes.Buffer
+	b.Grow(min(n, readChunk))
+	got, err := io.CopyN(&b, r, int64(n))
+	if got == int64(n) {
+		return b.Bytes(), nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return nil, err
+}
+
+// byteReader reads one byte at a time, for the varint of a frame: reading
+// ahead would take bytes of the frame itself.
+type byteReader struct{ r io.Reader }
+
+func (b byteReader) ReadByte() (byte, error) {
+	var one [1]byte
+	_, err := io.ReadFull(b.r, one[:])
+	return one[0], err
 }

@@ -3,6 +3,12 @@
 //
 // It exists for deployments without a Taubyte node, for tests and for command
 // line tools. A Node owns everything it opens and releases it in Close.
+//
+// Hostile peers: a node runs libp2p's resource manager with fixed per-peer
+// caps on connections and streams (DefaultResourceLimits), so that one peer
+// cannot take more than its share of a node; and with a Config.SwarmKey it
+// joins a libp2p private network, which peers without the key cannot even
+// connect to.
 package p2pnode
 
 import (
@@ -22,6 +28,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	drouting "github.com/libp2p/go-libp2p/p2p/discovery/routing"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -33,7 +40,8 @@ import (
 // DefaultListenAddrs are the addresses a node listens on when
 // Config.ListenAddrs is empty: an ephemeral TCP and an ephemeral QUIC port on
 // the loopback interface, so that a node started without configuration is
-// never reachable from outside the machine by accident.
+// never reachable from outside the machine by accident. A node with a
+// Config.SwarmKey listens on the TCP one only.
 var DefaultListenAddrs = []string{
 	"/ip4/127.0.0.1/tcp/0",
 	"/ip4/127.0.0.1/udp/0/quic-v1",
@@ -57,8 +65,24 @@ type Config struct {
 	// ListenAddrs are the multiaddrs the host listens on, for example
 	// "/ip4/0.0.0.0/tcp/4001" or "/ip4/0.0.0.0/udp/4001/quic-v1". Empty means
 	// DefaultListenAddrs (loopback, ephemeral ports). TCP and QUIC transports
-	// are always available for dialing whatever is listed here.
+	// are always available for dialing whatever is listed here, except with
+	// a SwarmKey: then only TCP.
 	ListenAddrs []string
+
+	// SwarmKey, if set, makes the node a member of the libp2p private
+	// network of this 32-byte pre-shared key (read it from a swarm key file,
+	// the format IPFS and Taubyte use, with ReadSwarmKeyFile or
+	// ParseSwarmKey; make one with NewSwarmKey). Every connection is then
+	// encrypted with the key beneath libp2p's own security handshake, so a
+	// peer without the same key cannot even complete a connection: it never
+	// gets to open a stream, send a DHT query or learn the node's protocols.
+	//
+	// libp2p has no private-network mode for QUIC, so a node with a swarm
+	// key runs TCP only: it neither listens on nor dials QUIC addresses, New
+	// fails if ListenAddrs names one, and empty ListenAddrs means only the
+	// TCP address of DefaultListenAddrs. Nil means a public node, which can
+	// connect to any libp2p peer that is not in a private network.
+	SwarmKey pnet.PSK
 
 	// PrivKey is the node's identity; its peer ID is what raft uses as the
 	// server ID. Nil means a fresh Ed25519 key, i.e. a new identity on every
@@ -96,11 +120,17 @@ type Config struct {
 	// every accepted connection (tests use it to cut links).
 	ConnectionGater connmgr.ConnectionGater
 
-	// ResourceManager, if set, replaces the default one. The default has
-	// infinite limits: raft opens many short-lived streams and a limit hit
-	// would surface as hard-to-diagnose transport errors, while cluster sizes
-	// are small and peers are trusted. The host takes ownership of it and
-	// closes it with the node.
+	// ResourceLimits, if set, are the limits of the node's libp2p resource
+	// manager instead of DefaultResourceLimits() (libp2p's defaults, scaled
+	// to the machine, with fixed caps on what one peer may hold: see
+	// PeerMaxStreamsInbound and the other caps). Callers that need more
+	// start from DefaultResourceLimits(); &rcmgr.InfiniteLimits switches
+	// limits off. Ignored when ResourceManager is set.
+	ResourceLimits *rcmgr.ConcreteLimitConfig
+
+	// ResourceManager, if set, replaces the resource manager New would build
+	// from ResourceLimits. The host takes ownership of it and closes it with
+	// the node.
 	ResourceManager network.ResourceManager
 
 	// EnableMetrics turns on libp2p's Prometheus metrics (registered with
@@ -217,14 +247,18 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 // are left off: raft peers are expected to be directly reachable, and each of
 // those services adds background traffic and goroutines.
 func newHost(priv crypto.PrivKey, cfg Config) (host.Host, error) {
-	listen := cfg.ListenAddrs
-	if len(listen) == 0 {
-		listen = DefaultListenAddrs
+	listen, err := listenAddrs(cfg)
+	if err != nil {
+		return nil, err
 	}
 	rm := cfg.ResourceManager
 	if rm == nil {
-		var err error
-		rm, err = rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(rcmgr.InfiniteLimits))
+		limits := cfg.ResourceLimits
+		if limits == nil {
+			l := DefaultResourceLimits()
+			limits = &l
+		}
+		rm, err = rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(*limits))
 		if err != nil {
 			return nil, fmt.Errorf("p2pnode: resource manager: %w", err)
 		}
@@ -233,9 +267,13 @@ func newHost(priv crypto.PrivKey, cfg Config) (host.Host, error) {
 		libp2p.Identity(priv),
 		libp2p.ListenAddrStrings(listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
 		libp2p.ResourceManager(rm),
 		libp2p.DisableRelay(),
+	}
+	if cfg.SwarmKey != nil {
+		opts = append(opts, libp2p.PrivateNetwork(cfg.SwarmKey))
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
 	}
 	if !cfg.EnableMetrics {
 		// Metrics register collectors in a process-wide Prometheus registry,
@@ -256,6 +294,54 @@ func newHost(priv crypto.PrivKey, cfg Config) (host.Host, error) {
 		return nil, fmt.Errorf("p2pnode: start libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// listenAddrs returns the addresses the host of cfg listens on, checking
+// them against cfg.SwarmKey: a private network runs over TCP only.
+func listenAddrs(cfg Config) ([]string, error) {
+	if cfg.SwarmKey == nil {
+		if len(cfg.ListenAddrs) == 0 {
+			return DefaultListenAddrs, nil
+		}
+		return cfg.ListenAddrs, nil
+	}
+	if len(cfg.SwarmKey) != 32 {
+		return nil, fmt.Errorf("p2pnode: %w: a key of %d bytes, want 32 bytes", ErrInvalidSwarmKey, len(cfg.SwarmKey))
+	}
+	if len(cfg.ListenAddrs) == 0 {
+		var tcpOnly []string
+		for _, a := range DefaultListenAddrs {
+			if isTCP(a) {
+				tcpOnly = append(tcpOnly, a)
+			}
+		}
+		return tcpOnly, nil
+	}
+	for _, a := range cfg.ListenAddrs {
+		if !isTCP(a) {
+			return nil, fmt.Errorf("p2pnode: listen address %s: a node with a swarm key listens on TCP only (libp2p private networks do not support QUIC)", a)
+		}
+	}
+	return cfg.ListenAddrs, nil
+}
+
+// isTCP reports whether the multiaddr s is a plain TCP address (an invalid
+// one is left for libp2p to report).
+func isTCP(s string) bool {
+	m, err := multiaddr.NewMultiaddr(s)
+	if err != nil {
+		return true
+	}
+	tcp := false
+	for _, c := range m {
+		switch c.Protocol().Code {
+		case multiaddr.P_TCP:
+			tcp = true
+		case multiaddr.P_UDP, multiaddr.P_QUIC, multiaddr.P_QUIC_V1, multiaddr.P_WEBTRANSPORT, multiaddr.P_WS, multiaddr.P_WSS, multiaddr.P_WEBRTC_DIRECT:
+			return false
+		}
+	}
+	return tcp
 }
 
 // bootstrap connects to the bootstrap peers in parallel and then asks the DHT

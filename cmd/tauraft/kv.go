@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -124,7 +125,36 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 			})
 		},
 	}
-	kv.AddCommand(set, get, del, keys)
+	restore := &cobra.Command{
+		Use:   "restore FILE",
+		Short: "Write every key of a dropped-data file back into the cluster",
+		Long: `Reads a file that a member wrote before it dropped its data to join another
+cluster (its path is in the member's WARN line "kept this member's data") and
+sets every key in it, in key order. Keys rewritten in the cluster since are
+overwritten: read the file first (it is the snapshot format; see
+raft.ReadBackup) if that matters.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file, err := os.Open(args[0])
+			if err != nil {
+				return usageErr("%v", err)
+			}
+			defer file.Close()
+			return withClient(cmd.Context(), f, false, "", func(c *raft.Client, targets []peer.ID) error {
+				n := 0
+				err := raft.ReadBackup(file, func(key string, value []byte) error {
+					if err := writeOutcome(c.Set(key, value, f.timeout, targets...)); err != nil {
+						return fmt.Errorf("set %q: %w", key, err)
+					}
+					n++
+					return nil
+				})
+				fmt.Fprintf(stdout, "restored %d keys\n", n)
+				return err
+			})
+		},
+	}
+	kv.AddCommand(set, get, del, keys, restore)
 	return kv
 }
 

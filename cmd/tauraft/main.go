@@ -3,6 +3,7 @@
 //	tauraft demo [--nodes N]          an in-process cluster walkthrough
 //	tauraft node --data DIR ...       one long-running cluster member
 //	tauraft kv set|get|delete|keys    talk to a running cluster
+//	tauraft swarm-key [--output FILE] a new private-network swarm key
 //
 // Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found (kv get).
 package main
@@ -101,6 +102,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr))
+	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newSwarmKeyCmd(stdout))
 	return root
 }

@@ -29,6 +29,7 @@ type nodeFlags struct {
 	listen           []string
 	bootstrap        []string
 	keyFile          string
+	swarmKeyFile     string
 	preset           string
 	bootstrapTimeout time.Duration
 	logLevel         string
@@ -46,9 +47,15 @@ DIR holds everything the member must keep across restarts: its identity
 (DIR/datastore) and its Raft snapshots (DIR/snapshots). Peers are found
 through a Kademlia DHT seeded with --bootstrap addresses; there is no seed
 list for Raft itself. The member prints its peer ID and addresses, then every
-change of its state, leader and membership.`,
+change of its state, leader and membership.
+
+With --swarm-key-file (a key made by 'tauraft swarm-key'), the member joins
+the libp2p private network of that key: peers without the same key, nodes
+and kv clients alike, cannot even connect to it. Private networks run over
+TCP only, so --listen must then name TCP addresses.`,
 		Example: `  tauraft node --data ./n1 --listen /ip4/127.0.0.1/tcp/4001
-  tauraft node --data ./n2 --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...`,
+  tauraft node --data ./n2 --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
+  tauraft node --data ./n1 --swarm-key-file swarm.key --listen /ip4/0.0.0.0/tcp/4001`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runNode(cmd.Context(), stdout, stderr, f)
@@ -60,6 +67,7 @@ change of its state, leader and membership.`,
 	fl.StringArrayVar(&f.listen, "listen", []string{"/ip4/127.0.0.1/tcp/0"}, "listen multiaddr (repeatable)")
 	fl.StringArrayVar(&f.bootstrap, "bootstrap", nil, "full /p2p/ multiaddr of a DHT bootstrap peer (repeatable)")
 	fl.StringVar(&f.keyFile, "key-file", "", "file holding the shared encryption key (at least 32 bytes, used as is)")
+	fl.StringVar(&f.swarmKeyFile, "swarm-key-file", "", "libp2p private-network swarm key file (see 'tauraft swarm-key'); TCP only")
 	fl.StringVar(&f.preset, "preset", "regional", "timeout preset: local, regional or global")
 	fl.DurationVar(&f.bootstrapTimeout, "bootstrap-timeout", 10*time.Second, "bootstrap window: how long to look for peers before forming a cluster")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "Raft log level on stderr: trace, debug, info, warn, error or off")
@@ -99,6 +107,10 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	if err != nil {
 		return err
 	}
+	swarmKey, err := readSwarmKeyFile(f.swarmKeyFile)
+	if err != nil {
+		return err
+	}
 
 	if err := os.MkdirAll(f.data, 0o700); err != nil {
 		return failure(err)
@@ -114,6 +126,7 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 		PrivKey:        priv,
 		DataDir:        filepath.Join(f.data, "datastore"),
 		BootstrapPeers: bootstrap,
+		SwarmKey:       swarmKey,
 	})
 	if err != nil {
 		return failure(err)
@@ -124,8 +137,12 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	for _, a := range node.Addrs() {
 		fmt.Fprintf(stdout, "address: %s\n", a)
 	}
-	fmt.Fprintf(stdout, "namespace %s, preset %s, bootstrap window %s, %s\n",
-		f.namespace, preset, f.bootstrapTimeout, plural(len(bootstrap), "bootstrap peer"))
+	network := "public network"
+	if swarmKey != nil {
+		network = "private network (swarm key)"
+	}
+	fmt.Fprintf(stdout, "namespace %s, preset %s, bootstrap window %s, %s, %s\n",
+		f.namespace, preset, f.bootstrapTimeout, plural(len(bootstrap), "bootstrap peer"), network)
 
 	opts := []raft.Option{
 		raft.WithTimeoutPreset(preset),
@@ -165,10 +182,15 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	}
 	fmt.Fprintln(stdout, "raft started")
 
-	watchNode(ctx, stdout, cluster, node)
+	stopped := watchNode(ctx, stdout, cluster, node)
 
 	fmt.Fprintln(stdout, "shutting down")
 	var errs []error
+	if stopped != nil {
+		// The member stopped by itself (its state machine could not apply
+		// an entry): exit non-zero with the reason.
+		errs = append(errs, stopped)
+	}
 	if err := cluster.Close(); err != nil && !errors.Is(err, raft.ErrAlreadyClosed) {
 		errs = append(errs, fmt.Errorf("close cluster: %w", err))
 	}
@@ -195,8 +217,9 @@ func parsePresetFlag(s string) (raft.Preset, error) {
 }
 
 // watchNode prints the member's state, leader and membership whenever one
-// of them changes, until ctx is done.
-func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode.Node) {
+// of them changes, until ctx is done. It returns early, with the reason, if
+// the member stops by itself.
+func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode.Node) error {
 	self := node.ID()
 	var lastState, lastLeader, lastMembers string
 	tick := time.NewTicker(nodeStatusInterval)
@@ -206,6 +229,14 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 		if st := strings.ToLower(c.State().String()); st != lastState {
 			fmt.Fprintf(out, "[%s] state: %s\n", now, st)
 			lastState = st
+		}
+		if c.State() == hraft.Shutdown && ctx.Err() == nil {
+			// Every call now fails with the reason the member stopped.
+			err := c.Barrier(time.Second)
+			if err == nil {
+				err = errors.New("raft stopped")
+			}
+			return fmt.Errorf("member stopped: %w", err)
 		}
 		leader := "none"
 		if id, err := c.Leader(); err == nil {
@@ -242,9 +273,9 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-node.Context().Done():
-			return
+			return nil
 		case <-tick.C:
 		}
 	}
