@@ -348,7 +348,13 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	if err != nil {
 		return err
 	}
-	return admitRPC(rpcType, from, r.GetConfiguration().Configuration().Servers, c.peers.view())
+	servers := r.GetConfiguration().Configuration().Servers
+	// The common case, a server of the configuration, without building a
+	// view of every tracked peer on each heartbeat.
+	if err := admitRPC(rpcType, from, servers, nil); err == nil {
+		return nil
+	}
+	return admitRPC(rpcType, from, servers, c.peers.view())
 }
 
 // errNotMember refuses a leader's RPC from a peer outside the configuration.
