@@ -111,7 +111,7 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	if err != nil {
 		return nil, err
 	}
-	return s.track(w, id, false)
+	return s.track(w, c, id, false)
 }
 
 // lookupInterval bounds how often a failed dial may ask discovery about the
@@ -165,7 +165,7 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 			continue
 		}
 		w = &idleConn{Conn: newRPCGuard(w, from, s.admit), idle: transportIdleTimeout}
-		t, err := s.track(w, from, true)
+		t, err := s.track(w, c, from, true)
 		if err != nil {
 			if s.logger != nil {
 				s.logger.Debug("refused transport stream", "peer", from, "error", err)
@@ -187,31 +187,35 @@ func remotePeer(c net.Conn) (peer.ID, error) {
 // errTransportFull refuses an inbound stream over its peer's cap.
 var errTransportFull = errors.New("raft: too many transport streams")
 
-// track records an open stream (so Close can end it) and, for inbound ones,
-// enforces the caps.
-func (s *streamLayer) track(c net.Conn, id peer.ID, inbound bool) (net.Conn, error) {
+// track records an open stream c (raw is the libp2p stream under its
+// wrappers, so Close can reset it) and, for inbound ones, enforces the caps.
+func (s *streamLayer) track(c, raw net.Conn, id peer.ID, inbound bool) (net.Conn, error) {
 	member := !inbound || s.isMember == nil || s.isMember(id)
+	lc := &layerConn{Conn: c, raw: raw, layer: s, peer: id, inbound: inbound, member: member}
 	s.connMu.Lock()
-	defer s.connMu.Unlock()
+	var err error
 	switch {
 	case s.closed:
-		_ = c.Close()
-		return nil, net.ErrClosed
+		err = net.ErrClosed
 	case inbound && s.inbound[id] >= transportStreamsPerPeer,
 		inbound && !member && s.nonMembers >= transportStreamsNonMembers:
-		_ = c.Close()
-		return nil, fmt.Errorf("%w from %s", errTransportFull, id)
-	}
-	lc := &layerConn{Conn: c, layer: s, peer: id, inbound: inbound, member: member}
-	if s.conns == nil {
-		s.conns, s.inbound = map[*layerConn]struct{}{}, map[peer.ID]int{}
-	}
-	s.conns[lc] = struct{}{}
-	if inbound {
-		s.inbound[id]++
-		if !member {
-			s.nonMembers++
+		err = fmt.Errorf("%w from %s", errTransportFull, id)
+	default:
+		if s.conns == nil {
+			s.conns, s.inbound = map[*layerConn]struct{}{}, map[peer.ID]int{}
 		}
+		s.conns[lc] = struct{}{}
+		if inbound {
+			s.inbound[id]++
+			if !member {
+				s.nonMembers++
+			}
+		}
+	}
+	s.connMu.Unlock()
+	if err != nil {
+		lc.reset() // outside the lock: a stream's close can wait on the network
+		return nil, err
 	}
 	return lc, nil
 }
@@ -234,9 +238,10 @@ func (s *streamLayer) untrack(lc *layerConn) {
 	}
 }
 
-// closeStreams closes every open stream, inbound and outbound, so that no
+// closeStreams resets every open stream, inbound and outbound, so that no
 // Raft goroutine stays blocked on one, and makes later dials and accepts
-// fail.
+// fail. Reset, not Close: closing a stream to a stalled peer can wait on the
+// network for seconds.
 func (s *streamLayer) closeStreams() {
 	s.connMu.Lock()
 	s.closed = true
@@ -246,13 +251,14 @@ func (s *streamLayer) closeStreams() {
 	}
 	s.connMu.Unlock()
 	for _, lc := range conns {
-		_ = lc.Close()
+		lc.reset()
 	}
 }
 
 // layerConn is a stream the layer tracks.
 type layerConn struct {
 	net.Conn
+	raw     net.Conn // the libp2p stream under the wrappers
 	layer   *streamLayer
 	peer    peer.ID
 	inbound bool
@@ -265,6 +271,14 @@ func (c *layerConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() { c.layer.untrack(c) })
 	return err
+}
+
+// reset aborts the stream at once (where it can) and forgets it.
+func (c *layerConn) reset() {
+	if r, ok := c.raw.(interface{ Reset() error }); ok {
+		_ = r.Reset()
+	}
+	_ = c.Close()
 }
 
 // idleConn closes a stream that carries nothing for idle: every Read gets a
