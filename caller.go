@@ -49,7 +49,7 @@ func (c caller) call(ctx context.Context, id peer.ID, req *request, deadline tim
 		return nil, fmt.Errorf("%w: write to %s: %w", errNotSent, id, err)
 	}
 	_ = s.CloseWrite()
-	payload, plain, err := c.codec.readMessage(s, true)
+	payload, plain, _, err := c.codec.readMessage(s, true, nil)
 	if err != nil {
 		_ = s.Reset()
 		if refusedBeforeHandling(err) {

@@ -93,6 +93,10 @@ type peerTracker struct {
 
 	mu    sync.Mutex
 	peers map[peer.ID]*trackedPeer
+	// dropped remembers strangers dropped after failed probes, so that a
+	// stranger that stays connected is not picked up and probed again at
+	// once (at most maxTrackedPeers of them, each for peerEvictAfter).
+	dropped map[peer.ID]time.Time
 
 	// fast is set while this member is not a voter yet: it exchanges and
 	// discovers at the bootstrap pace instead of the steady one.
@@ -110,6 +114,7 @@ func newPeerTracker(cfg trackerConfig) *peerTracker {
 		started:       time.Now(),
 		ctx:           context.Background(),
 		peers:         map[peer.ID]*trackedPeer{},
+		dropped:       map[peer.ID]time.Time{},
 		wake:          make(chan struct{}, 1),
 	}
 	t.fast.Store(true)
@@ -262,29 +267,55 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration)
 	if id == t.self {
 		return
 	}
-	seen := time.Now().Add(-age)
+	now := time.Now()
+	seen := now.Add(-age)
+	var evicted peer.ID
 	t.mu.Lock()
+	if at, ok := t.dropped[id]; ok {
+		if now.Sub(at) < peerEvictAfter {
+			t.mu.Unlock()
+			return
+		}
+		delete(t.dropped, id)
+	}
 	p, ok := t.peers[id]
 	switch {
 	case ok:
 		if seen.Before(p.firstSeen) {
 			p.firstSeen = seen
 		}
-	case len(t.peers) < maxTrackedPeers || t.evictUnprovenLocked():
-		t.peers[id] = &trackedPeer{firstSeen: seen}
+	case len(t.peers) >= maxTrackedPeers:
+		if evicted = t.evictUnprovenLocked(); evicted == "" {
+			t.mu.Unlock()
+			return
+		}
+		fallthrough
 	default:
-		t.mu.Unlock()
-		return
+		t.peers[id] = &trackedPeer{firstSeen: seen}
 	}
 	t.mu.Unlock()
+	ps := t.node.Peer().Peerstore()
+	if evicted != "" {
+		t.forgetAddrs(evicted)
+	}
 	if addrs = boundedAddrs(addrs); len(addrs) > 0 {
-		t.node.Peer().Peerstore().AddAddrs(id, addrs, peerstore.AddressTTL)
+		ps.AddAddrs(id, addrs, peerstore.AddressTTL)
+	}
+}
+
+// forgetAddrs drops the addresses of a peer that never answered and is no
+// longer tracked, unless the host is connected to it: whatever a list said
+// of a stranger must not outlive the stranger in the tracker.
+func (t *peerTracker) forgetAddrs(id peer.ID) {
+	h := t.node.Peer()
+	if h.Network().Connectedness(id) != network.Connected {
+		h.Peerstore().ClearAddrs(id)
 	}
 }
 
 // evictUnprovenLocked drops the unproven peer seen last, to make room, and
-// reports whether there was one.
-func (t *peerTracker) evictUnprovenLocked() bool {
+// returns it ("" when there is none).
+func (t *peerTracker) evictUnprovenLocked() peer.ID {
 	var victim peer.ID
 	var newest time.Time
 	for id, p := range t.peers {
@@ -292,11 +323,10 @@ func (t *peerTracker) evictUnprovenLocked() bool {
 			victim, newest = id, p.firstSeen
 		}
 	}
-	if victim == "" {
-		return false
+	if victim != "" {
+		delete(t.peers, victim)
 	}
-	delete(t.peers, victim)
-	return true
+	return victim
 }
 
 // boundedAddrs keeps at most maxPeerAddrs addresses of at most maxAddrSize
@@ -317,6 +347,9 @@ func boundedAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
 // answered records a successful exchange with a peer (either direction) and
 // what it said of itself.
 func (t *peerTracker) answered(from peer.ID, st *status) {
+	t.mu.Lock()
+	delete(t.dropped, from) // it answered after all: a member, not a stranger
+	t.mu.Unlock()
 	t.learn(from, nil, 0)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -332,17 +365,26 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 // maxProbeFailures.
 func (t *peerTracker) failed(id peer.ID) {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	p, ok := t.peers[id]
 	if !ok {
+		t.mu.Unlock()
 		return
 	}
 	p.failures++
-	if !p.proven() && p.failures >= maxProbeFailures {
+	drop := !p.proven() && p.failures >= maxProbeFailures
+	if drop {
 		delete(t.peers, id)
-		return
+		if len(t.dropped) >= maxTrackedPeers {
+			clear(t.dropped)
+		}
+		t.dropped[id] = time.Now()
+	} else {
+		p.nextTry = time.Now().Add(exchangeBackoff(t.fastInterval(), p.failures, p.proven()))
 	}
-	p.nextTry = time.Now().Add(exchangeBackoff(t.fastInterval(), p.failures, p.proven()))
+	t.mu.Unlock()
+	if drop {
+		t.forgetAddrs(id)
+	}
 }
 
 // exchangeBackoff is the pause after failures failed exchanges in a row:

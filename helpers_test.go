@@ -575,5 +575,17 @@ func snapshotCount(t testing.TB, c Cluster) int {
 
 // TestMain checks that no test leaves a goroutine behind.
 func TestMain(m *testing.M) {
+	// ---- hostile-peer subprocess roles (re-executed test binary) ----
+	if role := os.Getenv("TAURAFT_HOSTILE_ROLE"); role != "" {
+		switch {
+		case strings.HasPrefix(role, "keyed-"): // hostile_keyed_test.go
+			os.Exit(hostileKeyedRole(role))
+		case strings.HasPrefix(role, "open-"): // hostile_open_test.go
+			os.Exit(hostileOpenRole(role))
+		}
+		fmt.Fprintf(os.Stderr, "unknown TAURAFT_HOSTILE_ROLE %q\n", role)
+		os.Exit(2)
+	}
+	// ---- end of hostile-peer roles ----
 	goleak.VerifyTestMain(m)
 }

@@ -351,10 +351,32 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	servers := r.GetConfiguration().Configuration().Servers
 	// The common case, a server of the configuration, without building a
 	// view of every tracked peer on each heartbeat.
-	if err := admitRPC(rpcType, from, servers, nil); err == nil {
+	if err := admitRPC(rpcType, c.self, from, servers, nil); err == nil {
 		return nil
 	}
-	return admitRPC(rpcType, from, servers, c.peers.view())
+	return admitRPC(rpcType, c.self, from, servers, c.peers.view())
+}
+
+// foundedWith tells whether from, a live peer in view, reported a
+// configuration that lists self as a voter.
+func foundedWith(self, from peer.ID, view []peerView) bool {
+	for _, v := range view {
+		if v.id == from && v.alive && v.status.Formed && containsPeer(v.status.VoterIDs, self) {
+			return true
+		}
+	}
+	return false
+}
+
+// reportedLeader tells whether a live, formed peer in view reports id as its
+// leader.
+func reportedLeader(id peer.ID, view []peerView) bool {
+	for _, v := range view {
+		if v.alive && v.status.Formed && peer.ID(v.status.Leader) == id {
+			return true
+		}
+	}
+	return false
 }
 
 // errNotMember refuses a leader's RPC from a peer outside the configuration.
@@ -362,25 +384,35 @@ var errNotMember = errors.New("not a member of this configuration")
 
 // admitRPC is the rule for inbound Raft RPCs. Votes and pre-votes go to
 // Raft, which refuses candidates outside its configuration by itself (the
-// guard has made sure the candidate's ID cannot be left empty or borrowed).
-// An RPC only a leader sends (AppendEntries, InstallSnapshot, TimeoutNow)
-// could raise this member's term or make it follow someone, so it is taken
-// only from:
+// guard has made sure the candidate's ID cannot be left empty or borrowed),
+// except on a member with no configuration yet: Raft would take any
+// candidate's term there, so such a member (a founder waiting for the
+// configuration another founder bootstrapped, or a node joining) takes
+// votes only from a peer that told it, in an exchange, that it has a
+// configuration listing this member as a voter. An RPC only a leader sends
+// (AppendEntries, InstallSnapshot, TimeoutNow) could raise this member's
+// term or make it follow someone, so it is taken only from:
 //   - a server of this member's latest configuration (servers);
-//   - anyone, for AppendEntries and InstallSnapshot, while this member has
-//     no configuration yet: it is joining and does not know its leader;
+//   - for AppendEntries and InstallSnapshot to a member with no
+//     configuration yet: such a founder, or the leader that a live peer it
+//     tracks reports (the leader it asked to join);
 //   - a peer that a majority of the configuration's voters report as their
 //     leader (view): a leader added after this member's configuration was
 //     last replicated to it, which only that leader can bring up to date.
 //     Outsiders cannot fake it: each report comes from the voter itself.
-func admitRPC(rpcType byte, from peer.ID, servers []hraft.Server, view []peerView) error {
-	if rpcType == rpcTypeRequestVote || rpcType == rpcTypeRequestPreVote {
-		return nil
-	}
+func admitRPC(rpcType byte, self, from peer.ID, servers []hraft.Server, view []peerView) error {
 	if len(servers) == 0 {
-		if rpcType == rpcTypeTimeoutNow {
+		switch {
+		case rpcType == rpcTypeTimeoutNow:
 			return errNotMember
+		case foundedWith(self, from, view):
+			return nil
+		case rpcType != rpcTypeRequestVote && rpcType != rpcTypeRequestPreVote && reportedLeader(from, view):
+			return nil
 		}
+		return errNotMember
+	}
+	if rpcType == rpcTypeRequestVote || rpcType == rpcTypeRequestPreVote {
 		return nil
 	}
 	voters := map[peer.ID]bool{}

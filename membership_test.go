@@ -194,12 +194,25 @@ func TestAdmitRPC(t *testing.T) {
 			view: ruleView(pvDead(pvIn(b, d, a, b, c, d)), pvDead(pvIn(c, d, a, b, c, d)))},
 		{name: "reports from outside the configuration do not count", types: leaderOnly, from: x, servers: abc,
 			view: ruleView(pvIn(d, x, d, e, x), pvIn(e, x, d, e, x))},
-		{name: "a joining member (no configuration) takes a leader's appends", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x, admit: true},
-		{name: "a joining member refuses TimeoutNow", types: []byte{rpcTypeTimeoutNow}, from: x},
+		{name: "a joining member (no configuration) takes the appends of the leader its peers report", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x,
+			view: ruleView(pvIn(a, x, a, x)), admit: true},
+		{name: "a joining member refuses appends from a peer nobody reports as leader", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x,
+			view: ruleView(pvIn(a, b, a, b))},
+		{name: "a joining member refuses appends from a leader only a dead peer reported", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x,
+			view: ruleView(pvDead(pvIn(a, x, a, x)))},
+		{name: "a joining member takes no votes and no TimeoutNow from a reported leader", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote, rpcTypeTimeoutNow}, from: x,
+			view: ruleView(pvIn(b, x, b, x))},
+		{name: "a founder waiting for its configuration takes the votes and appends of the founder that bootstrapped it", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote, rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: b,
+			view: ruleView(pvIn(b, "", a, b, c)), admit: true},
+		{name: "a founder takes no TimeoutNow before its configuration", types: []byte{rpcTypeTimeoutNow}, from: b,
+			view: ruleView(pvIn(b, "", a, b, c))},
+		{name: "a peer whose configuration does not list this member gets no vote", types: []byte{rpcTypeRequestVote, rpcTypeAppendEntries}, from: b,
+			view: ruleView(pvIn(b, "", b, c))},
+		{name: "a stranger gets no vote from a member without configuration", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote}, from: x},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, typ := range tc.types {
-				err := admitRPC(typ, tc.from, tc.servers, tc.view)
+				err := admitRPC(typ, a, tc.from, tc.servers, tc.view)
 				if (err == nil) != tc.admit {
 					t.Fatalf("admitRPC(type %d, %s) = %v, want admitted %v", typ, ruleName(tc.from), err, tc.admit)
 				}

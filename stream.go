@@ -59,6 +59,7 @@ type commandService struct {
 	perPeer  map[peer.ID]int             // streams being served per peer
 	total    int                         // streams being served
 	refusals *logLimiter                 // see refused
+	budget   *readBudget                 // bytes of requests read at once
 }
 
 // Command streams are capped per peer and in total: each holds a goroutine
@@ -69,6 +70,10 @@ type commandService struct {
 const (
 	commandStreamsPerPeer = 64
 	commandStreamsTotal   = 512
+	// commandReadBudget bounds the bytes of requests read and decoded at
+	// once (see readBudget): room for two maximal commands, or thousands of
+	// ordinary ones.
+	commandReadBudget = 2 * 2 * MaxMessageSize
 )
 
 func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder) *commandService {
@@ -78,6 +83,7 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 		streams:  map[network.Stream]struct{}{},
 		perPeer:  map[peer.ID]int{},
 		refusals: newLogLimiter(refusedLogInterval),
+		budget:   newReadBudget(commandReadBudget, requestReadTimeout),
 	}
 	h.SetStreamHandler(proto, s.handle)
 	return s
@@ -126,7 +132,8 @@ func (s *commandService) handle(st network.Stream) {
 	}()
 
 	_ = st.SetReadDeadline(time.Now().Add(requestReadTimeout))
-	payload, _, err := s.codec.readMessage(st, false)
+	payload, _, release, err := s.codec.readMessage(st, false, s.budget)
+	defer release()
 	// The request is in: from here on the member answers, even while it is
 	// closing (ErrShutdown), so close must no longer reset the stream.
 	s.mu.Lock()
@@ -135,6 +142,9 @@ func (s *commandService) handle(st network.Stream) {
 	switch {
 	case errors.Is(err, ErrTooLarge):
 		s.reply(st, s.codec, errorResponse(err))
+		return
+	case errors.Is(err, errBusy):
+		_ = st.ResetWithError(network.StreamResourceLimitExceeded) // never handled: try another member
 		return
 	case errors.Is(err, ErrEncryptionRequired), errors.Is(err, ErrUnexpectedEncryption),
 		errors.Is(err, ErrDecrypt), errors.Is(err, ErrInvalidCommand):
@@ -149,6 +159,7 @@ func (s *commandService) handle(st network.Stream) {
 		return
 	}
 	req, err := decodeRequest(payload)
+	release() // the frame is decoded: its bytes are garbage now
 	if err != nil {
 		s.reply(st, s.codec, errorResponse(err))
 		return

@@ -157,6 +157,16 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
+		if s.full(from) {
+			// Refused before any key derivation or buffer: a flood of
+			// streams costs the accept loop next to nothing.
+			if r, ok := c.(interface{ Reset() error }); ok {
+				_ = r.Reset()
+			} else {
+				_ = c.Close()
+			}
+			continue
+		}
 		w, err := s.wrap(c)
 		if err != nil {
 			if s.logger != nil {
@@ -186,6 +196,15 @@ func remotePeer(c net.Conn) (peer.ID, error) {
 
 // errTransportFull refuses an inbound stream over its peer's cap.
 var errTransportFull = errors.New("raft: too many transport streams")
+
+// full tells whether an inbound stream from id would be over its cap now
+// (track checks again when it records the stream).
+func (s *streamLayer) full(id peer.ID) bool {
+	member := s.isMember == nil || s.isMember(id)
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	return s.closed || s.inbound[id] >= transportStreamsPerPeer || (!member && s.nonMembers >= transportStreamsNonMembers)
+}
 
 // track records an open stream c (raw is the libp2p stream under its
 // wrappers, so Close can reset it) and, for inbound ones, enforces the caps.

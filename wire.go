@@ -6,15 +6,17 @@ package raft
 // namespace key. The server side is stream.go, the client side caller.go.
 
 import (
-	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/libp2p/go-msgio"
+	"golang.org/x/sync/semaphore"
 )
 
 // Commands of the command service.
@@ -200,60 +202,100 @@ func readFrame(r io.Reader) ([]byte, error) {
 }
 
 // readMessage reads one frame and returns its CBOR payload, opened with the
-// codec's key. Frames are read as they arrive rather than by the length a
-// peer announces (msgio's reader allocates that length up front), so a
-// member never holds more than a peer has sent it; and under a key it reads
-// a sealed frame's body only after authenticating its first
-// commandPrefixSize bytes, so a peer without the key gets nothing but a
-// refusal. A plaintext frame under a key is refused before its body is
-// read, unless plainAnswer (a member's plaintext refusal of our request):
-// then plain reports it.
-func (c codec) readMessage(r io.Reader, plainAnswer bool) (payload []byte, plain bool, err error) {
+// codec's key, and the release of the room it took in budget (call it once
+// the payload is decoded). msgio's reader would allocate whatever length a
+// peer announces; here a body is read only once the budget has room for it,
+// and under a key only after its first commandPrefixSize bytes authenticate
+// the sender, so a peer without the key gets nothing but a refusal. A
+// plaintext frame under a key is refused before its body is read, unless
+// plainAnswer (a member's plaintext refusal of our request): then plain
+// reports it.
+func (c codec) readMessage(r io.Reader, plainAnswer bool, budget *readBudget) (payload []byte, plain bool, release func(), err error) {
+	release = func() {}
 	n, err := readFrameLength(r)
 	if err != nil {
-		return nil, false, err
+		return nil, false, release, err
 	}
 	if n == 0 {
-		return nil, false, fmt.Errorf("%w: empty frame", ErrInvalidCommand)
+		return nil, false, release, fmt.Errorf("%w: empty frame", ErrInvalidCommand)
 	}
 	var env [1]byte
 	if _, err := io.ReadFull(r, env[:]); err != nil {
-		return nil, false, err
+		return nil, false, release, err
 	}
 	n--
 	switch env[0] {
 	case envelopePlain:
 		if c.key != nil && !plainAnswer {
-			return nil, true, ErrEncryptionRequired
+			return nil, true, release, ErrEncryptionRequired
+		}
+		if release, err = budget.take(n); err != nil {
+			return nil, true, func() {}, err
 		}
 		b, err := readFull(r, n)
-		return b, true, err
+		return b, true, release, err
 	case envelopeSealed:
 		if c.key == nil {
-			return nil, false, ErrUnexpectedEncryption
+			return nil, false, release, ErrUnexpectedEncryption
 		}
 		if n < commandOverhead {
-			return nil, false, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, n)
+			return nil, false, release, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, n)
 		}
 		prefix, err := readFull(r, commandPrefixSize)
 		if err != nil {
-			return nil, false, err
+			return nil, false, release, err
 		}
 		aead, bodyLen, err := c.key.openHeader(prefix)
 		if err != nil {
-			return nil, false, err
+			return nil, false, release, err
 		}
 		if bodyLen != n-commandPrefixSize {
-			return nil, false, fmt.Errorf("%w: command body of %d bytes, header says %d", ErrDecrypt, n-commandPrefixSize, bodyLen)
+			return nil, false, release, fmt.Errorf("%w: command body of %d bytes, header says %d", ErrDecrypt, n-commandPrefixSize, bodyLen)
+		}
+		if release, err = budget.take(bodyLen); err != nil {
+			return nil, false, func() {}, err
 		}
 		body, err := readFull(r, bodyLen)
 		if err != nil {
-			return nil, false, err
+			return nil, false, release, err
 		}
 		payload, err := openBody(aead, body)
-		return payload, false, err
+		return payload, false, release, err
 	}
-	return nil, false, fmt.Errorf("%w: unknown envelope %d", ErrInvalidCommand, env[0])
+	return nil, false, release, fmt.Errorf("%w: unknown envelope %d", ErrInvalidCommand, env[0])
+}
+
+// readBudget bounds the bytes of requests a member reads and decodes at
+// once: a frame may announce up to MaxMessageSize, and many streams may
+// announce it together. A request waits (within its read deadline) for room,
+// so a flood of large requests slows only the flood. A nil budget is
+// unbounded (a caller reading the answers to its own requests).
+type readBudget struct {
+	sem  *semaphore.Weighted
+	wait time.Duration
+}
+
+// errBusy refuses a request that found no room in the read budget in time.
+var errBusy = errors.New("raft: too many large requests being read")
+
+func newReadBudget(bytes int64, wait time.Duration) *readBudget {
+	return &readBudget{sem: semaphore.NewWeighted(bytes), wait: wait}
+}
+
+// take reserves room for a frame body of n bytes (twice that: the body and
+// its decoded form live together) and returns its release.
+func (b *readBudget) take(n int) (func(), error) {
+	if b == nil {
+		return func() {}, nil
+	}
+	w := 2 * int64(n)
+	ctx, cancel := context.WithTimeout(context.Background(), b.wait)
+	defer cancel()
+	if err := b.sem.Acquire(ctx, w); err != nil {
+		return func() {}, errBusy
+	}
+	var once sync.Once
+	return func() { once.Do(func() { b.sem.Release(w) }) }, nil
 }
 
 // readFrameLength reads a frame's varint length, at most MaxMessageSize.
@@ -268,21 +310,17 @@ func readFrameLength(r io.Reader) (int, error) {
 	return int(n), nil
 }
 
-// readChunk is the most readFull allocates ahead of the bytes it has.
-const readChunk = 64 << 10
-
-// readFull reads exactly n bytes, growing its buffer as they arrive.
+// readFull reads exactly n bytes. Callers reserve n in a readBudget first
+// (or read from a peer they dialled), so one allocation of n is bounded.
 func readFull(r io.Reader, n int) ([]byte, error) {
-	var b bytes.Buffer
-	b.Grow(min(n, readChunk))
-	got, err := io.CopyN(&b, r, int64(n))
-	if got == int64(n) {
-		return b.Bytes(), nil
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
 	}
-	if err == nil || errors.Is(err, io.EOF) {
-		err = io.ErrUnexpectedEOF
-	}
-	return nil, err
+	return buf, nil
 }
 
 // byteReader reads one byte at a time, for the varint of a frame: reading
