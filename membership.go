@@ -415,27 +415,31 @@ func admitRPC(rpcType byte, self, from peer.ID, servers []hraft.Server, view []p
 	if rpcType == rpcTypeRequestVote || rpcType == rpcTypeRequestPreVote {
 		return nil
 	}
-	voters := map[peer.ID]bool{}
+	id := hraft.ServerID(from.String()) // once: this runs for every inbound RPC
 	for _, s := range servers {
-		if s.ID == hraft.ServerID(from.String()) {
+		if s.ID == id {
 			return nil
 		}
+	}
+	if rpcType == rpcTypeTimeoutNow || len(view) == 0 {
+		return errNotMember
+	}
+	voters := map[peer.ID]bool{}
+	for _, s := range servers {
 		if s.Suffrage == hraft.Voter {
-			if id, err := peer.Decode(string(s.ID)); err == nil {
-				voters[id] = true
+			if v, err := peer.Decode(string(s.ID)); err == nil {
+				voters[v] = true
 			}
 		}
 	}
-	if rpcType != rpcTypeTimeoutNow {
-		following := 0
-		for _, v := range view {
-			if v.alive && voters[v.id] && peer.ID(v.status.Leader) == from {
-				following++
-			}
+	following := 0
+	for _, v := range view {
+		if v.alive && voters[v.id] && peer.ID(v.status.Leader) == from {
+			following++
 		}
-		if following*2 > len(voters) {
-			return nil
-		}
+	}
+	if following*2 > len(voters) {
+		return nil
 	}
 	return errNotMember
 }
