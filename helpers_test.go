@@ -8,6 +8,7 @@ package raft
 // retry.
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -588,4 +589,26 @@ func TestMain(m *testing.M) {
 	}
 	// ---- end of hostile-peer roles ----
 	goleak.VerifyTestMain(m)
+}
+
+// syncBuffer collects a subprocess's output (its first MiB) for a failing
+// test to show; safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.b.Len() < 1<<20 {
+		b.b.Write(p)
+	}
+	return len(p), nil
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

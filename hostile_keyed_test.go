@@ -760,28 +760,8 @@ type hkAttacker struct {
 	ready    chan map[string]any // the READY line
 	stats    chan map[string]any // the STATS line
 	exited   chan struct{}       // closed once the process has been waited for
-	stderr   *hkSyncBuffer
+	stderr   *syncBuffer
 	waitErr  error
-}
-
-type hkSyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *hkSyncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.b.Len() < 1<<20 {
-		b.b.Write(p)
-	}
-	return len(p), nil
-}
-
-func (b *hkSyncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // startAttacker re-executes the test binary as the attacker role with env.
@@ -803,7 +783,7 @@ func startAttacker(t testing.TB, role string, env map[string]string) *hkAttacker
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	a := &hkAttacker{cmd: cmd, prepared: make(chan map[string]any, 1), ready: make(chan map[string]any, 1), stats: make(chan map[string]any, 1),
-		exited: make(chan struct{}), stderr: &hkSyncBuffer{}}
+		exited: make(chan struct{}), stderr: &syncBuffer{}}
 	cmd.Stderr = a.stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -1197,27 +1197,7 @@ type hoBombAttacker struct {
 	stdin  io.WriteCloser
 	lines  chan string
 	exited chan struct{}
-	stderr *hoSyncBuf
-}
-
-type hoSyncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *hoSyncBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.b.Len() < 1<<20 {
-		b.b.Write(p)
-	}
-	return len(p), nil
-}
-
-func (b *hoSyncBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
+	stderr *syncBuffer
 }
 
 // startHoBomb re-executes the test binary as the bomb's attacker against
@@ -1237,7 +1217,7 @@ func startHoBomb(t *testing.T, ns string, seed uint64, targets []string) *hoBomb
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), hoRoleEnv+"="+hoRoleBomb, hoEnvNamespace+"="+ns,
 		fmt.Sprintf("%s=%d", hoEnvSeed, seed), hoEnvTargets+"="+strings.Join(targets, ","))
-	a := &hoBombAttacker{cmd: cmd, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &hoSyncBuf{}}
+	a := &hoBombAttacker{cmd: cmd, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &syncBuffer{}}
 	cmd.Stderr = a.stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
