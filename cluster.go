@@ -109,6 +109,9 @@ type cluster struct {
 	// leaderless voter saw its configuration taken over (see
 	// leaveOrphanedConfig). Only the membership loop touches it.
 	orphanRounds int
+	// lastReset is when this member last dropped its state to join another
+	// cluster (see resetCooldown). Only the membership loop touches it.
+	lastReset time.Time
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed

@@ -20,9 +20,12 @@ import (
 // none with its own, and that cluster is larger (or as large, with a smaller
 // leader ID), drops its state and joins it. Every member of the smaller
 // cluster does the same, so the namespace ends as one cluster. Writes that
-// the smaller cluster accepted are lost; the README says so. It reports
-// whether it dropped its state.
+// only the smaller cluster accepted are kept in a file (see backup.go); the
+// README says so. It reports whether it dropped its state.
 func (c *cluster) mergeIfSplit() bool {
+	if !c.mayReset() {
+		return false
+	}
 	members, err := c.Members()
 	if err != nil || len(members) == 0 {
 		return false
@@ -212,10 +215,22 @@ func confirmsCluster(st *status, leader peer.ID, mine map[peer.ID]bool) bool {
 	return err == nil && l == leader && st.Formed && st.Member && !sharesVoter(st.VoterIDs, mine)
 }
 
+// resetCooldown is the least time between two resets of a member: a member
+// that just dropped its state may still hear from the cluster it left (or,
+// in an open namespace, from peers claiming clusters that do not exist), and
+// must not drop, and back up, its state again and again.
+const resetCooldown = 10 * time.Second
+
+// mayReset tells whether the cooldown since the last reset has passed.
+func (c *cluster) mayReset() bool {
+	return c.lastReset.IsZero() || time.Since(c.lastReset) >= resetCooldown
+}
+
 // reset drops this member's Raft state and key-value data and starts Raft
 // afresh, ready to join another cluster. The data is first written to a
 // backup file (see backup.go): if that fails, nothing is dropped.
 func (c *cluster) reset() error {
+	c.lastReset = time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed.Load() {
