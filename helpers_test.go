@@ -13,9 +13,11 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -611,4 +613,23 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// startSubprocess starts cmd (an attacker role of this test binary) with its
+// stderr collected in stderr, and returns its stdin and stdout.
+func startSubprocess(t testing.TB, cmd *exec.Cmd, stderr *syncBuffer) (io.WriteCloser, io.Reader) {
+	t.Helper()
+	cmd.Stderr = stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatalf("attacker stdout: %v", err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatalf("attacker stdin: %v", err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start attacker: %v", err)
+	}
+	return stdin, stdout
 }

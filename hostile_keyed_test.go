@@ -467,21 +467,33 @@ func hkRandom(n int) []byte {
 //	         read the answer; again after cfg.pace;
 //	plain:   the head with the plaintext envelope and 64 bytes, then read
 //	         the answer; again after cfg.pace.
+//
+// hkConnectedHosts creates cfg.ids identities, reports them prepared, waits
+// for GO and connects them to the first target; the caller closes them.
+func hkConnectedHosts(ctx context.Context, cfg *hkConfig) (hosts []host.Host, connected int64, err error) {
+	if hosts, err = hkHosts(ctx, cfg.ids, nil); err != nil {
+		return nil, 0, err
+	}
+	if !cfg.prepared(ctx, map[string]any{"identities": len(hosts)}) {
+		hkCloseAll(hosts)
+		return nil, 0, errors.New("stopped before GO")
+	}
+	ok, failed, cerr := hkConnect(ctx, cfg, hosts, cfg.targets[:1])
+	if ok[0] == 0 {
+		hkCloseAll(hosts)
+		return nil, 0, fmt.Errorf("no identity connected (%d failed: %s)", failed[0], cerr)
+	}
+	cfg.logf("connected %d", ok[0])
+	return hosts, ok[0], nil
+}
+
 func hkStreamFlood(ctx context.Context, cfg *hkConfig) (map[string]any, error) {
 	target := cfg.targets[0]
-	hosts, err := hkHosts(ctx, cfg.ids, nil)
+	hosts, connected, err := hkConnectedHosts(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer hkCloseAll(hosts)
-	if !cfg.prepared(ctx, map[string]any{"identities": len(hosts)}) {
-		return nil, errors.New("stopped before GO")
-	}
-	ok, failed, cerr := hkConnect(ctx, cfg, hosts, cfg.targets[:1])
-	if ok[0] == 0 {
-		return nil, fmt.Errorf("no identity connected (%d failed: %s)", failed[0], cerr)
-	}
-	cfg.logf("connected %d", ok[0])
 	proto := Protocol(cfg.ns)
 	var (
 		opened, openFailed, ended, writes atomic.Int64
@@ -578,7 +590,7 @@ func hkStreamFlood(ctx context.Context, cfg *hkConfig) (map[string]any, error) {
 		}
 	}
 	first.Wait()
-	cfg.say("READY", map[string]any{"identities": len(hosts), "connected": ok[0], "opened": opened.Load(), "open_failed": openFailed.Load()})
+	cfg.say("READY", map[string]any{"identities": len(hosts), "connected": connected, "opened": opened.Load(), "open_failed": openFailed.Load()})
 	wg.Wait()
 	return map[string]any{
 		"variant": cfg.variant, "identities": len(hosts), "workers": len(hosts) * cfg.streams,
@@ -673,19 +685,11 @@ func hkIdentityFlood(ctx context.Context, cfg *hkConfig) (map[string]any, error)
 // protocol negotiation, and leave them idle.
 func hkTransportFlood(ctx context.Context, cfg *hkConfig) (map[string]any, error) {
 	target := cfg.targets[0]
-	hosts, err := hkHosts(ctx, cfg.ids, nil)
+	hosts, _, err := hkConnectedHosts(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer hkCloseAll(hosts)
-	if !cfg.prepared(ctx, map[string]any{"identities": len(hosts)}) {
-		return nil, errors.New("stopped before GO")
-	}
-	ok, failed, cerr := hkConnect(ctx, cfg, hosts, cfg.targets[:1])
-	if ok[0] == 0 {
-		return nil, fmt.Errorf("no identity connected (%d failed: %s)", failed[0], cerr)
-	}
-	cfg.logf("connected %d", ok[0])
 	proto := TransportProtocol(cfg.ns)
 	var (
 		mu                            sync.Mutex
@@ -784,17 +788,8 @@ func startAttacker(t testing.TB, role string, env map[string]string) *hkAttacker
 	}
 	a := &hkAttacker{cmd: cmd, prepared: make(chan map[string]any, 1), ready: make(chan map[string]any, 1), stats: make(chan map[string]any, 1),
 		exited: make(chan struct{}), stderr: &syncBuffer{}}
-	cmd.Stderr = a.stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatalf("attacker stdout: %v", err)
-	}
-	if a.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatalf("attacker stdin: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start attacker: %v", err)
-	}
+	var stdout io.Reader
+	a.stdin, stdout = startSubprocess(t, cmd, a.stderr)
 	go func() {
 		defer close(a.exited)
 		sc := bufio.NewScanner(stdout)

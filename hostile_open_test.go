@@ -1218,17 +1218,8 @@ func startHoBomb(t *testing.T, ns string, seed uint64, targets []string) *hoBomb
 	cmd.Env = append(os.Environ(), hoRoleEnv+"="+hoRoleBomb, hoEnvNamespace+"="+ns,
 		fmt.Sprintf("%s=%d", hoEnvSeed, seed), hoEnvTargets+"="+strings.Join(targets, ","))
 	a := &hoBombAttacker{cmd: cmd, lines: make(chan string, 16), exited: make(chan struct{}), stderr: &syncBuffer{}}
-	cmd.Stderr = a.stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatalf("attacker stdout: %v", err)
-	}
-	if a.stdin, err = cmd.StdinPipe(); err != nil {
-		t.Fatalf("attacker stdin: %v", err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start attacker: %v", err)
-	}
+	var stdout io.Reader
+	a.stdin, stdout = startSubprocess(t, cmd, a.stderr)
 	go func() {
 		defer close(a.exited)
 		sc := bufio.NewScanner(stdout)
