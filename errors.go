@@ -50,6 +50,13 @@ var (
 	// ErrNoMembers: a Client found no member of the namespace to talk to.
 	// Nothing was sent.
 	ErrNoMembers = errors.New("raft: no member of the namespace found")
+	// ErrCompacted: a Watch asked for changes older than the history the
+	// member keeps. Resync with GetEntry/Keys, then watch from that index.
+	ErrCompacted = errors.New("raft: watch history compacted")
+	// ErrLeaseNotFound: the lease expired or was revoked (or never existed).
+	ErrLeaseNotFound = errors.New("raft: lease not found")
+	// ErrLocked: TryLock found the lock held by someone else.
+	ErrLocked = errors.New("raft: locked")
 )
 
 // errAfterClose is ErrShutdown for a call made after Close (of a Cluster or
@@ -117,6 +124,9 @@ var wireErrors = []error{
 	ErrDecrypt,
 	ErrKeyTooShort,
 	ErrNoMembers,
+	ErrCompacted,
+	ErrLeaseNotFound,
+	ErrLocked,
 }
 
 const (
