@@ -354,10 +354,7 @@ func benchLibp2pTransports(b *testing.B, n int, ns string) []benchTransport {
 	mesh := rafttest.NewMesh(b, n, rafttest.Connected())
 	out := make([]benchTransport, n)
 	for i := range out {
-		layer, err := newStreamLayer(mesh.Node(i).Peer(), TransportProtocol(ns))
-		if err != nil {
-			b.Fatal(err)
-		}
+		layer := newStreamLayer(mesh.Node(i).Peer(), TransportProtocol(ns), layerConfig{})
 		tr := newNetworkTransport(layer, transportTimeout(PresetLocal.Timeouts()), hclog.NewNullLogger())
 		id := mesh.ID(i).String()
 		out[i] = benchTransport{trans: tr, id: hraft.ServerID(id), addr: hraft.ServerAddress(id)}

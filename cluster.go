@@ -279,18 +279,14 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		return false, nil, nil, fmt.Errorf("raft: reading existing state: %w", err)
 	}
 
-	layer, err = newStreamLayer(c.node.Peer(), TransportProtocol(c.namespace))
-	if err != nil {
-		return false, nil, nil, err
+	lc := layerConfig{
+		logger: c.logger, resolve: c.peers.ensureAddrs, lookup: c.peers.lookup,
+		admit: c.admitRPC, isMember: c.inConfiguration,
 	}
-	layer.logger = c.logger
-	layer.resolve = c.peers.ensureAddrs
-	layer.lookup = c.peers.lookup
-	layer.admit = c.admitRPC
-	layer.isMember = c.inConfiguration
 	if c.key != nil {
-		layer.secure = c.key.secureConn
+		lc.secure = c.key.secureConn
 	}
+	layer = newStreamLayer(c.node.Peer(), TransportProtocol(c.namespace), lc)
 	trans := newNetworkTransport(layer, transportTimeout(c.cfg.timeouts), c.logger.Named("transport"))
 
 	rc := hraft.DefaultConfig()

@@ -851,13 +851,11 @@ func eiBenchTransport(b *testing.B, encrypted bool) {
 	}
 	trans := make([]*hraft.NetworkTransport, 2)
 	for i := range trans {
-		layer, err := newStreamLayer(mesh.Node(i).Peer(), proto)
-		if err != nil {
-			b.Fatal(err)
-		}
+		var lc layerConfig
 		if key != nil {
-			layer.secure = key.secureConn
+			lc.secure = key.secureConn
 		}
+		layer := newStreamLayer(mesh.Node(i).Peer(), proto, lc)
 		trans[i] = newNetworkTransport(layer, 10*time.Second, hclog.NewNullLogger())
 		tr := trans[i]
 		b.Cleanup(func() { _ = tr.Close() })

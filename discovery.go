@@ -47,6 +47,12 @@ const (
 	maxProbeFailures = 8
 	// peerEvictAfter drops a peer that has not answered for this long.
 	peerEvictAfter = 10 * time.Minute
+	// maxProbesInFlight caps the probes of unproven peers running at once.
+	// Anyone can connect with many identities; probing each of them as
+	// fast as members are exchanged with would spend this member's CPU on
+	// strangers. A real member proves itself anyway by exchanging with us
+	// (its own tracker probes us), so slow probing delays nobody for long.
+	maxProbesInFlight = 4
 )
 
 // trackedPeer is what this member knows of another member of the namespace.
@@ -58,6 +64,7 @@ type trackedPeer struct {
 	lastAnswer time.Time // last exchange with it in either direction; zero: unproven
 	status     *status   // its state at lastAnswer
 	inflight   bool      // an exchange with it is running
+	heardOf    bool      // discovery or a member named it (not only a connection)
 	failures   int       // failed exchanges in a row
 	nextTry    time.Time // no exchange before this, after failures
 }
@@ -97,6 +104,10 @@ type peerTracker struct {
 	// stranger that stays connected is not picked up and probed again at
 	// once (at most maxTrackedPeers of them, each for peerEvictAfter).
 	dropped map[peer.ID]time.Time
+
+	// probing counts the probes of unproven peers in flight (at most
+	// maxProbesInFlight).
+	probing int
 
 	// fast is set while this member is not a voter yet: it exchanges and
 	// discovers at the bootstrap pace instead of the steady one.
@@ -241,7 +252,7 @@ func (t *peerTracker) discover(ctx context.Context, budget time.Duration) {
 		if ai.ID == t.self || ai.ID == "" {
 			continue
 		}
-		t.learn(ai.ID, ai.Addrs, 0)
+		t.learn(ai.ID, ai.Addrs, 0, true)
 	}
 }
 
@@ -254,16 +265,18 @@ func (t *peerTracker) addConnected() {
 			continue
 		}
 		if ps, err := h.Peerstore().SupportsProtocols(p, proto); err == nil && len(ps) > 0 {
-			t.learn(p, nil, 0)
+			t.learn(p, nil, 0, false)
 		}
 	}
 }
 
 // learn records a peer and its addresses. age is how long ago someone first
-// saw it; the earliest sighting wins. Addresses are kept (at most
+// saw it; the earliest sighting wins. heardOf says that discovery or a member
+// named it, rather than it only being connected: such peers are probed
+// first. Addresses are kept (at most
 // maxPeerAddrs, each at most maxAddrSize bytes) only for a peer the tracker
 // holds.
-func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration) {
+func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration, heardOf bool) {
 	if id == t.self {
 		return
 	}
@@ -284,6 +297,7 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration)
 		if seen.Before(p.firstSeen) {
 			p.firstSeen = seen
 		}
+		p.heardOf = p.heardOf || heardOf
 	case len(t.peers) >= maxTrackedPeers:
 		if evicted = t.evictUnprovenLocked(); evicted == "" {
 			t.mu.Unlock()
@@ -291,7 +305,7 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration)
 		}
 		fallthrough
 	default:
-		t.peers[id] = &trackedPeer{firstSeen: seen}
+		t.peers[id] = &trackedPeer{firstSeen: seen, heardOf: heardOf}
 	}
 	t.mu.Unlock()
 	ps := t.node.Peer().Peerstore()
@@ -350,7 +364,7 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 	t.mu.Lock()
 	delete(t.dropped, from) // it answered after all: a member, not a stranger
 	t.mu.Unlock()
-	t.learn(from, nil, 0)
+	t.learn(from, nil, 0, true)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.peers[from]; ok {
@@ -436,7 +450,7 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 		if max := time.Since(t.started) + time.Hour; age > max {
 			age = max
 		}
-		t.learn(id, addrs, age)
+		t.learn(id, addrs, age, true)
 	}
 }
 
@@ -474,26 +488,40 @@ func (t *peerTracker) wireList() []wirePeer {
 // exchangeAll starts an exchange with every tracked peer that is due (none
 // in flight, not backing off), and drops peers silent for peerEvictAfter. A
 // proven peer gets our peer list; an unproven one only a probe with our
-// state, so a stranger learns nothing and costs little. It does not wait:
-// one slow or dead peer must not delay the others, or every view would go
-// stale together.
+// state, so a stranger learns nothing and costs little, and at most
+// maxProbesInFlight probes run at once, peers that discovery or a member
+// named first (see pickProbes). It does not wait: one slow or dead peer must
+// not delay the others, or every view would go stale together.
 func (t *peerTracker) exchangeAll(ctx context.Context) {
 	now := time.Now()
 	type due struct {
-		id    peer.ID
-		probe bool
+		id     peer.ID
+		probe  bool
+		noDial bool // a stranger we only know as a connection
 	}
 	var dues []due
+	var candidates []probeCandidate
 	t.mu.Lock()
 	for id, p := range t.peers {
 		if p.proven() && now.Sub(p.lastAnswer) > peerEvictAfter && !p.inflight {
 			delete(t.peers, id)
 			continue
 		}
-		if !p.inflight && !now.Before(p.nextTry) {
-			p.inflight = true
-			dues = append(dues, due{id: id, probe: !p.proven()})
+		if p.inflight || now.Before(p.nextTry) {
+			continue
 		}
+		if p.proven() {
+			p.inflight = true
+			dues = append(dues, due{id: id})
+		} else {
+			candidates = append(candidates, probeCandidate{id: id, heardOf: p.heardOf, failures: p.failures})
+		}
+	}
+	for _, id := range pickProbes(candidates, maxProbesInFlight-t.probing) {
+		p := t.peers[id]
+		p.inflight = true
+		t.probing++
+		dues = append(dues, due{id: id, probe: true, noDial: !p.heardOf})
 	}
 	t.mu.Unlock()
 	if len(dues) == 0 {
@@ -510,13 +538,22 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				if p, ok := t.peers[d.id]; ok {
 					p.inflight = false
 				}
+				if d.probe {
+					t.probing--
+				}
 				t.mu.Unlock()
 			}()
 			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
 			if d.probe {
 				req.Peers = nil
 			}
-			resp, err := t.caller.ask(ctx, d.id, req, time.Now().Add(exchangeTimeout))
+			actx := ctx
+			if d.noDial {
+				// Its addresses are whatever it announced: a stranger
+				// that disconnects must not make us dial where it says.
+				actx = network.WithNoDial(ctx, "probe of a connected peer")
+			}
+			resp, err := t.caller.ask(actx, d.id, req, time.Now().Add(exchangeTimeout))
 			if err != nil {
 				t.logger.Debug("exchange failed", "peer", d.id, "error", err)
 				t.failed(d.id)
@@ -529,6 +566,38 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 			t.merge(d.id, resp.Peers, resp.Status)
 		}()
 	}
+}
+
+// probeCandidate is an unproven peer due for a probe.
+type probeCandidate struct {
+	id       peer.ID
+	heardOf  bool
+	failures int
+}
+
+// pickProbes chooses at most n of the candidates to probe now: peers that
+// discovery or a member named before peers that are only connected (anyone
+// can connect; a name from discovery or a member is likelier a member), then
+// those that failed least, then by peer ID so the choice is stable.
+func pickProbes(candidates []probeCandidate, n int) []peer.ID {
+	if n <= 0 || len(candidates) == 0 {
+		return nil
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		a, b := candidates[i], candidates[j]
+		if a.heardOf != b.heardOf {
+			return a.heardOf
+		}
+		if a.failures != b.failures {
+			return a.failures < b.failures
+		}
+		return a.id < b.id
+	})
+	out := make([]peer.ID, 0, min(n, len(candidates)))
+	for _, c := range candidates[:min(n, len(candidates))] {
+		out = append(out, c.id)
+	}
+	return out
 }
 
 // peerView is a snapshot of one tracked peer for the decision logic.

@@ -3,6 +3,7 @@ package raft
 import (
 	"crypto/rand"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -103,7 +104,7 @@ func TestTrackerListsOnlyProvenPeers(t *testing.T) {
 func TestTrackerDropsStrangersAndMakesRoom(t *testing.T) {
 	tr, _ := newIdleTracker(t)
 	stranger := randomPeers(t, 1)[0]
-	tr.learn(stranger, nil, 0)
+	tr.learn(stranger, nil, 0, false)
 	for i := range maxProbeFailures {
 		if len(tr.view()) != 1 {
 			t.Fatalf("stranger dropped after %d failures; want %d", i, maxProbeFailures)
@@ -158,5 +159,32 @@ func TestExchangeBackoff(t *testing.T) {
 		if got := exchangeBackoff(base, tc.failures, tc.proven); got != tc.want {
 			t.Errorf("exchangeBackoff(%v, %d, proven %v) = %v, want %v", base, tc.failures, tc.proven, got, tc.want)
 		}
+	}
+}
+
+func TestPickProbes(t *testing.T) {
+	c := func(id string, heardOf bool, failures int) probeCandidate {
+		return probeCandidate{id: peer.ID(id), heardOf: heardOf, failures: failures}
+	}
+	for _, tc := range []struct {
+		name       string
+		candidates []probeCandidate
+		n          int
+		want       []peer.ID
+	}{
+		{"none", nil, 4, nil},
+		{"no room", []probeCandidate{c("a", true, 0)}, 0, nil},
+		{"negative room", []probeCandidate{c("a", true, 0)}, -1, nil},
+		{"named before connected", []probeCandidate{c("a", false, 0), c("b", true, 3)}, 1, []peer.ID{"b"}},
+		{"fewer failures first", []probeCandidate{c("a", true, 2), c("b", true, 0), c("c", true, 1)}, 2, []peer.ID{"b", "c"}},
+		{"stable by id", []probeCandidate{c("z", false, 0), c("m", false, 0), c("a", false, 0)}, 2, []peer.ID{"a", "m"}},
+		{"all fit", []probeCandidate{c("x", false, 1), c("y", true, 5)}, 4, []peer.ID{"y", "x"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := pickProbes(tc.candidates, tc.n)
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("pickProbes = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -24,13 +24,9 @@ import (
 // new libp2p stream.
 const transportPoolSize = 4
 
-// streamLayer carries Raft RPC on libp2p streams of TransportProtocol(ns).
-// Raft addresses are peer ID strings; libp2p finds the peer's multiaddrs in
-// the peerstore (or through the resolver when it has none).
-type streamLayer struct {
-	host     host.Host
-	protocol protocol.ID
-	listener net.Listener
+// layerConfig is what a stream layer works with besides its host. Every
+// field may be left zero.
+type layerConfig struct {
 	// resolve, when set, makes sure the host knows how to reach a peer
 	// before it is dialled (for example by asking discovery).
 	resolve func(ctx context.Context, id peer.ID)
@@ -38,9 +34,6 @@ type streamLayer struct {
 	// reports whether it found any; Dial uses it once after a failed dial,
 	// at most once per lookupInterval per peer.
 	lookup func(ctx context.Context, id peer.ID) bool
-
-	lookupMu   sync.Mutex
-	lastLookup map[peer.ID]time.Time
 	// secure, when set, wraps every connection (encryption).
 	secure func(net.Conn) (net.Conn, error)
 	// admit, when set, decides whether an inbound RPC may reach Raft (see
@@ -49,6 +42,21 @@ type streamLayer struct {
 	admit    func(rpcType byte, from peer.ID) error
 	isMember func(id peer.ID) bool
 	logger   hclog.Logger
+}
+
+// streamLayer carries Raft RPC on libp2p streams of TransportProtocol(ns).
+// Raft addresses are peer ID strings; libp2p finds the peer's multiaddrs in
+// the peerstore (or through the resolver when it has none).
+type streamLayer struct {
+	layerConfig
+	host     host.Host
+	protocol protocol.ID
+	// listener hands Raft the inbound streams the layer admitted (see
+	// handle).
+	listener net.Listener
+
+	lookupMu   sync.Mutex
+	lastLookup map[peer.ID]time.Time
 
 	connMu     sync.Mutex
 	closed     bool
@@ -75,12 +83,13 @@ const (
 	transportIdleTimeout = 2 * time.Minute
 )
 
-func newStreamLayer(h host.Host, proto protocol.ID) (*streamLayer, error) {
-	l, err := gostream.Listen(h, proto)
-	if err != nil {
-		return nil, fmt.Errorf("raft: transport listen: %w", err)
-	}
-	return &streamLayer{host: h, protocol: proto, listener: l}, nil
+// newStreamLayer serves TransportProtocol streams on h (replacing any
+// handler of proto) and dials them.
+func newStreamLayer(h host.Host, proto protocol.ID, cfg layerConfig) *streamLayer {
+	l := newInboundListener(h, proto)
+	s := &streamLayer{layerConfig: cfg, host: h, protocol: proto, listener: l}
+	h.SetStreamHandler(proto, s.handle)
+	return s
 }
 
 // Dial opens a stream to the peer named by address.
@@ -140,58 +149,47 @@ func (s *streamLayer) mayLookup(ctx context.Context, id peer.ID) bool {
 	return true
 }
 
-// Accept waits for the next inbound stream. Streams over their peer's cap
-// are closed at once; the others are decrypted (with a key), checked RPC by
-// RPC (rpcGuard: the header names the stream's peer, and admit agrees), and
-// closed after transportIdleTimeout without traffic.
+// Accept waits for the next inbound stream that handle admitted.
 func (s *streamLayer) Accept() (net.Conn, error) {
-	for {
-		c, err := s.listener.Accept()
-		if err != nil {
-			// gostream reports a closed listener as a context error; Raft's
-			// accept loop wants to see the listener closed.
-			return nil, net.ErrClosed
-		}
-		from, err := remotePeer(c)
-		if err != nil {
-			_ = c.Close()
-			continue
-		}
-		if s.full(from) {
-			// Refused before any key derivation or buffer: a flood of
-			// streams costs the accept loop next to nothing.
-			if r, ok := c.(interface{ Reset() error }); ok {
-				_ = r.Reset()
-			} else {
-				_ = c.Close()
-			}
-			continue
-		}
-		w, err := s.wrap(c)
-		if err != nil {
-			if s.logger != nil {
-				s.logger.Warn("refused transport connection", "peer", from, "error", err)
-			}
-			continue
-		}
-		w = &idleConn{Conn: newRPCGuard(w, from, s.admit), idle: transportIdleTimeout}
-		t, err := s.track(w, c, from, true)
-		if err != nil {
-			if s.logger != nil {
-				s.logger.Debug("refused transport stream", "peer", from, "error", err)
-			}
-			continue
-		}
-		return t, nil
+	c, err := s.listener.Accept()
+	if err != nil {
+		return nil, net.ErrClosed
 	}
+	return c, nil
 }
 
-// remotePeer is the libp2p peer at the other end of a gostream conn.
-func remotePeer(c net.Conn) (peer.ID, error) {
-	if st, ok := c.(interface{ Conn() network.Conn }); ok {
-		return st.Conn().RemotePeer(), nil
+// handle takes an inbound stream, in the libp2p handler's own goroutine.
+// Streams over their peer's cap are reset at once, before any key
+// derivation or buffer, and many at a time: a flood costs each stream
+// next to nothing and never queues behind Raft's one accept loop. The
+// others are decrypted (with a key), checked RPC by RPC (rpcGuard: the
+// header names the stream's peer, and admit agrees), closed after
+// transportIdleTimeout without traffic, and handed to Accept.
+func (s *streamLayer) handle(st network.Stream) {
+	from := st.Conn().RemotePeer()
+	if s.full(from) {
+		_ = st.Reset()
+		return
 	}
-	return peer.Decode(c.RemoteAddr().String())
+	raw := &streamConn{Stream: st}
+	w, err := s.wrap(raw)
+	if err != nil {
+		if s.logger != nil {
+			s.logger.Warn("refused transport connection", "peer", from, "error", err)
+		}
+		return
+	}
+	w = &idleConn{Conn: newRPCGuard(w, from, s.admit), idle: transportIdleTimeout}
+	t, err := s.track(w, raw, from, true)
+	if err != nil {
+		if s.logger != nil {
+			s.logger.Debug("refused transport stream", "peer", from, "error", err)
+		}
+		return
+	}
+	if l, ok := s.listener.(*inboundListener); !ok || !l.deliver(t) {
+		t.(*layerConn).reset()
+	}
 }
 
 // errTransportFull refuses an inbound stream over its peer's cap.

@@ -343,10 +343,7 @@ func startPLCluster(t *testing.T, ns string, pipelined, direct bool) *plCluster 
 	timeout := transportTimeout(PresetLocal.Timeouts())
 	var conf hraft.Configuration
 	for i := range 3 {
-		layer, err := newStreamLayer(mesh.Node(i).Peer(), TransportProtocol(ns))
-		if err != nil {
-			t.Fatal(err)
-		}
+		layer := newStreamLayer(mesh.Node(i).Peer(), TransportProtocol(ns), layerConfig{})
 		var nt *hraft.NetworkTransport
 		if pipelined {
 			nt = hraft.NewNetworkTransportWithConfig(&hraft.NetworkTransportConfig{
