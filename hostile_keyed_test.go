@@ -922,6 +922,17 @@ func hkAttackerBinary(t testing.TB) string {
 // has the figures).
 var hkStrict = os.Getenv("TAURAFT_HK_STRICT") != ""
 
+// hkPreset is the members' timeouts. The attacks were against
+// members with the local preset (500 ms heartbeat and election timeouts, a
+// 250 ms leader lease); the race detector makes the members several times
+// slower, so under it the same margins are the regional preset's (1 s).
+var hkPreset = func() Preset {
+	if raceEnabled {
+		return PresetRegional
+	}
+	return PresetLocal
+}()
+
 func hkSetup(t *testing.T, ns string) *hkFixture {
 	t.Helper()
 	// Build the attacker first: a compile while the members run would
@@ -929,7 +940,7 @@ func hkSetup(t *testing.T, ns string) *hkFixture {
 	hkAttackerBinary(t)
 	key := newSecret(t)
 	mesh := rafttest.NewMesh(t, 4, rafttest.Connected())
-	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(key))
+	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(key), WithTimeoutPreset(hkPreset))
 	tc.form(15*time.Second, 0, 1, 2)
 	tc.leader(10 * time.Second)
 	cl, err := NewClient(mesh.Node(hkClientNode), ns, key)
