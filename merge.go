@@ -57,7 +57,74 @@ func (c *cluster) mergeIfSplit() bool {
 		}
 		return true
 	}
+	for _, m := range overlapCandidates(mine, myLeader, c.peers.view()) {
+		if !c.confirmOverlap(m.leader, m.voters, myLeader) {
+			continue
+		}
+		c.logger.Warn("found another cluster that shares voters with ours; dropping this one to join it",
+			"leader", m.leader, "their_voters", len(m.voters), "our_voters", len(mine))
+		if err := c.reset(); err != nil {
+			c.logger.Error("reset failed", "error", err)
+			return false
+		}
+		return true
+	}
 	return false
+}
+
+// overlapCandidates lists the other clusters that share voters with ours
+// (voters mine, led by myLeader) and that ours must give way to. Two founder
+// groups that each saw some of the same nodes can both bootstrap with them;
+// each keeps a quorum when it holds enough of its own voters (say {a, b, c,
+// d} with a, b, c following a, and {c, d, e} with d, e following e), so
+// neither is orphaned and the disjoint rule does not see them. A live peer
+// reports such a cluster when it names a leader outside mine whose
+// configuration, listed in full, does not hold myLeader (so it is not our
+// own cluster seen during a change) and shares a voter with mine. The size
+// rule is mergeCandidates': the larger cluster stays, ties go to the
+// smaller leader ID, the same on both sides.
+func overlapCandidates(mine map[peer.ID]bool, myLeader peer.ID, view []peerView) []mergeCandidate {
+	var out []mergeCandidate
+	for _, v := range view {
+		st := v.status
+		if !v.alive || !st.Formed || !st.Member || !st.listsEveryVoter() || !sharesVoter(st.VoterIDs, mine) {
+			continue
+		}
+		leader, err := peer.IDFromBytes(st.Leader)
+		if err != nil || mine[leader] || leader == myLeader || containsPeer(st.VoterIDs, myLeader) {
+			continue
+		}
+		theirs, ours := len(st.VoterIDs), len(mine)
+		if theirs > ours || (theirs == ours && leader < myLeader) {
+			out = append(out, mergeCandidate{via: v.id, leader: leader, voters: st.VoterIDs})
+		}
+	}
+	return out
+}
+
+// confirmOverlap asks each claimed voter of an overlapping cluster (those
+// in ours too, but not this member) for its state, and reports whether a
+// majority of them confirm it (confirmsOverlap).
+func (c *cluster) confirmOverlap(leader peer.ID, voterIDs [][]byte, myLeader peer.ID) bool {
+	confirmed := 0
+	for _, b := range voterIDs {
+		id, err := peer.IDFromBytes(b)
+		if err != nil || id == c.self {
+			continue
+		}
+		if st, ok := c.askStatus(id); ok && confirmsOverlap(st, leader, myLeader) {
+			confirmed++
+		}
+	}
+	return confirmed*2 > len(voterIDs)
+}
+
+// confirmsOverlap reports whether st, the state a claimed voter gave of
+// itself, confirms an overlapping cluster: it is a voter following leader,
+// in a configuration listed in full that does not hold myLeader.
+func confirmsOverlap(st *status, leader, myLeader peer.ID) bool {
+	l, err := peer.IDFromBytes(st.Leader)
+	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryVoter() && !containsPeer(st.VoterIDs, myLeader)
 }
 
 // leaveOrphanedConfig handles overlapping configurations, which the disjoint

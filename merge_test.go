@@ -345,3 +345,80 @@ func TestSharesVoter(t *testing.T) {
 		})
 	}
 }
+
+func TestOverlapCandidates(t *testing.T) {
+	a, b, c, d, e, f := ruleNamed()
+	for _, tc := range []struct {
+		name     string
+		mine     []peer.ID
+		myLeader peer.ID
+		view     []peerView
+		want     []string // ruleCandidates of the result
+	}{
+		{name: "a larger cluster sharing two of my voters, each leading its quorum: give way",
+			mine: []peer.ID{c, d, e}, myLeader: e,
+			// {a b c d} led by a: a, b, c follow a; {c d e} led by e: d, e follow e.
+			view: ruleView(pvIn(a, a, a, b, c, d), pvIn(b, a, a, b, c, d), pvIn(c, a, a, b, c, d), pvIn(d, e, c, d, e)),
+			want: []string{"via a: leader a, voters [a b c d]", "via b: leader a, voters [a b c d]", "via c: leader a, voters [a b c d]"}},
+		{name: "the same split seen from the larger cluster: keep ours",
+			mine: []peer.ID{a, b, c, d}, myLeader: a,
+			view: ruleView(pvIn(b, a, a, b, c, d), pvIn(d, e, c, d, e), pvIn(e, e, c, d, e))},
+		{name: "equal sizes, their leader smaller: give way",
+			mine: []peer.ID{c, d, e}, myLeader: d,
+			view: ruleView(pvIn(a, a, a, b, c), pvIn(c, a, a, b, c)),
+			want: []string{"via a: leader a, voters [a b c]", "via c: leader a, voters [a b c]"}},
+		{name: "equal sizes, their leader larger: keep ours",
+			mine: []peer.ID{a, b, c}, myLeader: a,
+			view: ruleView(pvIn(d, d, c, d, e), pvIn(e, d, c, d, e))},
+		{name: "their configuration holds my leader: our own cluster during a change, no candidate",
+			mine: []peer.ID{a, b}, myLeader: a,
+			view: ruleView(pvIn(c, c, a, b, c, d))},
+		{name: "their leader is one of my voters: no candidate",
+			mine: []peer.ID{a, b, c}, myLeader: a,
+			view: ruleView(pvIn(d, b, b, d, e, f))},
+		{name: "disjoint: the other rule's case, no candidate here",
+			mine: []peer.ID{a, b}, myLeader: a,
+			view: ruleView(pvIn(c, d, c, d, e))},
+		{name: "a peer that is not a voter of the cluster it reports: no candidate",
+			mine: []peer.ID{c, d, e}, myLeader: e,
+			view: ruleView(pvIn(f, a, a, b, c, d))},
+		{name: "a silent peer's stale report: no candidate",
+			mine: []peer.ID{c, d, e}, myLeader: e,
+			view: ruleView(pvDead(pvIn(a, a, a, b, c, d)))},
+		{name: "a list cut at maxStatusVoters proves nothing",
+			mine: []peer.ID{a, b}, myLeader: a,
+			view: ruleView(pvIn(c, c, ruleConfig(maxStatusVoters+1, b, c)...))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ruleCandidates(overlapCandidates(ruleSet(tc.mine...), tc.myLeader, tc.view))
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("overlapCandidates(mine %v, leader %s) =\n  %q\nwant\n  %q", ruleNames(tc.mine), ruleName(tc.myLeader), got, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfirmsOverlap(t *testing.T) {
+	a, b, c, d, e, _ := ruleNamed()
+	for _, tc := range []struct {
+		name     string
+		st       status // the answer of a claimed voter, about itself
+		leader   peer.ID
+		myLeader peer.ID
+		want     bool
+	}{
+		{name: "the claimed leader", st: ruleStatus(a, a, a, b, c, d), leader: a, myLeader: e, want: true},
+		{name: "a shared voter following the claimed leader", st: ruleStatus(c, a, a, b, c, d), leader: a, myLeader: e, want: true},
+		{name: "a shared voter following my leader", st: ruleStatus(d, e, c, d, e), leader: a, myLeader: e},
+		{name: "a configuration holding my leader", st: ruleStatus(b, a, a, b, e), leader: a, myLeader: e},
+		{name: "knows no leader", st: ruleStatus(b, "", a, b, c, d), leader: a, myLeader: e},
+		{name: "not a voter of it", st: ruleStatus(e, a, a, b, c, d), leader: a, myLeader: d},
+		{name: "list cut at maxStatusVoters", st: ruleStatus(a, a, ruleConfig(maxStatusVoters+1, a)...), leader: a, myLeader: e},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := confirmsOverlap(&tc.st, tc.leader, tc.myLeader); got != tc.want {
+				t.Fatalf("confirmsOverlap(leader %s, my leader %s) = %v, want %v", ruleName(tc.leader), ruleName(tc.myLeader), got, tc.want)
+			}
+		})
+	}
+}
