@@ -49,27 +49,27 @@ func (c *cluster) mergeIfSplit() bool {
 			c.logger.Warn("a peer reported another cluster that its voters do not confirm", "peer", m.via, "leader", m.leader)
 			continue
 		}
-		c.logger.Warn("found another cluster in the namespace; dropping this one to join it",
-			"leader", m.leader, "their_voters", len(m.voters), "our_voters", len(mine))
-		if err := c.reset(); err != nil {
-			c.logger.Error("reset failed", "error", err)
-			return false
-		}
-		return true
+		return c.giveWay("found another cluster in the namespace; dropping this one to join it", m, len(mine))
 	}
 	for _, m := range overlapCandidates(mine, myLeader, c.peers.view()) {
 		if !c.confirmOverlap(m.leader, m.voters, myLeader) {
 			continue
 		}
-		c.logger.Warn("found another cluster that shares voters with ours; dropping this one to join it",
-			"leader", m.leader, "their_voters", len(m.voters), "our_voters", len(mine))
-		if err := c.reset(); err != nil {
-			c.logger.Error("reset failed", "error", err)
-			return false
-		}
-		return true
+		return c.giveWay("found another cluster that shares voters with ours; dropping this one to join it", m, len(mine))
 	}
 	return false
+}
+
+// giveWay drops this member's cluster (reset) to join the confirmed
+// candidate m, saying why; ours is our voter count. It reports whether the
+// state was dropped.
+func (c *cluster) giveWay(why string, m mergeCandidate, ours int) bool {
+	c.logger.Warn(why, "leader", m.leader, "their_voters", len(m.voters), "our_voters", ours)
+	if err := c.reset(); err != nil {
+		c.logger.Error("reset failed", "error", err)
+		return false
+	}
+	return true
 }
 
 // overlapCandidates lists the other clusters that share voters with ours
