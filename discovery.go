@@ -60,6 +60,7 @@ type trackedPeer struct {
 	inflight   bool      // an exchange with it is running
 	failures   int       // failed exchanges in a row
 	nextTry    time.Time // no exchange before this, after failures
+	kinds      []uint8   // operation kinds it advertised (see upgrade.go)
 }
 
 // proven tells whether the peer ever completed an exchange with us.
@@ -442,8 +443,11 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 
 // exchange is the answering side of a peer exchange: it takes what the
 // peer sent and returns our list and state.
-func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status) ([]wirePeer, *status) {
+func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status) {
 	t.merge(from, list, st)
+	if st != nil {
+		t.recordKinds(from, kinds)
+	}
 	return t.wireList(), t.status.status()
 }
 
@@ -512,7 +516,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				}
 				t.mu.Unlock()
 			}()
-			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: knownKinds()}
 			if d.probe {
 				req.Peers = nil
 			}
@@ -527,6 +531,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				return
 			}
 			t.merge(d.id, resp.Peers, resp.Status)
+			t.recordKinds(d.id, resp.Kinds)
 		}()
 	}
 }
