@@ -277,12 +277,10 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 	if last == f.applied {
 		return nil, nil
 	}
-	var idx [8]byte
-	binary.BigEndian.PutUint64(idx[:], last)
-	err = batch.Put(ctx, f.appliedKey, idx[:])
+	// Fresh slices for each record: a datastore may keep what it is given.
+	err = batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, last))
 	if err == nil && f.clockNanos != clock {
-		binary.BigEndian.PutUint64(idx[:], f.clockNanos)
-		err = batch.Put(ctx, f.clockKey, idx[:])
+		err = batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, f.clockNanos))
 	}
 	if err == nil {
 		err = f.flushRequests(ctx, batch)

@@ -119,12 +119,11 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 		return 0, false, nil
 	}
 	if err == nil {
-		var idx [8]byte
-		binary.BigEndian.PutUint64(idx[:], applied)
-		err = storage(batch.Put(ctx, f.appliedKey, idx[:]))
+		// Fresh slices for each record: a datastore may keep what it is
+		// given.
+		err = storage(batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, applied)))
 		if err == nil {
-			binary.BigEndian.PutUint64(idx[:], clock)
-			err = storage(batch.Put(ctx, f.clockKey, idx[:]))
+			err = storage(batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, clock)))
 		}
 		if err == nil {
 			err = storage(batch.Commit(ctx))

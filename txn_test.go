@@ -2,13 +2,16 @@ package raft
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"reflect"
 	"testing"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
+	"github.com/tauraft/raft/rafttest"
 )
 
 // newTestStore is a state machine on a fresh in-memory datastore.
@@ -235,8 +238,8 @@ func TestStateMachineClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := g.clock(); c != 300 {
-		t.Fatalf("clock after reopen %d, want 300", c)
+	if c := g.clock(); c != 300 || g.appliedIndex() != 4 {
+		t.Fatalf("clock after reopen %d (want 300), applied %d (want 4)", c, g.appliedIndex())
 	}
 }
 
@@ -337,5 +340,105 @@ func FuzzParseTxnCommand(f *testing.F) {
 		if _, err := applyAt(t, st, 1, b); err != nil {
 			t.Fatalf("valid command did not apply: %v", err)
 		}
+	})
+}
+
+// Txn and GetEntry on every member (a follower forwards) and through a
+// Client; refusals keep their sentinel on both sides of the wire; Get, Set,
+// Delete and Keys work as before.
+func TestTxnThroughMembersAndClient(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 4, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/txn")
+	tc.form(15*time.Second, 0, 1, 2)
+	l := tc.leader(10 * time.Second)
+	f := tc.follower(l, 0)
+	cl, err := NewClient(mesh.Node(3), "/raft/txn", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	// Through a follower's Cluster.Txn: create, then compare-and-set.
+	res, err := tc.get(f).Txn(Txn{If: []Cond{IfAbsent("lock")}, Then: []Op{SetOp("lock", []byte("me"))}}, 5*time.Second)
+	if err != nil || !res.OK || res.Index == 0 {
+		t.Fatalf("follower Txn: %+v %v", res, err)
+	}
+	created := res.Index
+	res, err = tc.get(f).Txn(Txn{If: []Cond{IfAbsent("lock")}, Then: []Op{SetOp("lock", []byte("you"))}, Else: []Op{SetOp("lost", []byte("1"))}}, 5*time.Second)
+	if err != nil || res.OK || res.Index <= created {
+		t.Fatalf("second IfAbsent: %+v %v", res, err)
+	}
+	// Through the Client, to the follower.
+	e, found, err := cl.GetEntry("lock", int64(5*time.Second), mesh.ID(f))
+	if err != nil || !found || string(e.Value) != "me" || e.CreateIndex != created || e.ModIndex != created {
+		t.Fatalf("Client.GetEntry: %+v %v %v", e, found, err)
+	}
+	res, err = cl.Txn(Txn{If: []Cond{IfCreateIndex("lock", created), IfModIndex("lock", created)}, Then: []Op{SetOp("lock", []byte("still me"))}}, 5*time.Second, mesh.ID(f))
+	if err != nil || !res.OK {
+		t.Fatalf("Client.Txn: %+v %v", res, err)
+	}
+	tc.waitFor(10*time.Second, "the write on every member", func() bool {
+		for _, i := range []int{0, 1, 2} {
+			e, ok, err := tc.get(i).GetEntry("lock")
+			if err != nil || !ok || e.ModIndex != res.Index || e.CreateIndex != created {
+				return false
+			}
+		}
+		return true
+	})
+	if _, ok, err := cl.GetEntry("nope", 0, mesh.ID(f)); ok || err != nil {
+		t.Fatalf("absent key: %v %v", ok, err)
+	}
+	// Set/Get/Delete/Keys as before, and Set gives versions too.
+	if err := cl.Set("plain", []byte("v"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok, err := cl.Get("plain", int64(5*time.Second)); err != nil || !ok || string(v) != "v" {
+		t.Fatalf("Get: %q %v %v", v, ok, err)
+	}
+	if err := tc.get(l).Delete("plain", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := cl.Keys("", mesh.ID(l)); err != nil || !reflect.DeepEqual(keys, []string{"lock", "lost"}) {
+		t.Fatalf("Keys: %q %v", keys, err)
+	}
+	// Refusals, both sides of the wire.
+	big := make([]byte, MaxValueSize+1)
+	refusals := []struct {
+		name string
+		txn  Txn
+		want error
+	}{
+		{"too large", Txn{Then: []Op{SetOp("k", big)}}, ErrTooLarge},
+		{"lease", Txn{Then: []Op{{Key: "k", Value: []byte("v"), Lease: 9}}}, ErrLeaseNotFound},
+		{"epoch", Txn{If: []Cond{IfEpoch(1)}}, ErrInvalidCommand},
+		{"empty key", Txn{If: []Cond{IfValue("", nil)}}, ErrInvalidKey},
+	}
+	for _, r := range refusals {
+		if _, err := cl.Txn(r.txn, time.Second, mesh.ID(f)); !errors.Is(err, r.want) {
+			t.Errorf("Client %s: %v, want %v", r.name, err, r.want)
+		}
+		if _, err := tc.get(f).Txn(r.txn, time.Second); !errors.Is(err, r.want) {
+			t.Errorf("Cluster %s: %v, want %v", r.name, err, r.want)
+		}
+	}
+	// A transaction made by hand with a meta operation is refused by the
+	// member (as a raw request): only the leader adds one.
+	raw := encodeOps([]cmdOp{{kind: opMeta, value: metaValue(1, nil)}, {kind: opSet, key: []byte("k")}})
+	resp, err := cl.caller.call(context.Background(), mesh.ID(f), &request{Cmd: cmdTxn, Command: raw, Timeout: int64(time.Second)}, time.Now().Add(5*time.Second))
+	if err != nil || !errors.Is(resp.err(), ErrInvalidCommand) {
+		t.Fatalf("raw txn with meta: %v %v", resp, err)
+	}
+	if _, err := tc.get(l).Apply(raw, time.Second); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("Apply with meta: %v", err)
+	}
+	// The leader stamped what it proposed: the clock moved, on every member.
+	tc.waitFor(10*time.Second, "the clock on every member", func() bool {
+		for _, i := range []int{0, 1, 2} {
+			if tc.get(i).(*cluster).fsm.clock() == 0 {
+				return false
+			}
+		}
+		return true
 	})
 }
