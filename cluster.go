@@ -196,6 +196,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		logger:    logger,
 		caller:    c.caller,
 		status:    c,
+		kinds:     cfg.kinds,
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd)

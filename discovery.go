@@ -80,6 +80,7 @@ type trackerConfig struct {
 	logger    hclog.Logger
 	caller    caller       // exchanges go out through it
 	status    statusSource // what this member says of itself
+	kinds     []uint8      // advertised operation kinds; nil: knownKinds()
 }
 
 // peerTracker finds the namespace's members (discovery, connected peers that
@@ -443,12 +444,12 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 
 // exchange is the answering side of a peer exchange: it takes what the
 // peer sent and returns our list and state.
-func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status) {
+func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status, []uint8) {
 	t.merge(from, list, st)
 	if st != nil {
 		t.recordKinds(from, kinds)
 	}
-	return t.wireList(), t.status.status()
+	return t.wireList(), t.status.status(), t.advertised()
 }
 
 // wireList is the peer list this member sends in an exchange: the proven
@@ -516,7 +517,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				}
 				t.mu.Unlock()
 			}()
-			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: knownKinds()}
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: t.advertised()}
 			if d.probe {
 				req.Peers = nil
 			}

@@ -23,7 +23,7 @@ type kvReader interface {
 // peerExchanger takes a peer's side of a peer exchange and gives ours (the
 // peer tracker).
 type peerExchanger interface {
-	exchange(from peer.ID, peers []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status)
+	exchange(from peer.ID, peers []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status, []uint8)
 }
 
 // leaderCalls are the leader's code paths that the command service shares
@@ -230,8 +230,8 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 		}
 		return s.readIndex(req)
 	case cmdExchangePeers:
-		peers, st := s.peers.exchange(from, req.Peers, req.Status, req.Kinds)
-		return &response{Peers: peers, Status: st, Kinds: knownKinds()}
+		peers, st, kinds := s.peers.exchange(from, req.Peers, req.Status, req.Kinds)
+		return &response{Peers: peers, Status: st, Kinds: kinds}
 	}
 	return errorResponse(fmt.Errorf("%w: unknown command %q", ErrInvalidCommand, req.Cmd))
 }

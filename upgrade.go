@@ -29,6 +29,15 @@ func knownKinds() []uint8 {
 	return out
 }
 
+// advertised is what this member advertises: knownKinds, unless a test
+// plays an older build.
+func (t *peerTracker) advertised() []uint8 {
+	if t.kinds != nil {
+		return t.kinds
+	}
+	return knownKinds()
+}
+
 // recordKinds keeps what a peer advertised. An empty list (a member from
 // before advertisements, or a plain client) records nothing.
 func (t *peerTracker) recordKinds(from peer.ID, kinds []uint8) {
@@ -130,7 +139,7 @@ func (c *cluster) voterKinds(id peer.ID) []uint8 {
 	if k, ok := c.peers.kindsOf(id); ok {
 		return k
 	}
-	req := &request{Cmd: cmdExchangePeers, Status: c.status(), Kinds: knownKinds()}
+	req := &request{Cmd: cmdExchangePeers, Status: c.status(), Kinds: c.peers.advertised()}
 	resp, err := c.caller.ask(c.ctx, id, req, time.Now().Add(kindsAskTimeout))
 	if err == nil && resp.Status != nil {
 		c.peers.merge(id, nil, resp.Status)
