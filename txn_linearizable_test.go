@@ -273,4 +273,3 @@ func casRun(t *testing.T, seed int64) {
 		t.Fatalf("history is %s (seed %d; rerun with TAURAFT_SEED=%d)", res, seed, seed)
 	}
 }
-
