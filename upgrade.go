@@ -71,6 +71,9 @@ const kindsCheckInterval = time.Second
 
 // upgradeState caches that finding.
 type upgradeState struct {
+	// compute is held while one write recomputes the finding, so that
+	// concurrent writes wait for it instead of asking the voters again.
+	compute   sync.Mutex
 	mu        sync.Mutex
 	missing   map[uint8][]string // kind -> voters that lack it
 	confIndex uint64
@@ -88,17 +91,24 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 	}
 	conf, idx := f.Configuration(), f.Index()
 	u := &c.upgrade
-	u.mu.Lock()
-	missing := u.missing
-	if missing == nil || u.confIndex != idx || time.Since(u.checked) >= kindsCheckInterval {
-		missing = nil
-	}
-	u.mu.Unlock()
-	if missing == nil {
-		missing = c.missingKinds(conf)
+	cached := func() map[uint8][]string {
 		u.mu.Lock()
-		u.missing, u.confIndex, u.checked = missing, idx, time.Now()
-		u.mu.Unlock()
+		defer u.mu.Unlock()
+		if u.missing == nil || u.confIndex != idx || time.Since(u.checked) >= kindsCheckInterval {
+			return nil
+		}
+		return u.missing
+	}
+	missing := cached()
+	if missing == nil {
+		u.compute.Lock()
+		if missing = cached(); missing == nil {
+			missing = c.missingKinds(conf)
+			u.mu.Lock()
+			u.missing, u.confIndex, u.checked = missing, idx, time.Now()
+			u.mu.Unlock()
+		}
+		u.compute.Unlock()
 	}
 	for _, op := range ops {
 		if voters, ok := missing[op.kind]; ok {
@@ -113,19 +123,26 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 // missingKinds lists, for each kind of this build, the voters of conf that
 // do not advertise it.
 func (c *cluster) missingKinds(conf hraft.Configuration) map[uint8][]string {
-	all := knownKinds()
-	missing := map[uint8][]string{}
+	var voters []peer.ID
 	for _, s := range conf.Servers {
 		if s.Suffrage != hraft.Voter || s.ID == hraft.ServerID(c.self.String()) {
 			continue
 		}
-		id, err := peer.Decode(string(s.ID))
-		if err != nil {
-			continue
+		if id, err := peer.Decode(string(s.ID)); err == nil {
+			voters = append(voters, id)
 		}
-		kinds := c.voterKinds(id)
-		for _, k := range all {
-			if !slices.Contains(kinds, k) {
+	}
+	// The voters whose kinds are unknown are asked at once, not in turn.
+	kinds := make([][]uint8, len(voters))
+	var wg sync.WaitGroup
+	for i, id := range voters {
+		wg.Go(func() { kinds[i] = c.voterKinds(id) })
+	}
+	wg.Wait()
+	missing := map[uint8][]string{}
+	for i, id := range voters {
+		for _, k := range knownKinds() {
+			if !slices.Contains(kinds[i], k) {
 				missing[k] = append(missing[k], shortPeer(id))
 			}
 		}
