@@ -32,12 +32,18 @@ type pendingEntry struct {
 	exists bool
 }
 
-// lookup reads a key's entry as the batch left it so far.
+// lookup reads a key's entry as the batch left it so far. What it reads
+// from the datastore is kept too: a condition and the write after it read
+// the key once.
 func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
 	if p, ok := a.pending[string(key)]; ok {
 		return p.e, p.exists, nil
 	}
-	return a.f.readEntry(a.ctx, a.f.dataKeyBytes(key))
+	e, ok, err := a.f.readEntry(a.ctx, a.f.dataKeyBytes(key))
+	if err == nil {
+		a.remember(string(key), e, ok)
+	}
+	return e, ok, err
 }
 
 func (a *applyCtx) remember(key string, e Entry, exists bool) {

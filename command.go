@@ -501,6 +501,33 @@ func parseCommand(b []byte) ([]cmdOp, error) {
 	return ops, nil
 }
 
+// headLen is the length of a CBOR head of argument n (see appendHead).
+func headLen(n uint64) int {
+	switch {
+	case n < 24:
+		return 1
+	case n <= math.MaxUint8:
+		return 2
+	case n <= math.MaxUint16:
+		return 3
+	case n <= math.MaxUint32:
+		return 5
+	}
+	return 9
+}
+
+// encodedLen is len(encodeOps(ops)), without encoding them.
+func encodedLen(ops []cmdOp) int {
+	n := 2 + headLen(uint64(len(ops)))
+	for _, op := range ops {
+		n += 1 + headLen(uint64(op.kind)) + headLen(uint64(len(op.key))) + len(op.key) + 1
+		if op.value != nil {
+			n += headLen(uint64(len(op.value))) - 1 + len(op.value)
+		}
+	}
+	return n
+}
+
 // encodeOps writes parsed operations back as a canonical command.
 func encodeOps(ops []cmdOp) []byte {
 	size := 3 + 9

@@ -108,6 +108,16 @@ func holdsValue(a *applyCtx, key, value []byte) (bool, error) {
 // encodeTxn validates a transaction and encodes it as a command (without
 // meta operation, which the leader adds).
 func encodeTxn(t Txn) ([]byte, error) {
+	ops, err := txnOps(t)
+	if err != nil {
+		return nil, err
+	}
+	return encodeOps(ops), nil
+}
+
+// txnOps validates a transaction and returns its operations: conditions,
+// Then, and the else marker and Else when there are any.
+func txnOps(t Txn) ([]cmdOp, error) {
 	if len(t.If)+len(t.Then)+len(t.Else) == 0 {
 		return nil, fmt.Errorf("%w: empty transaction", ErrInvalidCommand)
 	}
@@ -139,11 +149,10 @@ func encodeTxn(t Txn) ([]byte, error) {
 			return nil, err
 		}
 	}
-	b := encodeOps(ops)
-	if err := checkSize("transaction", len(b), MaxCommandSize-maxMetaSize); err != nil {
+	if err := checkSize("transaction", encodedLen(ops), MaxCommandSize-maxMetaSize); err != nil {
 		return nil, err
 	}
-	return b, nil
+	return ops, nil
 }
 
 // maxMetaSize is the room a command keeps for the meta operation the leader
@@ -155,11 +164,15 @@ func (c *cluster) Txn(t Txn, timeout time.Duration) (TxnResult, error) {
 	if err := validateTimeout(timeout); err != nil {
 		return TxnResult{}, err
 	}
-	cmd, err := encodeTxn(t)
+	ops, err := txnOps(t)
 	if err != nil {
 		return TxnResult{}, err
 	}
-	return c.writeAnywhere(&request{Cmd: cmdTxn, Command: cmd, Timeout: int64(timeout)}, timeout)
+	if c.IsLeader() {
+		// No round trip through the wire form on the leader.
+		return c.propose(ops, nil, timeout)
+	}
+	return c.writeAnywhere(&request{Cmd: cmdTxn, Command: encodeOps(ops), Timeout: int64(timeout)}, timeout)
 }
 
 // GetEntry reads key's entry from the local replica, which may be stale

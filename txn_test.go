@@ -169,6 +169,13 @@ func TestCommandRoundTrip(t *testing.T) {
 	if !walkCommand(b, nil) {
 		t.Fatal("fast parser refused the canonical encoding")
 	}
+	if n := encodedLen(ops); n != len(b) {
+		t.Fatalf("encodedLen %d, encoding %d bytes", n, len(b))
+	}
+	long := []cmdOp{{kind: opSet, key: bytes.Repeat([]byte("k"), 300), value: make([]byte, 70000)}, {kind: opIfValue, key: []byte("k"), value: make([]byte, 24)}}
+	if n, b := encodedLen(long), encodeOps(long); n != len(b) {
+		t.Fatalf("encodedLen %d, encoding %d bytes", n, len(b))
+	}
 	got, err := parseCommand(b)
 	if err != nil {
 		t.Fatal(err)
