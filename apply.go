@@ -22,6 +22,8 @@ type applyCtx struct {
 	// pending holds the entries this batch changed: a datastore batch
 	// cannot be read back, and a later operation must see them.
 	pending map[string]pendingEntry
+	// sizeHint sizes pending: the entries of the batch.
+	sizeHint int
 	// events tells whether to collect eventList (someone consumes them).
 	events    bool
 	eventList []Event
@@ -36,27 +38,43 @@ type pendingEntry struct {
 // from the datastore is kept too: a condition and the write after it read
 // the key once.
 func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
+	e, ok, _, err := a.lookupKey(key)
+	return e, ok, err
+}
+
+// lookupKey is lookup that also returns the key's datastore key when it
+// computed it (the empty key when the entry was pending).
+func (a *applyCtx) lookupKey(key []byte) (Entry, bool, datastore.Key, error) {
 	if p, ok := a.pending[string(key)]; ok {
-		return p.e, p.exists, nil
+		return p.e, p.exists, datastore.Key{}, nil
 	}
-	e, ok, err := a.f.readEntry(a.ctx, a.f.dataKeyBytes(key))
+	dk := a.f.dataKeyBytes(key)
+	e, ok, err := a.f.readEntry(a.ctx, dk)
 	if err == nil {
 		a.remember(string(key), e, ok)
 	}
-	return e, ok, err
+	return e, ok, dk, err
 }
 
 func (a *applyCtx) remember(key string, e Entry, exists bool) {
 	if a.pending == nil {
-		a.pending = map[string]pendingEntry{}
+		a.pending = make(map[string]pendingEntry, a.sizeHint)
 	}
 	a.pending[key] = pendingEntry{e: e, exists: exists}
+}
+
+// dataKey is dk, or key's datastore key when dk is empty.
+func (a *applyCtx) dataKey(key []byte, dk datastore.Key) datastore.Key {
+	if dk.String() == "" {
+		return a.f.dataKeyBytes(key)
+	}
+	return dk
 }
 
 // set writes key: a new key is created at this index, an existing one keeps
 // its CreateIndex.
 func (a *applyCtx) set(key, value []byte) error {
-	old, exists, err := a.lookup(key)
+	old, exists, dk, err := a.lookupKey(key)
 	if err != nil {
 		return err
 	}
@@ -73,12 +91,12 @@ func (a *applyCtx) set(key, value []byte) error {
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
 	}
-	return a.batch.Put(a.ctx, a.f.dataKeyBytes(key), encodeEntry(e))
+	return a.batch.Put(a.ctx, a.dataKey(key, dk), encodeEntry(e))
 }
 
 // delete removes key; deleting an absent key changes nothing.
 func (a *applyCtx) delete(key []byte) error {
-	old, exists, err := a.lookup(key)
+	old, exists, dk, err := a.lookupKey(key)
 	if err != nil || !exists {
 		return err
 	}
@@ -88,7 +106,7 @@ func (a *applyCtx) delete(key []byte) error {
 		a.eventList = append(a.eventList, Event{Kind: EventDelete, Key: k,
 			Entry: Entry{CreateIndex: old.CreateIndex, ModIndex: a.index}, Index: a.index})
 	}
-	return a.batch.Delete(a.ctx, a.f.dataKeyBytes(key))
+	return a.batch.Delete(a.ctx, a.dataKey(key, dk))
 }
 
 // exec applies one parsed command and returns its response. A retried

@@ -248,7 +248,7 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 	if err != nil {
 		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
-	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil}
+	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs)}
 	last, clock := f.applied, f.clockNanos
 	for i, l := range logs {
 		out[i] = FSMResponse{}
