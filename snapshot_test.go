@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/ipfs/go-datastore"
@@ -156,4 +158,43 @@ func mustGet(t *testing.T, f *kvStore, k string) ([]byte, bool) {
 		t.Fatal(err)
 	}
 	return v, ok
+}
+
+func FuzzReadSnapshot(f *testing.F) {
+	if b, err := os.ReadFile("testdata/snapshot-v1.bin"); err == nil {
+		f.Add(b)
+	}
+	var buf bytes.Buffer
+	snap := &kvSnapshot{
+		Header:   snapshotHeader{Version: snapshotVersion, Applied: 9, Clock: 5},
+		Pairs:    []snapshotPair{{Key: "k", Value: []byte("v"), CreateIndex: 2, ModIndex: 9}},
+		Requests: []snapshotRequest{{Client: make([]byte, clientIDSize), Record: encodeClientRecord(&clientRecord{last: 9, results: []reqResult{{seq: 1, ok: true, index: 9}}})}},
+	}
+	if err := snap.writeTo(&buf); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(buf.Bytes())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		// Whatever it reads is a valid key, and a store restores it or
+		// refuses it whole.
+		err := readSnapshot(bytes.NewReader(b), snapshotReader{
+			header: func(snapshotHeader) error { return nil },
+			pair: func(p snapshotPair) error {
+				if validateKey(p.Key) != nil {
+					t.Fatalf("invalid key %q passed", p.Key)
+				}
+				return nil
+			},
+			request: func(r snapshotRequest) error { _, _, err := r.decode(); return err },
+		})
+		st, _ := newTestStore(t)
+		if rerr := st.Restore(nopCloser{bytes.NewBuffer(b)}); (rerr == nil) != (err == nil) && !strings.Contains(fmt.Sprint(rerr), "request records") {
+			t.Fatalf("read %v, restore %v", err, rerr)
+		}
+		if err != nil {
+			if keys, _ := st.keys(""); len(keys) != 0 {
+				t.Fatalf("a refused snapshot left keys %q", keys)
+			}
+		}
+	})
 }
