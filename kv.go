@@ -53,10 +53,16 @@ func (c *cluster) propose(ops []cmdOp, id *requestID, timeout time.Duration) (Tx
 	return res, nil
 }
 
+// proposeRaw is propose returning the state machine's answer as it is.
 func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) (FSMResponse, error) {
 	r, err := c.r()
 	if err != nil {
 		return FSMResponse{}, err
+	}
+	if r.State() != hraft.Leader {
+		// Before kindsAllowed, which may ask voters: a follower refuses at
+		// once, as Raft would.
+		return FSMResponse{}, ErrNotLeader
 	}
 	meta, err := c.kindsAllowed(r, ops)
 	if err != nil {
