@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"errors"
 	"fmt"
 	"math/rand"
 	"os"
@@ -170,5 +171,41 @@ func TestClientExactlyOnceIncrements(t *testing.T) {
 	}
 	if cuts.Load() == 0 || attempts.Load() <= int64(n) {
 		t.Fatalf("no answer was lost (%d cuts, %d attempts): the test proved nothing", cuts.Load(), attempts.Load())
+	}
+}
+
+// Which failures of an attempt a Client resends (outcome unknown) and which
+// end the call.
+func TestOutcomeUnknown(t *testing.T) {
+	remote := func(err error) error { return errorFromWire(errorCode(err), err.Error()) }
+	cases := []struct {
+		err     error
+		unknown bool
+	}{
+		{errors.New("raft: read answer from x: stream reset"), true}, // no answer at all
+		{fmt.Errorf("%w: no answer from x", ErrTimeout), true},
+		{remote(ErrTimeout), true},
+		{remote(ErrLeadershipLost), true},
+		{remote(forwardFailed("leader", errors.New("stream reset"))), true},
+		{remote(fmt.Errorf("%w: member closing", ErrShutdown)), true},
+		{remote(errStaleRequest), false}, // final: the table cannot tell
+		{remote(ErrInvalidCommand), false},
+		{remote(ErrTooLarge), false},
+		{remote(ErrNotLeader), false}, // not applied: tried elsewhere, not resent as unknown
+		{fmt.Errorf("%w: open stream", errNotSent), false},
+		{errAfterClose, false},
+	}
+	for _, c := range cases {
+		if got := outcomeUnknown(c.err); got != c.unknown {
+			t.Errorf("%v: unknown=%v, want %v", c.err, got, c.unknown)
+		}
+	}
+	// A forwarded request that was not sent stays "not sent"; a timeout
+	// stays a timeout.
+	if err := forwardFailed("l", fmt.Errorf("%w: x", errNotSent)); !errors.Is(err, errNotSent) || errors.Is(err, ErrLeadershipLost) {
+		t.Errorf("not sent: %v", err)
+	}
+	if err := forwardFailed("l", fmt.Errorf("%w: x", ErrTimeout)); errors.Is(err, ErrLeadershipLost) {
+		t.Errorf("timeout: %v", err)
 	}
 }
