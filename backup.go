@@ -60,7 +60,8 @@ func (f *kvStore) backupData(dir string, now time.Time) (string, error) {
 // member's data"), calling fn with every key and value, in key order. It
 // stops at fn's first error.
 func ReadBackup(r io.Reader, fn func(key string, value []byte) error) error {
-	return readSnapshot(r, func(snapshotHeader) error { return nil }, func(p snapshotPair) error {
-		return fn(p.Key, p.Value)
+	return readSnapshot(r, snapshotReader{
+		header: func(snapshotHeader) error { return nil },
+		pair:   func(p snapshotPair) error { return fn(p.Key, p.Value) },
 	})
 }

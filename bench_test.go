@@ -717,6 +717,29 @@ func (c *benchLib) side(name string) benchSide {
 	return benchSide{name: name, op: c.set, retries: &c.retries}
 }
 
+// txn writes value i through the leader with a Cluster.Txn that sets a key
+// of its own if its ModIndex is 0 (absent): the cost of a condition and of
+// the result over Set.
+func (c *benchLib) txn(i int) error {
+	key := "txn/" + benchKey(i)
+	for attempt := 0; ; attempt++ {
+		_, err := c.leader.Load().(Cluster).Txn(Txn{If: []Cond{IfModIndex(key, 0)}, Then: []Op{SetOp(key, benchValue)}}, benchWriteTimeout)
+		if err == nil || attempt == 10 || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrLeadershipLost)) {
+			return err
+		}
+		c.retries.Add(1)
+		l, err := benchWaitAgreed(c.all, len(c.all), benchSetupTimeout)
+		if err != nil {
+			return err
+		}
+		c.leader.Store(l)
+	}
+}
+
+func (c *benchLib) txnSide(name string) benchSide {
+	return benchSide{name: name, op: c.txn, retries: &c.retries}
+}
+
 // benchStartCluster forms a 3-member library cluster on in-memory datastores:
 // node 0 with WithForceBootstrap, the others joining it through the
 // bootstrap protocol. The clusters are closed when b ends, before the mesh.
@@ -786,7 +809,8 @@ func benchKey(i int) string { return "bench/" + strconv.Itoa(i) }
 // stores (our LogStore and StableStore on the same in-memory datastore, the
 // same LogCache and file snapshot store), the same transport and the same
 // Raft configuration, but a trivial FSM and no library layer; and Cluster.Set
-// with encryption on against off.
+// with encryption on against off; and Cluster.Txn (one condition, one set)
+// against Cluster.Set on the same cluster.
 func BenchmarkCompareEndToEnd(b *testing.B) {
 	raw := benchStartRaw(b, benchLibp2pTransports(b, benchNodes, "/raft/bench-raw"), benchMapStores)
 	rawKV := benchStartRawFSM(b, benchLibp2pTransports(b, benchNodes, "/raft/bench-raw-kv"), benchMapStores,
@@ -795,8 +819,8 @@ func BenchmarkCompareEndToEnd(b *testing.B) {
 	enc := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-e2e", WithEncryptionKey(newSecret(b)))
 	benchWarmUp(b, plain.set)
 	benchWarmUp(b, enc.set)
-	sides := []benchSide{raw.side("raw"), rawKV.side("rawkv"), plain.side("cluster"), enc.side("encrypted")}
-	ratios := []benchRatio{{"cluster", "raw"}, {"cluster", "rawkv"}, {"encrypted", "cluster"}}
+	sides := []benchSide{raw.side("raw"), rawKV.side("rawkv"), plain.side("cluster"), enc.side("encrypted"), plain.txnSide("txn")}
+	ratios := []benchRatio{{"cluster", "raw"}, {"cluster", "rawkv"}, {"encrypted", "cluster"}, {"txn", "cluster"}}
 	b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, sides, ratios) })
 	b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, sides, ratios) })
 }

@@ -19,6 +19,10 @@ type caller struct {
 	host  host.Host
 	proto protocol.ID
 	codec codec
+	// afterWrite, when set (tests only), is called once a request is
+	// written, before the answer is read: a test cuts the link there to
+	// lose the answer of a request that was delivered.
+	afterWrite func(id peer.ID, req *request)
 }
 
 func newCaller(h host.Host, proto protocol.ID, cd codec) caller {
@@ -49,6 +53,9 @@ func (c caller) call(ctx context.Context, id peer.ID, req *request, deadline tim
 		return nil, fmt.Errorf("%w: write to %s: %w", errNotSent, id, err)
 	}
 	_ = s.CloseWrite()
+	if c.afterWrite != nil {
+		c.afterWrite(id, req)
+	}
 	payload, plain, _, err := c.codec.readMessage(s, true, nil)
 	if err != nil {
 		_ = s.Reset()

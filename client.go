@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync/atomic"
@@ -26,6 +27,10 @@ type Client struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closed    atomic.Bool
+	// identity and seq name each write (see requests.go): identity is
+	// random, so two Clients, or one process run twice, never share IDs.
+	identity [clientIDSize]byte
+	seq      atomic.Uint64
 }
 
 // NewClient returns a client for namespace on node. key is the namespace's
@@ -47,6 +52,9 @@ func NewClient(node Node, namespace string, key []byte) (*Client, error) {
 		cd.key = k
 	}
 	c := &Client{node: node, namespace: namespace, caller: newCaller(node.Peer(), Protocol(namespace), cd)}
+	if _, err := rand.Read(c.identity[:]); err != nil {
+		return nil, fmt.Errorf("raft: client identity: %w", err)
+	}
 	c.ctx, c.cancel = context.WithCancel(node.Context())
 	return c, nil
 }
@@ -59,7 +67,7 @@ func (c *Client) Set(key string, value []byte, timeout time.Duration, peers ...p
 	if err := validateValue(value); err != nil {
 		return err
 	}
-	_, err := c.call(&request{Cmd: cmdSet, Key: key, Value: value, Timeout: int64(timeout)}, timeout, false, peers)
+	_, err := c.write(&request{Cmd: cmdSet, Key: key, Value: value, Timeout: int64(timeout)}, timeout, peers)
 	return err
 }
 
@@ -90,7 +98,7 @@ func (c *Client) Delete(key string, timeout time.Duration, peers ...peer.ID) err
 	if err := c.checkWrite(key, timeout); err != nil {
 		return err
 	}
-	_, err := c.call(&request{Cmd: cmdDelete, Key: key, Timeout: int64(timeout)}, timeout, false, peers)
+	_, err := c.write(&request{Cmd: cmdDelete, Key: key, Timeout: int64(timeout)}, timeout, peers)
 	return err
 }
 

@@ -29,6 +29,12 @@ type Cluster interface {
 	Delete(key string, timeout time.Duration) error
 	// Keys lists the local replica's keys that start with prefix, sorted.
 	Keys(prefix string) []string
+	// GetEntry reads key's entry (value and versions) from the local
+	// replica, which may be stale: call Barrier first for a current one.
+	GetEntry(key string) (Entry, bool, error)
+	// Txn applies a transaction as one log entry, all-or-nothing. Any
+	// member: a follower forwards it to the leader.
+	Txn(t Txn, timeout time.Duration) (TxnResult, error)
 	// Apply replicates a command made by EncodeCommand. Leader only.
 	Apply(cmd []byte, timeout time.Duration) (FSMResponse, error)
 	// Barrier waits until the local replica has applied every write the
@@ -113,6 +119,9 @@ type cluster struct {
 	// cluster (see resetCooldown). Only the membership loop touches it.
 	lastReset time.Time
 
+	// upgrade caches which operation kinds every voter knows (upgrade.go).
+	upgrade upgradeState
+
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed
 	// entry: the member has stopped Raft and every call fails with it.
@@ -187,6 +196,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		logger:    logger,
 		caller:    c.caller,
 		status:    c,
+		kinds:     cfg.kinds,
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd)

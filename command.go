@@ -5,21 +5,21 @@ package raft
 // validation, and the registry of operation kinds.
 
 import (
-	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"math"
 
 	"github.com/fxamacker/cbor/v2"
-	"github.com/ipfs/go-datastore"
 )
 
 // Op is one change in a command: a Set of Key to Value, or a Delete of Key.
+// Lease binds a set key to a lease (0: none); leases do not exist yet, so a
+// non-zero Lease is refused with ErrLeaseNotFound.
 type Op struct {
 	Delete bool
 	Key    string
 	Value  []byte
+	Lease  LeaseID
 }
 
 // SetOp is an Op that sets key to value.
@@ -35,7 +35,7 @@ func EncodeCommand(ops ...Op) ([]byte, error) {
 		return nil, fmt.Errorf("%w: no operations", ErrInvalidCommand)
 	}
 	for _, op := range ops {
-		if err := checkOp(opKindOf(op), op.Key, op.Value); err != nil {
+		if err := checkUserOp(op); err != nil {
 			return nil, err
 		}
 	}
@@ -54,22 +54,32 @@ func appendCommand(ops []Op) []byte {
 		size += 1 + 1 + 9 + len(op.Key) + 9 + len(op.Value)
 	}
 	b := make([]byte, 0, size)
-	b = appendHead(b, 4, 2)
-	b = appendHead(b, 0, commandVersion)
-	b = appendHead(b, 4, uint64(len(ops)))
+	b = appendCommandHead(b, len(ops))
 	for _, op := range ops {
-		b = appendHead(b, 4, 3)
-		b = appendHead(b, 0, uint64(opKindOf(op)))
-		b = appendHead(b, 3, uint64(len(op.Key)))
-		b = append(b, op.Key...)
-		if op.Value == nil {
-			b = append(b, 0xf6) // CBOR null: how cbor encodes a nil []byte
-		} else {
-			b = appendHead(b, 2, uint64(len(op.Value)))
-			b = append(b, op.Value...)
-		}
+		b = appendOp(b, opKindOf(op), op.Key, op.Value, op.Value == nil)
 	}
 	return b
+}
+
+// appendCommandHead starts a command of n operations.
+func appendCommandHead(b []byte, n int) []byte {
+	b = appendHead(b, 4, 2)
+	b = appendHead(b, 0, commandVersion)
+	return appendHead(b, 4, uint64(n))
+}
+
+// appendOp appends one operation: [kind, key, value], value null when null
+// is set (how cbor encodes a nil []byte).
+func appendOp[K string | []byte](b []byte, kind uint8, key K, value []byte, null bool) []byte {
+	b = appendHead(b, 4, 3)
+	b = appendHead(b, 0, uint64(kind))
+	b = appendHead(b, 3, uint64(len(key)))
+	b = append(b, key...)
+	if null {
+		return append(b, 0xf6)
+	}
+	b = appendHead(b, 2, uint64(len(value)))
+	return append(b, value...)
 }
 
 // appendHead appends a CBOR head (major type and argument) in its shortest
@@ -166,6 +176,7 @@ func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
 	if !ok || m != 4 || count == 0 || count > 1<<20 {
 		return false
 	}
+	var sh shape
 	for range count {
 		if m, n, ok := r.head(); !ok || m != 4 || n != 3 {
 			return false
@@ -179,7 +190,7 @@ func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
 			return false
 		}
 		key, ok := r.str(3)
-		if !ok || len(key) == 0 || len(key) > MaxKeySize {
+		if !ok || len(key) > MaxKeySize || (len(key) == 0) != op.keyless {
 			return false
 		}
 		var value []byte
@@ -188,86 +199,14 @@ func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
 		} else if value, ok = r.str(2); !ok {
 			return false
 		}
-		if op.check(value) != nil {
+		if op.check(value) != nil || sh.next(op) != nil {
 			return false
 		}
 		if fn != nil {
 			fn(uint8(kind), key, value)
 		}
 	}
-	return r.off == len(r.b)
-}
-
-// opKind is one kind of operation the state machine knows: how its operands
-// are checked and how it changes the store. Adding an operation kind is one
-// entry in opKinds; a kind missing there is refused when proposed and stops
-// a replica that meets it in its log (see kvStore.ApplyBatch).
-type opKind struct {
-	name string
-	// check validates an operation's value (its key is checked for every
-	// kind alike). Every replica runs it on the same bytes.
-	check func(value []byte) error
-	// apply adds the operation's change of key k to a batch.
-	apply func(ctx context.Context, b datastore.Batch, k datastore.Key, value []byte) error
-}
-
-// Operation kinds on the wire. Append only: the numbers are the log format.
-const (
-	opSet    uint8 = 1
-	opDelete uint8 = 2
-)
-
-// opKinds is the registry of operation kinds, indexed by their number.
-var opKinds = [...]*opKind{
-	opSet: {
-		name:  "set",
-		check: validateValue,
-		apply: func(ctx context.Context, b datastore.Batch, k datastore.Key, value []byte) error {
-			// A copy: the datastore may keep the slice, and the value may
-			// alias a caller's buffer (Cluster.Apply).
-			return b.Put(ctx, k, bytes.Clone(value))
-		},
-	},
-	opDelete: {
-		name: "delete",
-		check: func(value []byte) error {
-			if len(value) != 0 {
-				return fmt.Errorf("%w: delete with a value", ErrInvalidCommand)
-			}
-			return nil
-		},
-		apply: func(ctx context.Context, b datastore.Batch, k datastore.Key, _ []byte) error {
-			return b.Delete(ctx, k)
-		},
-	},
-}
-
-// lookupOp returns the registered kind numbered kind.
-func lookupOp(kind uint8) (*opKind, bool) {
-	if int(kind) >= len(opKinds) || opKinds[kind] == nil {
-		return nil, false
-	}
-	return opKinds[kind], true
-}
-
-// checkOp validates one operation: its key, and its value as its kind wants.
-func checkOp(kind uint8, key string, value []byte) error {
-	if err := validateKey(key); err != nil {
-		return err
-	}
-	k, ok := lookupOp(kind)
-	if !ok {
-		return fmt.Errorf("%w: operation kind %d", ErrInvalidCommand, kind)
-	}
-	return k.check(value)
-}
-
-// opKindOf is the wire kind of an Op.
-func opKindOf(op Op) uint8 {
-	if op.Delete {
-		return opDelete
-	}
-	return opSet
+	return r.off == len(r.b) && sh.done() == nil
 }
 
 // commandVersion is the version a command starts with.
@@ -338,13 +277,18 @@ func decodeCommand(b []byte) (*command, error) {
 	if cmd.Version != commandVersion {
 		return nil, fmt.Errorf("%w: version %d", ErrInvalidCommand, cmd.Version)
 	}
-	if len(cmd.Ops) == 0 {
-		return nil, fmt.Errorf("%w: no operations", ErrInvalidCommand)
-	}
+	var sh shape
 	for _, op := range cmd.Ops {
 		if err := checkOp(op.Kind, op.Key, op.Value); err != nil {
 			return nil, err
 		}
+		k, _ := lookupOp(op.Kind)
+		if err := sh.next(k); err != nil {
+			return nil, err
+		}
+	}
+	if err := sh.done(); err != nil {
+		return nil, err
 	}
 	return &cmd, nil
 }
@@ -359,27 +303,70 @@ func validateCommand(b []byte) error {
 	return err
 }
 
-// forEachOp calls fn for every operation of a valid command, with key and
-// value aliasing b where the fast parser reads it. It returns fn's first
-// error, or the command's decoding error.
-func forEachOp(b []byte, fn func(kind uint8, key, value []byte) error) error {
+// cmdOp is one operation of a parsed command; key and value may alias the
+// command's bytes.
+type cmdOp struct {
+	kind       uint8
+	key, value []byte
+}
+
+// parseCommand parses and validates a command: the fast parser takes the
+// canonical encoding, the full decoder any other valid one.
+func parseCommand(b []byte) ([]cmdOp, error) {
 	if walkCommand(b, nil) {
-		var err error
+		var ops []cmdOp
 		walkCommand(b, func(kind uint8, key, value []byte) {
-			if err == nil {
-				err = fn(kind, key, value)
-			}
+			ops = append(ops, cmdOp{kind: kind, key: key, value: value})
 		})
-		return err
+		return ops, nil
 	}
 	cmd, err := decodeCommand(b)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, op := range cmd.Ops {
-		if err := fn(op.Kind, []byte(op.Key), op.Value); err != nil {
-			return err
+	ops := make([]cmdOp, len(cmd.Ops))
+	for i, op := range cmd.Ops {
+		ops[i] = cmdOp{kind: op.Kind, key: []byte(op.Key), value: op.Value}
+	}
+	return ops, nil
+}
+
+// headLen is the length of a CBOR head of argument n (see appendHead).
+func headLen(n uint64) int {
+	switch {
+	case n < 24:
+		return 1
+	case n <= math.MaxUint8:
+		return 2
+	case n <= math.MaxUint16:
+		return 3
+	case n <= math.MaxUint32:
+		return 5
+	}
+	return 9
+}
+
+// encodedLen is len(encodeOps(ops)), without encoding them.
+func encodedLen(ops []cmdOp) int {
+	n := 2 + headLen(uint64(len(ops)))
+	for _, op := range ops {
+		n += 1 + headLen(uint64(op.kind)) + headLen(uint64(len(op.key))) + len(op.key) + 1
+		if op.value != nil {
+			n += headLen(uint64(len(op.value))) - 1 + len(op.value)
 		}
 	}
-	return nil
+	return n
+}
+
+// encodeOps writes parsed operations back as a canonical command.
+func encodeOps(ops []cmdOp) []byte {
+	size := 3 + 9
+	for _, op := range ops {
+		size += 1 + 1 + 9 + len(op.key) + 9 + len(op.value)
+	}
+	b := appendCommandHead(make([]byte, 0, size), len(ops))
+	for _, op := range ops {
+		b = appendOp(b, op.kind, op.key, op.value, op.value == nil)
+	}
+	return b
 }

@@ -67,6 +67,7 @@ type trackedPeer struct {
 	heardOf    bool      // discovery or a member named it (not only a connection)
 	failures   int       // failed exchanges in a row
 	nextTry    time.Time // no exchange before this, after failures
+	kinds      []uint8   // operation kinds it advertised (see upgrade.go)
 }
 
 // proven tells whether the peer ever completed an exchange with us.
@@ -86,6 +87,7 @@ type trackerConfig struct {
 	logger    hclog.Logger
 	caller    caller       // exchanges go out through it
 	status    statusSource // what this member says of itself
+	kinds     []uint8      // advertised operation kinds; nil: knownKinds()
 }
 
 // peerTracker finds the namespace's members (discovery, connected peers that
@@ -456,9 +458,12 @@ func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
 
 // exchange is the answering side of a peer exchange: it takes what the
 // peer sent and returns our list and state.
-func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status) ([]wirePeer, *status) {
+func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status, []uint8) {
 	t.merge(from, list, st)
-	return t.wireList(), t.status.status()
+	if st != nil {
+		t.recordKinds(from, kinds)
+	}
+	return t.wireList(), t.status.status(), t.advertised()
 }
 
 // wireList is the peer list this member sends in an exchange: the proven
@@ -543,7 +548,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				}
 				t.mu.Unlock()
 			}()
-			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st}
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: t.advertised()}
 			if d.probe {
 				req.Peers = nil
 			}
@@ -564,6 +569,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				return
 			}
 			t.merge(d.id, resp.Peers, resp.Status)
+			t.recordKinds(d.id, resp.Kinds)
 		}()
 	}
 }

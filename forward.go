@@ -59,7 +59,7 @@ func (f *forwarder) onLeader(req *request, timeout time.Duration, local func() *
 					return resp
 				}
 			} else if !errors.Is(err, errNotSent) || time.Now().After(deadline) {
-				return errorResponse(err)
+				return errorResponse(forwardFailed(leader, err))
 			}
 		}
 		if time.Now().After(deadline) {
@@ -71,6 +71,17 @@ func (f *forwarder) onLeader(req *request, timeout time.Duration, local func() *
 		case <-time.After(forwardRetryInterval):
 		}
 	}
+}
+
+// forwardFailed is the error of a forwarded request that got no answer. Once
+// sent, the leader may have applied it: the caller must learn that the
+// outcome is unknown (a Client then resends it), so a broken stream travels
+// as ErrLeadershipLost, the leader having gone away mid-request.
+func forwardFailed(leader peer.ID, err error) error {
+	if errors.Is(err, errNotSent) || errors.Is(err, ErrTimeout) || errors.Is(err, ErrShutdown) {
+		return err
+	}
+	return fmt.Errorf("%w: no answer from the leader %s, the request was sent (the outcome is unknown): %v", ErrLeadershipLost, leader, err)
 }
 
 // forwardedCopy is req as the leader gets it: marked forwarded, and with what

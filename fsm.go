@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base32"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"sort"
@@ -42,9 +43,17 @@ type kvStore struct {
 	ds         datastore.Batching
 	prefix     string // namespace + "/data"
 	appliedKey datastore.Key
+	clockKey   datastore.Key
+	formatKey  datastore.Key
 
 	mu      sync.Mutex // guards applied and failed against Restore racing reads
 	applied uint64
+	// clockNanos is the state machine's clock: the largest leader stamp
+	// applied (unix nanoseconds), persisted with each batch. It never comes
+	// from this replica's own clock, so every replica has the same.
+	clockNanos uint64
+	// requests remembers recent Client writes (see requests.go).
+	requests *requestTable
 	// failed is set once a committed entry could not be applied (a storage
 	// error, or an operation this build does not know). Skipping the entry
 	// would make this replica diverge for good, so from then on the store
@@ -57,6 +66,16 @@ type kvStore struct {
 	// applies for the first time (entries replayed after a restart are
 	// skipped, like commands), so only committed configurations.
 	onConfig func(hraft.Configuration)
+
+	// onChange, when set, gets the events of each applied batch, in index
+	// order, once the batch is committed to the datastore. It is called
+	// without any lock a reader takes, from Raft's apply goroutine, so it
+	// must not block (copy and return): Raft waits for it.
+	onChange func(events []Event)
+	// onReset, when set, is told after a snapshot was installed or the
+	// state wiped: changes up to applied are gone as events (a watcher
+	// must resync).
+	onReset func(applied uint64)
 }
 
 var (
@@ -64,18 +83,101 @@ var (
 )
 
 func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
-	f := &kvStore{ds: ds, prefix: prefix, appliedKey: datastore.RawKey(prefix + "/" + appliedSegment)}
-	b, err := ds.Get(context.Background(), f.appliedKey)
-	switch {
-	case errors.Is(err, datastore.ErrNotFound):
-	case err != nil:
-		return nil, fmt.Errorf("raft: reading applied index: %w", err)
-	case len(b) != 8:
-		return nil, fmt.Errorf("raft: corrupt applied index (%d bytes)", len(b))
-	default:
-		f.applied = binary.BigEndian.Uint64(b)
+	f := &kvStore{
+		ds: ds, prefix: prefix,
+		appliedKey: datastore.RawKey(prefix + "/" + appliedSegment),
+		clockKey:   datastore.RawKey(prefix + "/" + clockSegment),
+		formatKey:  datastore.RawKey(prefix + "/" + formatSegment),
+		requests:   newRequestTable(),
+	}
+	var err error
+	if f.applied, err = f.readIndexRecord(f.appliedKey, "applied index"); err != nil {
+		return nil, err
+	}
+	if f.clockNanos, err = f.readIndexRecord(f.clockKey, "clock"); err != nil {
+		return nil, err
+	}
+	if err := f.checkFormat(); err != nil {
+		return nil, err
+	}
+	if err := f.loadRequests(); err != nil {
+		return nil, err
 	}
 	return f, nil
+}
+
+// clockSegment names the record of the state machine's clock.
+const clockSegment = "_clock"
+
+// readIndexRecord reads an 8-byte big-endian record; absent is 0.
+func (f *kvStore) readIndexRecord(k datastore.Key, what string) (uint64, error) {
+	b, err := f.ds.Get(context.Background(), k)
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return 0, nil
+	case err != nil:
+		return 0, fmt.Errorf("raft: reading %s: %w", what, err)
+	case len(b) != 8:
+		return 0, fmt.Errorf("raft: corrupt %s (%d bytes)", what, len(b))
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// requestKey is where a client's record lives.
+func (f *kvStore) requestKey(id [clientIDSize]byte) datastore.Key {
+	return datastore.RawKey(f.prefix + "/" + requestSegment + "/" + hex.EncodeToString(id[:]))
+}
+
+// loadRequests reads the request table.
+func (f *kvStore) loadRequests() error {
+	t := newRequestTable()
+	err := f.scanRequests(func(id [clientIDSize]byte, rec []byte) error {
+		c, err := decodeClientRecord(rec)
+		if err != nil {
+			return err
+		}
+		t.clients[id] = c
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("raft: reading request table: %w", err)
+	}
+	f.requests = t
+	return nil
+}
+
+// scanRequests calls fn for every stored client record.
+func (f *kvStore) scanRequests(fn func(id [clientIDSize]byte, rec []byte) error) error {
+	base := f.prefix + "/" + requestSegment
+	res, err := f.ds.Query(context.Background(), query.Query{Prefix: base})
+	if err != nil {
+		return err
+	}
+	defer res.Close()
+	for r := range res.Next() {
+		if r.Error != nil {
+			return r.Error
+		}
+		rest, ok := strings.CutPrefix(r.Key, base+"/")
+		if !ok {
+			continue
+		}
+		id, ok := clientFromHex(rest)
+		if !ok {
+			continue
+		}
+		if err := fn(id, r.Value); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// clock is the state machine's clock (see clockNanos), for leases.
+func (f *kvStore) clock() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.clockNanos
 }
 
 func (f *kvStore) dataKey(key string) datastore.Key {
@@ -114,30 +216,40 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err := f.applyLocked(logs, out); err != nil {
+	events, err := f.applyLocked(logs, out)
+	if err != nil {
 		f.stopLocked(err)
 	}
 	if f.failed != nil {
 		for i := range out {
 			out[i] = FSMResponse{Error: f.failed}
 		}
+		events = nil
+	}
+	onChange := f.onChange
+	f.mu.Unlock()
+	// After the commit and outside the lock: the events are durable, and
+	// readers are not held while the consumer takes them.
+	if onChange != nil && len(events) > 0 {
+		onChange(events)
 	}
 	return out
 }
 
 // applyLocked applies logs, setting each one's response, and commits them
-// with the index reached.
-func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
+// with the index reached. It returns the batch's events when onChange is
+// set.
+func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, error) {
 	if f.failed != nil {
-		return f.failed
+		return nil, f.failed
 	}
 	ctx := context.Background()
 	batch, err := f.ds.Batch(ctx)
 	if err != nil {
-		return fmt.Errorf("raft: datastore batch: %w", err)
+		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
-	last := f.applied
+	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs)}
+	last, clock := f.applied, f.clockNanos
 	for i, l := range logs {
 		out[i] = FSMResponse{}
 		if l.Index <= f.applied {
@@ -149,29 +261,56 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 				f.onConfig(hraft.DecodeConfiguration(l.Data))
 			}
 		case hraft.LogCommand:
-			err := forEachOp(l.Data, func(kind uint8, key, value []byte) error {
-				op, _ := lookupOp(kind) // forEachOp passes valid kinds only
-				return op.apply(ctx, batch, f.dataKeyBytes(key), value)
-			})
+			ops, err := parseCommand(l.Data)
 			if err != nil {
-				return fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
+				return nil, fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
 			}
+			a.index = l.Index
+			resp, err := a.exec(ops)
+			if err != nil {
+				return nil, fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
+			}
+			out[i] = resp
 		}
 		last = l.Index
 	}
 	if last == f.applied {
-		return nil
+		return nil, nil
 	}
-	var idx [8]byte
-	binary.BigEndian.PutUint64(idx[:], last)
-	err = batch.Put(ctx, f.appliedKey, idx[:])
+	// Fresh slices for each record: a datastore may keep what it is given.
+	err = batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, last))
+	if err == nil && f.clockNanos != clock {
+		err = batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, f.clockNanos))
+	}
+	if err == nil {
+		err = f.flushRequests(ctx, batch)
+	}
 	if err == nil {
 		err = batch.Commit(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("raft: datastore commit: %w", err)
+		return nil, fmt.Errorf("raft: datastore commit: %w", err)
 	}
 	f.applied = last
+	return a.eventList, nil
+}
+
+// flushRequests adds the request records changed since the last flush to a
+// batch.
+func (f *kvStore) flushRequests(ctx context.Context, batch datastore.Batch) error {
+	t := f.requests
+	for id := range t.changed {
+		var err error
+		if c, ok := t.clients[id]; ok {
+			err = batch.Put(ctx, f.requestKey(id), encodeClientRecord(c))
+		} else {
+			err = batch.Delete(ctx, f.requestKey(id))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	clear(t.changed)
 	return nil
 }
 
@@ -200,14 +339,29 @@ func (f *kvStore) appliedIndex() uint64 {
 
 // get reads a value from the local replica.
 func (f *kvStore) get(key string) ([]byte, bool, error) {
-	v, err := f.ds.Get(context.Background(), f.dataKey(key))
+	e, ok, err := f.getEntry(key)
+	return e.Value, ok, err
+}
+
+// getEntry reads an entry from the local replica.
+func (f *kvStore) getEntry(key string) (Entry, bool, error) {
+	return f.readEntry(context.Background(), f.dataKey(key))
+}
+
+// readEntry reads the entry stored under k.
+func (f *kvStore) readEntry(ctx context.Context, k datastore.Key) (Entry, bool, error) {
+	b, err := f.ds.Get(ctx, k)
 	if errors.Is(err, datastore.ErrNotFound) {
-		return nil, false, nil
+		return Entry{}, false, nil
 	}
 	if err != nil {
-		return nil, false, err
+		return Entry{}, false, err
 	}
-	return v, true, nil
+	e, err := decodeEntry(b)
+	if err != nil {
+		return Entry{}, false, fmt.Errorf("%w under %s", err, k)
+	}
+	return e, true, nil
 }
 
 // keys lists the local replica's keys that start with prefix, sorted.

@@ -662,7 +662,7 @@ func TestHealStateMachineBehindLog(t *testing.T) {
 			for _, err := range []error{
 				kv.ds.Delete(ctx, kv.appliedKey),
 				kv.ds.Delete(ctx, kv.dataKey(acked[0])),
-				kv.ds.Put(ctx, kv.dataKey(acked[1]), []byte("stale")),
+				kv.ds.Put(ctx, kv.dataKey(acked[1]), encodeEntry(Entry{Value: []byte("stale"), CreateIndex: 1, ModIndex: 1})),
 			} {
 				if err != nil {
 					t.Fatal(err)

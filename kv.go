@@ -17,33 +17,83 @@ func (c *cluster) Delete(key string, timeout time.Duration) error {
 	return c.applyOps(timeout, DeleteOp(key))
 }
 
-// applyOps validates and encodes a write, and commits it.
+// applyOps validates a write and proposes it.
 func (c *cluster) applyOps(timeout time.Duration, ops ...Op) error {
-	cmd, err := encodeWrite(timeout, ops...)
-	if err != nil {
-		return err
-	}
-	return c.commit(cmd, timeout)
-}
-
-// encodeWrite is the one check every write of the built-in store gets, on the
-// member that first receives it: its timeout, then its operations, which
-// EncodeCommand validates as it encodes them.
-func encodeWrite(timeout time.Duration, ops ...Op) ([]byte, error) {
 	if err := validateTimeout(timeout); err != nil {
-		return nil, err
-	}
-	return EncodeCommand(ops...)
-}
-
-// commit replicates a validated command and returns the state machine's
-// verdict on it.
-func (c *cluster) commit(cmd []byte, timeout time.Duration) error {
-	resp, err := c.applyEncoded(cmd, timeout)
-	if err != nil {
 		return err
 	}
-	return resp.Error
+	list := make([]cmdOp, len(ops))
+	for i, op := range ops {
+		if err := checkUserOp(op); err != nil {
+			return err
+		}
+		list[i] = cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}
+	}
+	_, err := c.propose(list, nil, timeout)
+	return err
+}
+
+// propose replicates validated operations and returns the state machine's
+// verdict. The leader adds the meta operation: its clock's stamp and the
+// request ID of a Client write, once every voter knows meta operations (see
+// upgrade.go); before that, or when the command would not fit, it proposes
+// the operations as they are.
+func (c *cluster) propose(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, error) {
+	resp, err := c.proposeRaw(ops, id, timeout)
+	if err != nil {
+		return TxnResult{}, err
+	}
+	if resp.Error != nil {
+		return TxnResult{}, resp.Error
+	}
+	res, ok := parseResult(resp.Data)
+	if !ok {
+		return TxnResult{}, fmt.Errorf("raft: unexpected state machine answer of %d bytes", len(resp.Data))
+	}
+	return res, nil
+}
+
+// proposeRaw is propose returning the state machine's answer as it is.
+func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) (FSMResponse, error) {
+	r, err := c.r()
+	if err != nil {
+		return FSMResponse{}, err
+	}
+	if r.State() != hraft.Leader {
+		// Before kindsAllowed, which may ask voters: a follower refuses at
+		// once, as Raft would.
+		return FSMResponse{}, ErrNotLeader
+	}
+	meta, err := c.kindsAllowed(r, ops)
+	if err != nil {
+		return FSMResponse{}, err
+	}
+	var cmd []byte
+	if meta {
+		withMeta := make([]cmdOp, 0, len(ops)+1)
+		withMeta = append(withMeta, cmdOp{kind: opMeta, value: metaValue(time.Now().UnixNano(), id)})
+		cmd = encodeOps(append(withMeta, ops...))
+	}
+	if cmd == nil || len(cmd) > MaxCommandSize {
+		cmd = encodeOps(ops)
+	}
+	if err := checkSize("command", len(cmd), MaxCommandSize); err != nil {
+		return FSMResponse{}, err
+	}
+	return c.applyEncoded(cmd, timeout)
+}
+
+// writeAnywhere runs a write request as the command service would for a
+// remote caller: on this member when it leads, else forwarded to the leader.
+func (c *cluster) writeAnywhere(req *request, timeout time.Duration) (TxnResult, error) {
+	if _, err := c.r(); err != nil {
+		return TxnResult{}, err
+	}
+	resp := c.svc.txn(req)
+	if err := resp.err(); err != nil {
+		return TxnResult{}, err
+	}
+	return TxnResult{OK: resp.OK, Index: resp.Index}, nil
 }
 
 // Get reads key from the local replica, which may be stale.
@@ -77,10 +127,18 @@ func (c *cluster) Apply(cmd []byte, timeout time.Duration) (FSMResponse, error) 
 	if err := validateTimeout(timeout); err != nil {
 		return FSMResponse{}, err
 	}
-	if err := validateCommand(cmd); err != nil {
+	ops, err := parseCommand(cmd)
+	if err != nil {
 		return FSMResponse{}, err
 	}
-	return c.applyEncoded(cmd, timeout)
+	if ops[0].kind == opMeta {
+		return FSMResponse{}, fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
+	}
+	resp, err := c.proposeRaw(ops, nil, timeout)
+	if err == nil && resp.Error == nil {
+		resp.Data = nil // the result bytes are internal
+	}
+	return resp, err
 }
 
 // applyEncoded replicates a command already validated.

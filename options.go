@@ -162,6 +162,9 @@ type config struct {
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
+	// kinds, when set (tests only), replaces the operation kinds this
+	// member advertises, to play a member of an older build.
+	kinds []uint8
 }
 
 func defaultConfig() *config {

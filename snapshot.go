@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -23,14 +24,22 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		// now would claim the ones this store refused.
 		return nil, f.failed
 	}
-	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied}}
+	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos}}
 	err := f.scan(false, func(key string, value []byte) error {
-		snap.Pairs = append(snap.Pairs, snapshotPair{Key: key, Value: value})
+		e, err := decodeEntry(value)
+		if err != nil {
+			return fmt.Errorf("%w (key %q)", err, key)
+		}
+		snap.Pairs = append(snap.Pairs, snapshotPair{Key: key, Value: e.Value, CreateIndex: e.CreateIndex, ModIndex: e.ModIndex, Lease: uint64(e.Lease)})
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("raft: snapshot scan: %w", err)
 	}
+	for id, c := range f.requests.clients {
+		snap.Requests = append(snap.Requests, snapshotRequest{Client: id[:], Record: encodeClientRecord(c)})
+	}
+	slices.SortFunc(snap.Requests, func(a, b snapshotRequest) int { return bytes.Compare(a.Client, b.Client) })
 	// Key order, whatever order the datastore returns: the same data always
 	// gives the same snapshot, and a backup reads in key order.
 	slices.SortFunc(snap.Pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
@@ -44,14 +53,23 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 // changes nothing, and a storage error stops the store (see kvStore.failed).
 func (f *kvStore) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	applied, restored, err := f.restore(rc)
+	if err == nil && restored && f.onReset != nil {
+		f.onReset(applied)
+	}
+	return err
+}
+
+func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failed != nil {
-		return f.failed
+		return 0, false, f.failed
 	}
 	ctx := context.Background()
 	var batch datastore.Batch
-	var applied uint64
+	var clock uint64
+	requests := newRequestTable()
 	// A storage error stops the store; a snapshot that does not decode
 	// leaves it as it was (nothing is written before the final commit).
 	var storageErr error
@@ -61,48 +79,82 @@ func (f *kvStore) Restore(rc io.ReadCloser) error {
 		}
 		return err
 	}
-	err := readSnapshot(rc, func(h snapshotHeader) error {
-		if h.Applied != 0 && h.Applied <= f.applied {
-			return errSkipSnapshot
-		}
-		applied = h.Applied
-		var err error
-		if batch, err = f.ds.Batch(ctx); err != nil {
-			return storage(err)
-		}
-		// Delete first, then put: in one batch the last operation on a key
-		// wins.
-		return storage(f.scan(true, func(key string, _ []byte) error {
-			return batch.Delete(ctx, f.dataKey(key))
-		}))
-	}, func(p snapshotPair) error {
-		return storage(batch.Put(ctx, f.dataKey(p.Key), p.Value))
+	err = readSnapshot(rc, snapshotReader{
+		header: func(h snapshotHeader) error {
+			if h.Applied != 0 && h.Applied <= f.applied {
+				return errSkipSnapshot
+			}
+			applied, clock = h.Applied, h.Clock
+			var err error
+			if batch, err = f.ds.Batch(ctx); err != nil {
+				return storage(err)
+			}
+			// Delete first, then put: in one batch the last operation on
+			// a key wins.
+			if err := storage(f.scan(true, func(key string, _ []byte) error {
+				return batch.Delete(ctx, f.dataKey(key))
+			})); err != nil {
+				return err
+			}
+			return storage(f.scanRequests(func(id [clientIDSize]byte, _ []byte) error {
+				return batch.Delete(ctx, f.requestKey(id))
+			}))
+		},
+		pair: func(p snapshotPair) error {
+			return storage(batch.Put(ctx, f.dataKey(p.Key), encodeEntry(p.entry())))
+		},
+		request: func(r snapshotRequest) error {
+			id, c, err := r.decode()
+			if err != nil {
+				return err
+			}
+			if len(requests.clients) >= maxRequestClients {
+				return fmt.Errorf("raft: snapshot has over %d request records", maxRequestClients)
+			}
+			requests.clients[id] = c
+			return storage(batch.Put(ctx, f.requestKey(id), encodeClientRecord(c)))
+		},
 	})
 	if errors.Is(err, errSkipSnapshot) {
-		return nil
+		return 0, false, nil
 	}
 	if err == nil {
-		var idx [8]byte
-		binary.BigEndian.PutUint64(idx[:], applied)
-		if err = storage(batch.Put(ctx, f.appliedKey, idx[:])); err == nil {
+		// Fresh slices for each record: a datastore may keep what it is
+		// given.
+		err = storage(batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, applied)))
+		if err == nil {
+			err = storage(batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, clock)))
+		}
+		if err == nil {
 			err = storage(batch.Commit(ctx))
 		}
 	}
 	if storageErr != nil {
 		err = fmt.Errorf("raft: restore snapshot: %w", storageErr)
 		f.stopLocked(err)
-		return err
+		return 0, false, err
 	}
 	if err != nil {
-		return fmt.Errorf("raft: restore snapshot: %w", err)
+		return 0, false, fmt.Errorf("raft: restore snapshot: %w", err)
 	}
-	f.applied = applied
+	f.applied, f.clockNanos, f.requests = applied, clock, requests
+	return applied, true, nil
+}
+
+// wipe deletes every key, the request table, the clock and the applied
+// index, for a member that must drop its state before joining another
+// cluster.
+func (f *kvStore) wipe() error {
+	if err := f.wipeLocked(); err != nil {
+		return err
+	}
+	if f.onReset != nil {
+		f.onReset(0)
+	}
 	return nil
 }
 
-// wipe deletes every key and the applied index, for a member that must drop
-// its state before joining another cluster.
-func (f *kvStore) wipe() error {
+func (f *kvStore) wipeLocked() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ctx := context.Background()
@@ -113,36 +165,85 @@ func (f *kvStore) wipe() error {
 	if err := f.scan(true, func(key string, _ []byte) error { return batch.Delete(ctx, f.dataKey(key)) }); err != nil {
 		return err
 	}
-	if err := batch.Delete(ctx, f.appliedKey); err != nil {
+	if err := f.scanRequests(func(id [clientIDSize]byte, _ []byte) error { return batch.Delete(ctx, f.requestKey(id)) }); err != nil {
 		return err
+	}
+	for _, k := range []datastore.Key{f.appliedKey, f.clockKey} {
+		if err := batch.Delete(ctx, k); err != nil {
+			return err
+		}
 	}
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
-	f.applied = 0
+	f.applied, f.clockNanos, f.requests = 0, 0, newRequestTable()
 	return nil
 }
 
-const snapshotVersion = 1
+// snapshotVersion is the format snapshots are written in. Version 1
+// (before versioned keys) had a header [1, applied, count] and pairs
+// [key, value]; it still restores, its keys getting the snapshot's index as
+// versions (see checkFormat for why that is safe).
+const snapshotVersion = 2
 
-// A snapshot is a CBOR header followed by Count pairs, streamed so that a
-// restore never holds two copies of the data.
+// A snapshot is a CBOR header followed by Count pairs, then Requests
+// request records, streamed so that a restore never holds two copies of
+// the data.
 type snapshotHeader struct {
-	_       struct{} `cbor:",toarray"`
-	Version uint8
-	Applied uint64
-	Count   uint64
+	_        struct{} `cbor:",toarray"`
+	Version  uint8
+	Applied  uint64
+	Count    uint64
+	Clock    uint64 // the state machine's clock (unix nanoseconds)
+	Requests uint64 // request records after the pairs
 }
 
+// snapshotPair is one key's entry.
 type snapshotPair struct {
+	_           struct{} `cbor:",toarray"`
+	Key         string
+	Value       []byte
+	CreateIndex uint64
+	ModIndex    uint64
+	Lease       uint64
+}
+
+func (p snapshotPair) entry() Entry {
+	v := p.Value
+	if v == nil {
+		v = []byte{}
+	}
+	return Entry{Value: v, CreateIndex: p.CreateIndex, ModIndex: p.ModIndex, Lease: LeaseID(p.Lease)}
+}
+
+// snapshotPairV1 is a pair of version 1.
+type snapshotPairV1 struct {
 	_     struct{} `cbor:",toarray"`
 	Key   string
 	Value []byte
 }
 
+// snapshotRequest is one client's record of the request table.
+type snapshotRequest struct {
+	_      struct{} `cbor:",toarray"`
+	Client []byte
+	Record []byte
+}
+
+func (r snapshotRequest) decode() ([clientIDSize]byte, *clientRecord, error) {
+	var id [clientIDSize]byte
+	if len(r.Client) != clientIDSize {
+		return id, nil, fmt.Errorf("raft: snapshot request record with a client ID of %d bytes", len(r.Client))
+	}
+	copy(id[:], r.Client)
+	c, err := decodeClientRecord(r.Record)
+	return id, c, err
+}
+
 type kvSnapshot struct {
-	Header snapshotHeader
-	Pairs  []snapshotPair
+	Header   snapshotHeader
+	Pairs    []snapshotPair
+	Requests []snapshotRequest
 }
 
 // Persist writes the snapshot to the sink.
@@ -154,11 +255,13 @@ func (s *kvSnapshot) Persist(sink hraft.SnapshotSink) error {
 	return sink.Close()
 }
 
-// writeTo writes the snapshot format: the header, then every pair.
+// writeTo writes the snapshot format: the header, every pair, every request
+// record.
 func (s *kvSnapshot) writeTo(w io.Writer) error {
 	enc := cborEnc.NewEncoder(w)
 	h := s.Header
 	h.Count = uint64(len(s.Pairs))
+	h.Requests = uint64(len(s.Requests))
 	if err := enc.Encode(&h); err != nil {
 		return err
 	}
@@ -167,30 +270,74 @@ func (s *kvSnapshot) writeTo(w io.Writer) error {
 			return err
 		}
 	}
+	for i := range s.Requests {
+		if err := enc.Encode(&s.Requests[i]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
-// readSnapshot reads the snapshot format: header first (which may stop the
-// read by returning errSkipSnapshot), then every pair.
-func readSnapshot(r io.Reader, header func(snapshotHeader) error, pair func(snapshotPair) error) error {
+// snapshotReader takes what readSnapshot reads. header may stop the read by
+// returning errSkipSnapshot; request may be nil (the records are then read
+// and dropped).
+type snapshotReader struct {
+	header  func(snapshotHeader) error
+	pair    func(snapshotPair) error
+	request func(snapshotRequest) error
+}
+
+// readSnapshot reads the snapshot format, of version 1 or 2.
+func readSnapshot(r io.Reader, rd snapshotReader) error {
 	dec := cborDec.NewDecoder(r)
-	var h snapshotHeader
-	if err := dec.Decode(&h); err != nil {
+	// Both versions' headers are arrays of unsigned integers, of different
+	// lengths: read it as such, then by its version.
+	var raw []uint64
+	if err := dec.Decode(&raw); err != nil {
 		return fmt.Errorf("raft: snapshot header: %w", err)
 	}
-	if h.Version != snapshotVersion {
-		return fmt.Errorf("raft: snapshot version %d not supported", h.Version)
+	var h snapshotHeader
+	switch {
+	case len(raw) == 3 && raw[0] == 1:
+		h = snapshotHeader{Version: 1, Applied: raw[1], Count: raw[2]}
+	case len(raw) == 5 && raw[0] == 2:
+		h = snapshotHeader{Version: 2, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4]}
+	case len(raw) > 0:
+		return fmt.Errorf("raft: snapshot version %d not supported", raw[0])
+	default:
+		return errors.New("raft: snapshot header: empty")
 	}
-	if err := header(h); err != nil {
+	if err := rd.header(h); err != nil {
 		return err
 	}
+	legacyIndex := max(h.Applied, 1)
 	for i := uint64(0); i < h.Count; i++ {
 		var p snapshotPair
-		if err := dec.Decode(&p); err != nil {
+		if h.Version == 1 {
+			var old snapshotPairV1
+			if err := dec.Decode(&old); err != nil {
+				return fmt.Errorf("raft: snapshot entry %d: %w", i, err)
+			}
+			p = snapshotPair{Key: old.Key, Value: old.Value, CreateIndex: legacyIndex, ModIndex: legacyIndex}
+		} else if err := dec.Decode(&p); err != nil {
 			return fmt.Errorf("raft: snapshot entry %d: %w", i, err)
 		}
-		if err := pair(p); err != nil {
+		if err := validateKey(p.Key); err != nil {
+			return fmt.Errorf("raft: snapshot entry %d: %w", i, err)
+		}
+		if err := rd.pair(p); err != nil {
 			return err
+		}
+	}
+	for i := uint64(0); i < h.Requests; i++ {
+		var q snapshotRequest
+		if err := dec.Decode(&q); err != nil {
+			return fmt.Errorf("raft: snapshot request record %d: %w", i, err)
+		}
+		if rd.request != nil {
+			if err := rd.request(q); err != nil {
+				return err
+			}
 		}
 	}
 	return nil

@@ -16,21 +16,24 @@ import (
 // kvReader reads the local replica (the state machine).
 type kvReader interface {
 	get(key string) ([]byte, bool, error)
+	getEntry(key string) (Entry, bool, error)
 	keys(prefix string) ([]string, error)
 }
 
 // peerExchanger takes a peer's side of a peer exchange and gives ours (the
 // peer tracker).
 type peerExchanger interface {
-	exchange(from peer.ID, peers []wirePeer, st *status) ([]wirePeer, *status)
+	exchange(from peer.ID, peers []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status, []uint8)
 }
 
 // leaderCalls are the leader's code paths that the command service shares
 // with the Cluster methods, so a request is applied (and validated) exactly
 // as a local call would be.
 type leaderCalls interface {
-	// commit replicates an encoded, validated command (Cluster.Set, Delete).
-	commit(cmd []byte, timeout time.Duration) error
+	// propose replicates validated operations, with the request ID of a
+	// Client write (nil for none), and returns their result (Cluster.Set,
+	// Delete, Txn).
+	propose(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, error)
 	// readIndex returns an index covering every acknowledged write
 	// (Cluster.Barrier).
 	readIndex(timeout time.Duration) (uint64, error)
@@ -211,12 +214,14 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 			return errorResponse(err)
 		}
 		return &response{Keys: keys}
-	case cmdGet:
+	case cmdGet, cmdGetEntry:
 		return s.get(req)
 	case cmdSet:
 		return s.write(req, SetOp(req.Key, req.Value))
 	case cmdDelete:
 		return s.write(req, DeleteOp(req.Key))
+	case cmdTxn:
+		return s.txn(req)
 	case cmdJoinVoter:
 		return s.joinVoter(from, req)
 	case cmdReadIndex:
@@ -225,8 +230,8 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 		}
 		return s.readIndex(req)
 	case cmdExchangePeers:
-		peers, st := s.peers.exchange(from, req.Peers, req.Status)
-		return &response{Peers: peers, Status: st}
+		peers, st, kinds := s.peers.exchange(from, req.Peers, req.Status, req.Kinds)
+		return &response{Peers: peers, Status: st, Kinds: kinds}
 	}
 	return errorResponse(fmt.Errorf("%w: unknown command %q", ErrInvalidCommand, req.Cmd))
 }
@@ -241,34 +246,72 @@ func (s *commandService) get(req *request) *response {
 		return errorResponse(err)
 	}
 	if req.Barrier == 0 {
-		return s.localGet(req.Key)
+		return s.localGet(req)
 	}
 	barrier := time.Duration(req.Barrier)
 	return s.fwd.onLeader(req, barrier, func() *response {
 		if _, err := s.leader.readIndex(barrier); err != nil {
 			return errorResponse(err)
 		}
-		return s.localGet(req.Key)
+		return s.localGet(req)
 	})
 }
 
-func (s *commandService) localGet(key string) *response {
-	v, ok, err := s.kv.get(key)
+// localGet answers get (the value) or getEntry (the value and versions)
+// from the local replica.
+func (s *commandService) localGet(req *request) *response {
+	if req.Cmd == cmdGet {
+		v, ok, err := s.kv.get(req.Key)
+		if err != nil {
+			return errorResponse(err)
+		}
+		return &response{Value: v, Found: ok}
+	}
+	e, ok, err := s.kv.getEntry(req.Key)
 	if err != nil {
 		return errorResponse(err)
 	}
-	return &response{Value: v, Found: ok}
+	return &response{Value: e.Value, Found: ok, CreateIndex: e.CreateIndex, ModIndex: e.ModIndex, Lease: uint64(e.Lease)}
 }
 
 // write applies one Set or Delete on the leader.
 func (s *commandService) write(req *request, op Op) *response {
 	timeout := time.Duration(req.Timeout)
-	cmd, err := encodeWrite(timeout, op)
+	if err := validateTimeout(timeout); err != nil {
+		return errorResponse(err)
+	}
+	if err := checkUserOp(op); err != nil {
+		return errorResponse(err)
+	}
+	ops := []cmdOp{{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}}
+	return s.propose(req, ops, timeout)
+}
+
+// txn applies a transaction on the leader.
+func (s *commandService) txn(req *request) *response {
+	timeout := time.Duration(req.Timeout)
+	if err := validateTimeout(timeout); err != nil {
+		return errorResponse(err)
+	}
+	ops, err := parseTxnCommand(req.Command)
+	if err != nil {
+		return errorResponse(err)
+	}
+	return s.propose(req, ops, timeout)
+}
+
+// propose runs validated operations on the leader, with the request's ID.
+func (s *commandService) propose(req *request, ops []cmdOp, timeout time.Duration) *response {
+	id, err := requestIDOf(req)
 	if err != nil {
 		return errorResponse(err)
 	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		return errorResponse(s.leader.commit(cmd, timeout))
+		res, err := s.leader.propose(ops, id, timeout)
+		if err != nil {
+			return errorResponse(err)
+		}
+		return &response{OK: res.OK, Index: res.Index}
 	})
 }
 

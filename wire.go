@@ -28,6 +28,8 @@ const (
 	cmdJoinVoter     = "joinVoter"
 	cmdExchangePeers = "exchangePeers"
 	cmdReadIndex     = "readIndex"
+	cmdGetEntry      = "getEntry"
+	cmdTxn           = "txn"
 )
 
 // Envelope bytes: the first byte of every frame says whether the rest is
@@ -62,6 +64,15 @@ type request struct {
 	Peers     []wirePeer `cbor:"8,keyasint,omitempty"`
 	Forwarded bool       `cbor:"9,keyasint,omitempty"`
 	Status    *status    `cbor:"10,keyasint,omitempty"` // exchangePeers: the sender's state
+	// Kinds (exchangePeers): the operation kinds the sender's build knows.
+	// Not in status, whose array form an older member could not decode
+	// with an extra element.
+	Kinds []uint8 `cbor:"11,keyasint,omitempty"`
+	// Client and Seq name a Client write (exactly-once; see requests.go).
+	Client []byte `cbor:"12,keyasint,omitempty"`
+	Seq    uint64 `cbor:"13,keyasint,omitempty"`
+	// Command (txn): the transaction's operations, encoded as a command.
+	Command []byte `cbor:"14,keyasint,omitempty"`
 }
 
 // response answers a request. Code 0 is success; otherwise Code names the
@@ -75,6 +86,38 @@ type response struct {
 	Peers   []wirePeer `cbor:"6,keyasint,omitempty"`
 	Index   uint64     `cbor:"7,keyasint,omitempty"`
 	Status  *status    `cbor:"8,keyasint,omitempty"`
+	Kinds   []uint8    `cbor:"9,keyasint,omitempty"` // exchangePeers, as in request
+	// OK: a transaction's conditions held.
+	OK bool `cbor:"10,keyasint,omitempty"`
+	// An entry's versions (getEntry).
+	CreateIndex uint64 `cbor:"11,keyasint,omitempty"`
+	ModIndex    uint64 `cbor:"12,keyasint,omitempty"`
+	Lease       uint64 `cbor:"13,keyasint,omitempty"`
+}
+
+// entry is the Entry a getEntry answer carries.
+func (r *response) entry() Entry {
+	if !r.Found {
+		return Entry{}
+	}
+	v := r.Value
+	if v == nil {
+		v = []byte{}
+	}
+	return Entry{Value: v, CreateIndex: r.CreateIndex, ModIndex: r.ModIndex, Lease: LeaseID(r.Lease)}
+}
+
+// requestIDOf reads a request's ID, nil when it has none.
+func requestIDOf(req *request) (*requestID, error) {
+	if len(req.Client) == 0 && req.Seq == 0 {
+		return nil, nil
+	}
+	if len(req.Client) != clientIDSize || req.Seq == 0 {
+		return nil, fmt.Errorf("%w: request ID of %d bytes, sequence %d", ErrInvalidCommand, len(req.Client), req.Seq)
+	}
+	id := &requestID{seq: req.Seq}
+	copy(id.client[:], req.Client)
+	return id, nil
 }
 
 // wirePeer is a peer as exchangePeers carries it. Age is how long ago the

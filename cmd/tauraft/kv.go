@@ -25,6 +25,8 @@ type kvFlags struct {
 	keyFile      string
 	swarmKeyFile string
 	barrier      time.Duration
+	entry        bool
+	modIndex     uint64
 }
 
 func newKVCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -36,10 +38,10 @@ func newKVCmd(stdout, stderr io.Writer) *cobra.Command {
 
 Values go to stdout as they are (a newline is added only if the value does not
 end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
-2 usage error, 3 key not found (get).`,
+2 usage error, 3 key not found (get), 4 condition did not hold (cas).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageErr("missing subcommand: set, get, delete or keys")
+			return usageErr("missing subcommand: set, get, delete, keys, cas or restore")
 		},
 	}
 	pf := kv.PersistentFlags()
@@ -75,7 +77,16 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 				return usageErr("--barrier must be between 0 and %s, got %s", time.Duration(raft.MaxBarrier), f.barrier)
 			}
 			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
-				value, found, err := c.Get(args[0], int64(f.barrier), targets...)
+				var value []byte
+				var found bool
+				var e raft.Entry
+				var err error
+				if f.entry {
+					e, found, err = c.GetEntry(args[0], int64(f.barrier), targets...)
+					value = e.Value
+				} else {
+					value, found, err = c.Get(args[0], int64(f.barrier), targets...)
+				}
 				if err != nil {
 					return err
 				}
@@ -85,12 +96,46 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 				if len(value) == 0 || !bytes.HasSuffix(value, []byte("\n")) {
 					value = append(value, '\n')
 				}
+				if f.entry {
+					value = fmt.Appendf(value, "create-index %d\nmod-index %d\nlease %d\n", e.CreateIndex, e.ModIndex, e.Lease)
+				}
 				_, err = stdout.Write(value)
 				return err
 			})
 		},
 	}
 	get.Flags().DurationVar(&f.barrier, "barrier", 0, "linearizable read: wait up to this long for the leader's barrier (0: local, possibly stale read)")
+	get.Flags().BoolVar(&f.entry, "entry", false, `also print the key's versions, one per line after the value: "create-index N", "mod-index N", "lease N"`)
+	cas := &cobra.Command{
+		Use:   "cas KEY VALUE --mod-index N",
+		Short: "Store VALUE under KEY only if KEY was last written at index N (0: only if absent)",
+		Long: `Compare-and-set: one transaction that sets KEY to VALUE if its mod-index (see
+"get --entry") is still N, N 0 meaning that KEY must not exist. Prints
+"applied index I" (I: the transaction's log index, KEY's new mod-index) or
+"not applied index I" and exits 4 when the condition did not hold.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("mod-index") {
+				return usageErr("cas needs --mod-index (0: only if the key is absent)")
+			}
+			return withClient(cmd.Context(), f, true, args[0], func(c *raft.Client, targets []peer.ID) error {
+				res, err := c.Txn(raft.Txn{
+					If:   []raft.Cond{raft.IfModIndex(args[0], f.modIndex)},
+					Then: []raft.Op{raft.SetOp(args[0], []byte(args[1]))},
+				}, f.timeout, targets...)
+				if err != nil {
+					return writeOutcome(err)
+				}
+				if !res.OK {
+					fmt.Fprintf(stdout, "not applied index %d\n", res.Index)
+					return &exitError{code: exitNotOK, err: fmt.Errorf("%s was not at mod-index %d", args[0], f.modIndex)}
+				}
+				_, err = fmt.Fprintf(stdout, "applied index %d\n", res.Index)
+				return err
+			})
+		},
+	}
+	cas.Flags().Uint64Var(&f.modIndex, "mod-index", 0, "the mod-index KEY must have (0: KEY must be absent)")
 	del := &cobra.Command{
 		Use:   "delete KEY",
 		Short: "Remove KEY (succeeds if it does not exist)",
@@ -154,7 +199,7 @@ raft.ReadBackup) if that matters.`,
 			})
 		},
 	}
-	kv.AddCommand(set, get, del, keys, restore)
+	kv.AddCommand(set, get, del, keys, cas, restore)
 	return kv
 }
 

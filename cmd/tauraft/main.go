@@ -2,10 +2,11 @@
 //
 //	tauraft demo [--nodes N]          an in-process cluster walkthrough
 //	tauraft node --data DIR ...       one long-running cluster member
-//	tauraft kv set|get|delete|keys    talk to a running cluster
+//	tauraft kv set|get|delete|keys|cas talk to a running cluster
 //	tauraft swarm-key [--output FILE] a new private-network swarm key
 //
-// Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found (kv get).
+// Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found (kv get),
+// 4 condition did not hold (kv cas).
 package main
 
 import (
@@ -27,6 +28,7 @@ const (
 	exitFailure  = 1
 	exitUsage    = 2
 	exitNotFound = 3
+	exitNotOK    = 4
 )
 
 // exitError carries the exit code chosen by a command. Errors that are not

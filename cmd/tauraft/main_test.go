@@ -341,10 +341,30 @@ func TestNodesAndKV(t *testing.T) {
 	if code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", a1, "keys", "greet"); code != 0 || out != "greeting\n" {
 		t.Fatalf("kv keys: exit %d, stdout %q, stderr %q", code, out, stderr)
 	}
+	// Versions and compare-and-set.
+	code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", a2, "get", "--entry", "--barrier", "3s", "greeting")
+	var create, mod, lease uint64
+	if n, _ := fmt.Sscanf(out, "hello world\ncreate-index %d\nmod-index %d\nlease %d\n", &create, &mod, &lease); code != 0 || n != 3 || mod == 0 || create != mod || lease != 0 {
+		t.Fatalf("kv get --entry: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", a3, "cas", "greeting", "stale", "--mod-index", fmt.Sprint(mod-1)); code != exitNotOK || !strings.HasPrefix(out, "not applied index ") {
+		t.Fatalf("kv cas with a stale index: exit %d, stdout %q, stderr %q; want exit 4", code, out, stderr)
+	}
+	code, out, stderr = kv(t, bin, "--namespace", ns, "--peer", a3, "cas", "greeting", "hello again", "--mod-index", fmt.Sprint(mod))
+	var applied uint64
+	if n, _ := fmt.Sscanf(out, "applied index %d\n", &applied); code != 0 || n != 1 || applied <= mod {
+		t.Fatalf("kv cas: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", a1, "get", "--entry", "--barrier", "3s", "greeting"); code != 0 || out != fmt.Sprintf("hello again\ncreate-index %d\nmod-index %d\nlease 0\n", create, applied) {
+		t.Fatalf("kv get --entry after cas: exit %d, stdout %q, stderr %q", code, out, stderr)
+	}
+	if code, _, stderr := kv(t, bin, "--namespace", ns, "--peer", a1, "cas", "greeting", "x"); code != exitUsage {
+		t.Fatalf("kv cas without --mod-index: exit %d, stderr %q; want exit 2", code, stderr)
+	}
 	if code, _, stderr := kv(t, bin, "--namespace", ns, "--peer", a1, "delete", "greeting"); code != 0 {
 		t.Fatalf("kv delete: exit %d, stderr %q", code, stderr)
 	}
-	code, out, stderr := kv(t, bin, "--namespace", ns, "--peer", a2, "get", "--barrier", "3s", "greeting")
+	code, out, stderr = kv(t, bin, "--namespace", ns, "--peer", a2, "get", "--barrier", "3s", "greeting")
 	if code != exitNotFound || out != "" || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("kv get of a deleted key: exit %d, stdout %q, stderr %q; want exit 3 and one line", code, out, stderr)
 	}

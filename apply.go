@@ -1,0 +1,194 @@
+package raft
+
+// Applying one command to the store: its meta operation (the leader's stamp
+// and the request ID), its conditions, and the branch they select, with
+// every change of the batch visible to the next operation and collected as
+// events.
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+
+	"github.com/ipfs/go-datastore"
+)
+
+// applyCtx is the state of one batch being applied.
+type applyCtx struct {
+	f     *kvStore
+	ctx   context.Context
+	batch datastore.Batch
+	index uint64 // of the entry being applied
+	// pending holds the entries this batch changed: a datastore batch
+	// cannot be read back, and a later operation must see them.
+	pending map[string]pendingEntry
+	// sizeHint sizes pending: the entries of the batch.
+	sizeHint int
+	// events tells whether to collect eventList (someone consumes them).
+	events    bool
+	eventList []Event
+}
+
+type pendingEntry struct {
+	e      Entry
+	exists bool
+}
+
+// lookup reads a key's entry as the batch left it so far. What it reads
+// from the datastore is kept too: a condition and the write after it read
+// the key once.
+func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
+	e, ok, _, err := a.lookupKey(key)
+	return e, ok, err
+}
+
+// lookupKey is lookup that also returns the key's datastore key when it
+// computed it (the empty key when the entry was pending).
+func (a *applyCtx) lookupKey(key []byte) (Entry, bool, datastore.Key, error) {
+	if p, ok := a.pending[string(key)]; ok {
+		return p.e, p.exists, datastore.Key{}, nil
+	}
+	dk := a.f.dataKeyBytes(key)
+	e, ok, err := a.f.readEntry(a.ctx, dk)
+	if err == nil {
+		a.remember(string(key), e, ok)
+	}
+	return e, ok, dk, err
+}
+
+func (a *applyCtx) remember(key string, e Entry, exists bool) {
+	if a.pending == nil {
+		a.pending = make(map[string]pendingEntry, a.sizeHint)
+	}
+	a.pending[key] = pendingEntry{e: e, exists: exists}
+}
+
+// dataKey is dk, or key's datastore key when dk is empty.
+func (a *applyCtx) dataKey(key []byte, dk datastore.Key) datastore.Key {
+	if dk.String() == "" {
+		return a.f.dataKeyBytes(key)
+	}
+	return dk
+}
+
+// set writes key: a new key is created at this index, an existing one keeps
+// its CreateIndex.
+func (a *applyCtx) set(key, value []byte) error {
+	old, exists, dk, err := a.lookupKey(key)
+	if err != nil {
+		return err
+	}
+	// A copy: the value aliases the log entry, which Raft may reuse.
+	e := Entry{Value: bytes.Clone(value), CreateIndex: a.index, ModIndex: a.index}
+	if e.Value == nil {
+		e.Value = []byte{}
+	}
+	if exists {
+		e.CreateIndex = old.CreateIndex
+	}
+	k := string(key)
+	a.remember(k, e, true)
+	if a.events {
+		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
+	}
+	return a.batch.Put(a.ctx, a.dataKey(key, dk), encodeEntry(e))
+}
+
+// delete removes key; deleting an absent key changes nothing.
+func (a *applyCtx) delete(key []byte) error {
+	old, exists, dk, err := a.lookupKey(key)
+	if err != nil || !exists {
+		return err
+	}
+	k := string(key)
+	a.remember(k, Entry{}, false)
+	if a.events {
+		a.eventList = append(a.eventList, Event{Kind: EventDelete, Key: k,
+			Entry: Entry{CreateIndex: old.CreateIndex, ModIndex: a.index}, Index: a.index})
+	}
+	return a.batch.Delete(a.ctx, a.dataKey(key, dk))
+}
+
+// exec applies one parsed command and returns its response. A retried
+// Client write gets its first result and changes nothing; an error is a
+// storage failure (the store stops).
+func (a *applyCtx) exec(ops []cmdOp) (FSMResponse, error) {
+	f := a.f
+	var id *requestID
+	if len(ops) > 0 && ops[0].kind == opMeta {
+		var stamp uint64
+		stamp, id = parseMeta(ops[0].value)
+		f.clockNanos = max(f.clockNanos, stamp)
+		ops = ops[1:]
+	}
+	if id != nil {
+		res, found, stale := f.requests.lookup(*id)
+		if found {
+			return FSMResponse{Data: resultData(res.ok, res.index)}, nil
+		}
+		if stale {
+			return FSMResponse{Error: errStaleRequest}, nil
+		}
+	}
+	ok := true
+	i := 0
+	for ; i < len(ops); i++ {
+		k, _ := lookupOp(ops[i].kind) // parseCommand passes valid kinds only
+		if k.role != roleCond {
+			break
+		}
+		if !ok {
+			continue // the outcome is decided; the rest need not be read
+		}
+		held, err := k.holds(a, ops[i].key, ops[i].value)
+		if err != nil {
+			return FSMResponse{}, err
+		}
+		ok = held
+	}
+	branch := ops[i:]
+	split := len(branch)
+	for j, op := range branch {
+		if op.kind == opElse {
+			split = j
+			break
+		}
+	}
+	if ok {
+		branch = branch[:split]
+	} else if split < len(branch) {
+		branch = branch[split+1:]
+	} else {
+		branch = nil
+	}
+	for _, op := range branch {
+		k, _ := lookupOp(op.kind)
+		if err := k.apply(a, op.key, op.value); err != nil {
+			return FSMResponse{}, err
+		}
+	}
+	if id != nil {
+		f.requests.record(*id, reqResult{ok: ok, index: a.index}, a.index)
+	}
+	return FSMResponse{Data: resultData(ok, a.index)}, nil
+}
+
+// resultData is a command's result as FSMResponse.Data carries it: a byte
+// for whether its conditions held, then the index of the entry that applied
+// it (the first one, for a retried Client write).
+func resultData(ok bool, index uint64) []byte {
+	b := make([]byte, 9)
+	if ok {
+		b[0] = 1
+	}
+	binary.BigEndian.PutUint64(b[1:], index)
+	return b
+}
+
+// parseResult reads resultData; anything else reads as not applied.
+func parseResult(b []byte) (TxnResult, bool) {
+	if len(b) != 9 {
+		return TxnResult{}, false
+	}
+	return TxnResult{OK: b[0] == 1, Index: binary.BigEndian.Uint64(b[1:])}, true
+}

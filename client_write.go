@@ -1,0 +1,148 @@
+package raft
+
+// Exactly-once writes of a Client: each write gets a request ID, and an
+// attempt whose outcome is unknown is sent again, with the same ID, until
+// the caller's timeout; the state machine answers a retry of an applied
+// write with its first result (see requests.go).
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	msmux "github.com/multiformats/go-multistream"
+)
+
+// writeRetryPause is the pause between rounds of attempts at a write whose
+// outcome is still unknown (a leader change takes at least this long).
+const writeRetryPause = 50 * time.Millisecond
+
+// write sends a write request with a fresh request ID to the targets in
+// turn until one answers, retrying attempts whose outcome is unknown until
+// timeout. A nil error: applied exactly once. An error: applied at most once
+// (and certainly not when IsNotApplied says so).
+func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*response, error) {
+	if c.closed.Load() {
+		return nil, errAfterClose
+	}
+	req.Client = c.identity[:]
+	req.Seq = c.seq.Add(1)
+	targets := peers
+	if len(targets) == 0 {
+		targets = c.findMembers()
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
+	}
+	deadline := time.Now().Add(timeout)
+	var lastErr, unknown error
+	for {
+		// served tells whether any target still serves the namespace.
+		served := false
+		for _, id := range targets {
+			if c.ctx.Err() != nil {
+				return nil, c.writeFailed(ErrShutdown, unknown)
+			}
+			left := time.Until(deadline)
+			if left <= 0 {
+				return nil, c.writeFailed(lastErr, unknown)
+			}
+			if id == c.node.ID() {
+				continue // a node cannot open a stream to itself
+			}
+			c.ensureAddrs(id)
+			attempt := *req
+			attempt.Timeout = int64(left)
+			resp, err := c.caller.call(c.ctx, id, &attempt, deadline.Add(callMargin))
+			if err == nil {
+				err = resp.err()
+			}
+			if !notServed(err) {
+				served = true
+			}
+			switch {
+			case err == nil:
+				return resp, nil
+			case c.ctx.Err() != nil:
+				return nil, c.writeFailed(ErrShutdown, unknown)
+			case mayTryElsewhere(err):
+				lastErr = err
+			case outcomeUnknown(err):
+				lastErr, unknown = err, err
+			default:
+				// Refused (bad input), or the table could no longer tell
+				// the outcome: final.
+				return nil, c.writeFailed(err, unknown)
+			}
+		}
+		if unknown == nil {
+			// Every member refused it before applying: as before request
+			// IDs, do not wait for a leader beyond what members waited.
+			if lastErr == nil {
+				lastErr = fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
+			}
+			return nil, lastErr
+		}
+		if !served {
+			// No target serves the namespace any more (their clusters were
+			// closed): nobody can apply the write, nor tell its outcome.
+			return nil, c.writeFailed(lastErr, unknown)
+		}
+		select {
+		case <-c.ctx.Done():
+			return nil, c.writeFailed(ErrShutdown, unknown)
+		case <-time.After(writeRetryPause):
+		}
+	}
+}
+
+// outcomeUnknown tells whether a failed attempt may have been applied, so
+// that the same request must be sent again to learn its result: a timeout,
+// a lost leadership, a member shutting down, or a stream that broke after
+// the request left.
+func outcomeUnknown(err error) bool {
+	if IsNotApplied(err) {
+		return false
+	}
+	var remote *remoteError
+	if errors.As(err, &remote) {
+		// An answer: only these codes leave the outcome open.
+		return errors.Is(err, ErrTimeout) || errors.Is(err, ErrLeadershipLost) || errors.Is(err, ErrShutdown)
+	}
+	return true // no answer at all
+}
+
+// writeFailed is the error of a write that did not succeed: once an attempt
+// had an unknown outcome, the write as a whole has one too, whatever later
+// attempts said.
+func (c *Client) writeFailed(last, unknown error) error {
+	if unknown == nil {
+		if last == nil {
+			return fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
+		}
+		return last
+	}
+	if last != nil && last != unknown && !IsNotApplied(last) {
+		return last
+	}
+	return &unknownOutcome{err: unknown}
+}
+
+// unknownOutcome is the error of a write whose outcome stayed unknown: the
+// first such failure, which keeps its sentinel (and IsNotApplied false).
+type unknownOutcome struct{ err error }
+
+func (e *unknownOutcome) Error() string {
+	return e.err.Error() + " (retried until the timeout; the outcome is unknown)"
+}
+
+func (e *unknownOutcome) Unwrap() error { return e.err }
+
+// notServed tells whether an attempt found a node that does not serve the
+// namespace at all (protocol not supported).
+func notServed(err error) bool {
+	var ns msmux.ErrNotSupported[protocol.ID]
+	return errors.As(err, &ns)
+}

@@ -1,0 +1,105 @@
+package raft
+
+// How a key's Entry is stored in the datastore, and the upgrade of a store
+// written before entries had versions (raw values).
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/ipfs/go-datastore"
+)
+
+// entryRecordVersion is the first byte of a stored entry. A record is that
+// byte, then CreateIndex, ModIndex and Lease as unsigned varints, then the
+// value's bytes: a few bytes over the value, and the value needs no copy to
+// be cut out.
+const entryRecordVersion = 1
+
+// dataFormat is the layout of the data records, kept under formatSegment.
+// A store without the record is from before entries (raw values), and is
+// upgraded when it is opened (see migrateLegacy).
+const (
+	dataFormat    = 2
+	formatSegment = "_format"
+)
+
+// encodeEntry is the stored form of an entry.
+func encodeEntry(e Entry) []byte {
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(e.Value))
+	b = append(b, entryRecordVersion)
+	b = binary.AppendUvarint(b, e.CreateIndex)
+	b = binary.AppendUvarint(b, e.ModIndex)
+	b = binary.AppendUvarint(b, uint64(e.Lease))
+	return append(b, e.Value...)
+}
+
+// errCorruptEntry: a stored record that is not an entry.
+var errCorruptEntry = errors.New("raft: corrupt entry record")
+
+// decodeEntry reads a stored entry; its Value aliases b.
+func decodeEntry(b []byte) (Entry, error) {
+	if len(b) == 0 || b[0] != entryRecordVersion {
+		return Entry{}, errCorruptEntry
+	}
+	b = b[1:]
+	var e Entry
+	var lease uint64
+	for _, p := range []*uint64{&e.CreateIndex, &e.ModIndex, &lease} {
+		v, n := binary.Uvarint(b)
+		if n <= 0 {
+			return Entry{}, errCorruptEntry
+		}
+		*p, b = v, b[n:]
+	}
+	e.Lease = LeaseID(lease)
+	e.Value = b
+	return e, nil
+}
+
+// checkFormat makes sure the data is in the current format: a store with
+// no format record is either new, or written by a build from before entries
+// had versions, whose raw values become entries in one batch. Their true
+// indexes are lost; both become the applied index, which is not older than
+// the write that made them, so a condition on them stays safe (it may fail
+// where the true index would have held, never the reverse).
+func (f *kvStore) checkFormat() error {
+	ctx := context.Background()
+	b, err := f.ds.Get(ctx, f.formatKey)
+	switch {
+	case err == nil:
+		if len(b) != 1 || b[0] != dataFormat {
+			return fmt.Errorf("raft: data format %x not supported by this build", b)
+		}
+		return nil
+	case !errors.Is(err, datastore.ErrNotFound):
+		return fmt.Errorf("raft: reading data format: %w", err)
+	}
+	return f.migrateLegacy(ctx)
+}
+
+// migrateLegacy rewrites raw values as entries and records the format.
+func (f *kvStore) migrateLegacy(ctx context.Context) error {
+	batch, err := f.ds.Batch(ctx)
+	if err != nil {
+		return err
+	}
+	idx := max(f.applied, 1)
+	n := 0
+	err = f.scan(false, func(key string, value []byte) error {
+		n++
+		return batch.Put(ctx, f.dataKey(key), encodeEntry(Entry{Value: value, CreateIndex: idx, ModIndex: idx}))
+	})
+	if err != nil {
+		return fmt.Errorf("raft: upgrading data: %w", err)
+	}
+	if err := batch.Put(ctx, f.formatKey, []byte{dataFormat}); err != nil {
+		return err
+	}
+	if err := batch.Commit(ctx); err != nil {
+		return fmt.Errorf("raft: upgrading data: %w", err)
+	}
+	return nil
+}
