@@ -57,6 +57,15 @@ type kvStore struct {
 	// applies for the first time (entries replayed after a restart are
 	// skipped, like commands), so only committed configurations.
 	onConfig func(hraft.Configuration)
+
+	// ---- watch hooks (i14-watch; see watch.go) ----
+	// onChange, when set, is given the events of each apply batch right
+	// after its datastore commit, in index order (f.mu held: it must not
+	// block, and must copy what it keeps). onReset, when set, is told that
+	// the state was replaced (snapshot restore, wipe): the changes up to
+	// applied are no longer known one by one.
+	onChange func(events []Event)
+	onReset  func(applied uint64)
 }
 
 var (
@@ -138,6 +147,7 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 		return fmt.Errorf("raft: datastore batch: %w", err)
 	}
 	last := f.applied
+	var events []Event // i14-watch: this batch's changes, for onChange
 	for i, l := range logs {
 		out[i] = FSMResponse{}
 		if l.Index <= f.applied {
@@ -151,6 +161,9 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 		case hraft.LogCommand:
 			err := forEachOp(l.Data, func(kind uint8, key, value []byte) error {
 				op, _ := lookupOp(kind) // forEachOp passes valid kinds only
+				if f.onChange != nil {
+					events = append(events, opEvent(kind, key, value, l.Index)) // i14-watch
+				}
 				return op.apply(ctx, batch, f.dataKeyBytes(key), value)
 			})
 			if err != nil {
@@ -172,7 +185,22 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 		return fmt.Errorf("raft: datastore commit: %w", err)
 	}
 	f.applied = last
+	if f.onChange != nil && len(events) > 0 { // i14-watch
+		f.onChange(events)
+	}
 	return nil
+}
+
+// opEvent is the watch event of one applied operation (i14-watch). Today's
+// store keeps no versions: ModIndex is the entry's index, CreateIndex stays
+// 0, and a delete of a missing key is reported too. The versioned store
+// (i14-data) replaces this with its real entries. value aliases the log
+// entry: the hub copies it.
+func opEvent(kind uint8, key, value []byte, index uint64) Event {
+	if kind == opDelete {
+		return Event{Kind: EventDelete, Key: string(key), Entry: Entry{ModIndex: index}, Index: index}
+	}
+	return Event{Kind: EventSet, Key: string(key), Entry: Entry{Value: value, ModIndex: index}, Index: index}
 }
 
 // stopLocked records the first failure and tells onFail, once.

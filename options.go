@@ -162,6 +162,7 @@ type config struct {
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
+	watchHistory       historyLimits // WithWatchHistory (watch.go); zero: the defaults
 }
 
 func defaultConfig() *config {

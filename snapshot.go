@@ -97,6 +97,9 @@ func (f *kvStore) Restore(rc io.ReadCloser) error {
 		return fmt.Errorf("raft: restore snapshot: %w", err)
 	}
 	f.applied = applied
+	if f.onReset != nil { // i14-watch
+		f.onReset(applied)
+	}
 	return nil
 }
 
@@ -120,6 +123,9 @@ func (f *kvStore) wipe() error {
 		return err
 	}
 	f.applied = 0
+	if f.onReset != nil { // i14-watch
+		f.onReset(0)
+	}
 	return nil
 }
 
