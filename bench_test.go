@@ -955,3 +955,49 @@ func benchFailOnce(b *testing.B, ns string, isolate bool) time.Duration {
 		time.Sleep(benchPoll)
 	}
 }
+
+// ---- 5. Watch ----
+
+// BenchmarkWatchStalled: Cluster.Set on a cluster where every member has
+// watchers that never read (and one that reads everything) against the same
+// on a cluster without watchers, side by side: a watcher that stops reading
+// must not slow writes (ops-x:stalled/nowatch near 1). The stalled watchers
+// fall behind the history at once and cost nothing after; the reading one
+// costs its copies.
+func BenchmarkWatchStalled(b *testing.B) {
+	plain := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-watch")
+	stalled := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-watch")
+	reading := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-watch")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	for _, c := range stalled.all {
+		for range 4 {
+			if _, err := c.Watch(ctx, "", 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	for _, c := range reading.all {
+		wg.Go(func() {
+			for after := uint64(0); ctx.Err() == nil; {
+				ch, err := c.Watch(ctx, "bench/", after)
+				if err != nil { // overtaken: start again from now
+					after = c.(*cluster).fsm.appliedIndex()
+					continue
+				}
+				for e := range ch {
+					after = e.Index
+				}
+			}
+		})
+	}
+	benchWarmUp(b, plain.set)
+	benchWarmUp(b, stalled.set)
+	benchWarmUp(b, reading.set)
+	sides := []benchSide{plain.side("nowatch"), stalled.side("stalled"), reading.side("reading")}
+	ratios := []benchRatio{{"stalled", "nowatch"}, {"reading", "nowatch"}}
+	b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, sides, ratios) })
+	b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, sides, ratios) })
+}
