@@ -417,3 +417,63 @@ func TestWatchStreamCaps(t *testing.T) {
 		}
 	})
 }
+
+// TestWatchSnapshotRestore: a member that catches up by installing a
+// snapshot no longer knows the changes it skipped one by one: its watchers
+// end, a watch from before the snapshot gets ErrCompacted, and one from the
+// snapshot's index on goes on.
+func TestWatchSnapshotRestore(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/watch-restore", snapshotEvery(50))
+	tc.form(15*time.Second, 0, 1, 2)
+	leader := tc.leader(10 * time.Second)
+	lagger := tc.follower(leader, 0)
+	tc.set("first", []byte("1"))
+	tc.waitValue(lagger, "first", []byte("1"))
+	tc.stop(lagger)
+	for i := range 300 {
+		tc.set(fmt.Sprint("k/", i), []byte("v"))
+	}
+	tc.waitFor(20*time.Second, "the leader's log to be truncated by a snapshot", func() bool {
+		l := tc.get(tc.leader(10 * time.Second)).(*cluster)
+		first, _ := l.logs.FirstIndex()
+		return first > 100
+	})
+	c := tc.mustStart(lagger)
+	hub := c.(*cluster).watch
+	start := hub.floor()
+	ctx := t.Context()
+	// Opened before or after the snapshot arrives: either refused, or
+	// closed by the restore with nothing delivered.
+	if ch, err := c.Watch(ctx, "", start); err == nil {
+		select {
+		case e, ok := <-ch:
+			if ok {
+				t.Fatalf("a watcher from before the snapshot got %s@%d", e.Key, e.Index)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("a watcher from before the snapshot was not closed by the restore")
+		}
+	} else if !errors.Is(err, ErrCompacted) {
+		t.Fatalf("Watch from before the snapshot: %v", err)
+	}
+	tc.waitFor(20*time.Second, "the snapshot to be restored", func() bool { return hub.floor() > start })
+	floor := hub.floor()
+	if _, err := c.Watch(ctx, "", start); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("Watch from %d after a restore to %d: %v, want ErrCompacted", start, floor, err)
+	}
+	ch, err := c.Watch(ctx, "after/", floor)
+	if err != nil {
+		t.Fatalf("Watch from the restored index: %v", err)
+	}
+	tc.set("after/x", []byte("x"))
+	select {
+	case e := <-ch:
+		if e.Key != "after/x" || e.Index <= floor {
+			t.Fatalf("after the restore: %s@%d", e.Key, e.Index)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no change after the restore")
+	}
+	t.Logf("member %d: history from %d, restored to %d", lagger, start, floor)
+}
