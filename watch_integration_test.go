@@ -285,8 +285,9 @@ func TestWatchCompacted(t *testing.T) {
 	if _, err := cl.Watch(ctx, "", 1, mesh.ID(0)); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("Client.Watch below the history: %v, want ErrCompacted", err)
 	}
-	// From the history's start: the history is replayed.
-	ch, err := cl.Watch(ctx, "k", floor, mesh.ID(0))
+	// From the history's start: the history is replayed. (No target: the
+	// Client finds the member itself.)
+	ch, err := cl.Watch(ctx, "k", floor)
 	if err != nil {
 		t.Fatalf("Client.Watch at the history's start: %v", err)
 	}
