@@ -85,6 +85,7 @@ type watchWriter struct {
 	tc   *testCluster
 	want []Event
 	n    int
+	live map[string]bool // keys that exist: only they are deleted, so every op is a change
 }
 
 func (w *watchWriter) apply(ops ...Op) {
@@ -104,7 +105,11 @@ func (w *watchWriter) apply(ops ...Op) {
 			return err
 		})
 	})
+	if w.live == nil {
+		w.live = map[string]bool{}
+	}
 	for _, op := range ops {
+		w.live[op.Key] = !op.Delete
 		if op.Delete {
 			w.want = append(w.want, Event{Kind: EventDelete, Key: op.Key, Index: index, Entry: Entry{ModIndex: index}})
 		} else {
@@ -113,18 +118,22 @@ func (w *watchWriter) apply(ops ...Op) {
 	}
 }
 
-// burst writes n rounds of changes under w/ (sets, overwrites, deletes and
-// a three-change batch) and one outside it (unwatched).
+// burst writes n rounds of changes under w/ (sets, overwrites, deletes of
+// existing keys and batches of two or three changes) and, every fifth
+// round, one outside it (unwatched).
 func (w *watchWriter) burst(n int) {
 	w.tc.t.Helper()
 	for range n {
 		w.n++
 		k := fmt.Sprintf("w/%d", w.n%7)
-		switch w.n % 4 {
-		case 0:
+		other := fmt.Sprintf("w/%d", (w.n+3)%7)
+		switch {
+		case w.n%4 == 0 && w.live[k]:
 			w.apply(DeleteOp(k))
-		case 1:
-			w.apply(SetOp(k, fmt.Appendf(nil, "v%d", w.n)), SetOp("w/batch", fmt.Appendf(nil, "b%d", w.n)), DeleteOp(fmt.Sprintf("w/%d", (w.n+3)%7)))
+		case w.n%4 == 1 && w.live[other]:
+			w.apply(SetOp(k, fmt.Appendf(nil, "v%d", w.n)), SetOp("w/batch", fmt.Appendf(nil, "b%d", w.n)), DeleteOp(other))
+		case w.n%4 == 1:
+			w.apply(SetOp(k, fmt.Appendf(nil, "v%d", w.n)), SetOp("w/batch", fmt.Appendf(nil, "b%d", w.n)))
 		default:
 			w.apply(SetOp(k, fmt.Appendf(nil, "v%d", w.n)))
 		}
@@ -254,7 +263,7 @@ func TestWatchSequence(t *testing.T) {
 	if err := checkLog(evs, w.want, false); err != nil {
 		t.Fatalf("restarted member's watcher (before and after): %v", err)
 	}
-	t.Logf("%d changes (%d log entries) seen alike by %d watchers, a leader change and a member restart", len(w.want), w.n, len(logs)+1)
+	t.Logf("%d changes (%d rounds of writes) seen alike by %d watchers, a leader change and a member restart", len(w.want), w.n, len(logs)+1)
 }
 
 // TestWatchCompacted: an index older than the history gets ErrCompacted,
