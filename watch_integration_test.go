@@ -487,3 +487,39 @@ func TestWatchSnapshotRestore(t *testing.T) {
 	}
 	t.Logf("member %d: history from %d, restored to %d", lagger, start, floor)
 }
+
+// TestWatchClientMovesOnCut: when the link to its member goes down, a
+// Client watch moves to another member and resumes without gap or repeat,
+// while writes go on.
+func TestWatchClientMovesOnCut(t *testing.T) {
+	f := newCSFixture(t, "/raft/watch-cut")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	w := &watchWriter{tc: f.tc}
+	ch, err := f.client.Watch(ctx, "w/", 0, f.mesh.ID(0), f.mesh.ID(1), f.mesh.ID(2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := collect(ch)
+	w.burst(8)
+	f.tc.waitFor(15*time.Second, "the first changes through member 0", func() bool {
+		got, _ := log.snapshot()
+		return len(got) == len(w.want)
+	})
+	f.mesh.Cut(f.cn, 0)
+	w.burst(8)
+	f.tc.waitFor(15*time.Second, "the watch to go on through another member", func() bool {
+		got, closed := log.snapshot()
+		if err := checkLog(got, w.want, true); err != nil || closed {
+			t.Fatalf("after the cut: %v (closed %v)", err, closed)
+		}
+		return len(got) == len(w.want)
+	})
+	f.mesh.Heal(f.cn, 0)
+	cancel()
+	<-log.done
+	got, _ := log.snapshot()
+	if err := checkLog(got, w.want, false); err != nil {
+		t.Fatal(err)
+	}
+}
