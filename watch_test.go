@@ -12,6 +12,9 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 )
 
 // ev is a set event of key at index, with a value naming both.
@@ -410,5 +413,48 @@ func TestWithWatchHistory(t *testing.T) {
 	}
 	if d := (historyLimits{}).orDefault(); d.events != DefaultWatchHistoryEvents || d.bytes != DefaultWatchHistoryBytes {
 		t.Fatalf("defaults: %+v", d)
+	}
+}
+
+// slotStream stands for a distinct stream in the slot accounting (no I/O).
+type slotStream struct {
+	network.Stream
+	n int
+}
+
+// TestWatchSlots: the watch stream caps, per peer and in total, and their
+// release.
+func TestWatchSlots(t *testing.T) {
+	s := &commandService{streams: map[network.Stream]struct{}{}, watchPerPeer: map[peer.ID]int{}}
+	var held []*slotStream
+	peers := 0
+	for s.watchTotal < watchStreamsTotal {
+		p := peer.ID(fmt.Sprint("peer-", peers))
+		peers++
+		for i := range watchStreamsPerPeer {
+			st := &slotStream{n: len(held)}
+			if !s.takeWatchSlot(st, p) {
+				t.Fatalf("slot %d of %s refused with %d in all", i, p, s.watchTotal)
+			}
+			held = append(held, st)
+		}
+		if s.takeWatchSlot(&slotStream{}, p) {
+			t.Fatalf("%s got more than %d slots", p, watchStreamsPerPeer)
+		}
+	}
+	if s.takeWatchSlot(&slotStream{}, "newcomer") {
+		t.Fatalf("a slot past the total of %d", watchStreamsTotal)
+	}
+	s.releaseWatchSlot(held[0], "peer-0")
+	if !s.takeWatchSlot(&slotStream{}, "newcomer") {
+		t.Fatal("no slot after one was released")
+	}
+	if len(s.streams) != watchStreamsTotal || s.watchStreams() != watchStreamsTotal {
+		t.Fatalf("%d streams registered, %d counted, want %d", len(s.streams), s.watchStreams(), watchStreamsTotal)
+	}
+	s.done = true
+	s.releaseWatchSlot(held[1], "peer-0")
+	if s.takeWatchSlot(&slotStream{}, "late") {
+		t.Fatal("a slot on a closing service")
 	}
 }
