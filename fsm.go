@@ -66,6 +66,7 @@ type kvStore struct {
 	// applied are no longer known one by one.
 	onChange func(events []Event)
 	onReset  func(applied uint64)
+	events   []Event // the batch's events, reused (onChange copies)
 }
 
 var (
@@ -147,7 +148,7 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 		return fmt.Errorf("raft: datastore batch: %w", err)
 	}
 	last := f.applied
-	var events []Event // i14-watch: this batch's changes, for onChange
+	events := f.events[:0] // i14-watch: this batch's changes, for onChange
 	for i, l := range logs {
 		out[i] = FSMResponse{}
 		if l.Index <= f.applied {
@@ -187,6 +188,8 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) error {
 	f.applied = last
 	if f.onChange != nil && len(events) > 0 { // i14-watch
 		f.onChange(events)
+		clear(events) // keep no log entry alive through the buffer
+		f.events = events[:0]
 	}
 	return nil
 }
