@@ -467,7 +467,12 @@ func TestWatchSnapshotRestore(t *testing.T) {
 	} else if !errors.Is(err, ErrCompacted) {
 		t.Fatalf("Watch from before the snapshot: %v", err)
 	}
-	tc.waitFor(20*time.Second, "the snapshot to be restored", func() bool { return hub.floor() > start })
+	// Raft may install more than one snapshot while the leader keeps taking
+	// them: wait until the member has caught up, then its history stands.
+	tc.waitFor(20*time.Second, "the snapshot to be restored and the member to catch up", func() bool {
+		l := tc.get(tc.leader(10 * time.Second)).(*cluster)
+		return hub.floor() > start && c.(*cluster).fsm.appliedIndex() == l.fsm.appliedIndex()
+	})
 	floor := hub.floor()
 	if _, err := c.Watch(ctx, "", start); !errors.Is(err, ErrCompacted) {
 		t.Fatalf("Watch from %d after a restore to %d: %v, want ErrCompacted", start, floor, err)
