@@ -185,7 +185,10 @@ func (w *clientWatch) connect(ctx context.Context, avoid peer.ID) (*watchStream,
 	after := w.pos.restart()
 	var lastErr, compacted error
 	for _, id := range targets {
-		if ctx.Err() != nil || w.c.ctx.Err() != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if w.c.ctx.Err() != nil {
 			return nil, ErrShutdown
 		}
 		if id == w.c.node.ID() {
