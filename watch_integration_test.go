@@ -528,3 +528,56 @@ func TestWatchClientMovesOnCut(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWatchClientFallsBehind: a Client that reads nothing while far more
+// changes go by than its channel, its stream's flow-control window and the
+// history hold falls behind (the member's stream blocks, or just lags, and
+// the history moves past it): the member ends the stream with ErrCompacted,
+// the Client's channel closes after what it had, and a new Watch from its
+// last index gets ErrCompacted.
+func TestWatchClientFallsBehind(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 2, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/watch-behind", WithWatchHistory(10, 4<<20))
+	c := tc.mustStart(0, WithForceBootstrap())
+	tc.leader(10 * time.Second)
+	cl, err := NewClient(mesh.Node(1), tc.ns, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx := t.Context()
+	ch, err := cl.Watch(ctx, "", 0, mesh.ID(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Far more than the stream's flow-control window holds, unread.
+	big := make([]byte, 128<<10)
+	for i := range 250 {
+		tc.set(fmt.Sprint("big/", i), big)
+	}
+	if c.(*cluster).watch.floor() == 0 {
+		t.Fatal("the history did not move")
+	}
+	var n int
+	var last uint64
+	deadline := time.After(20 * time.Second)
+	for open := true; open; {
+		select {
+		case e, ok := <-ch:
+			if ok {
+				n++
+				last = e.Index
+			}
+			open = ok
+		case <-deadline:
+			t.Fatalf("the Client's channel did not close (%d events read)", n)
+		}
+	}
+	if n >= 250 {
+		t.Fatalf("read all %d events: the watcher never fell behind", n)
+	}
+	if _, err := cl.Watch(ctx, "", last, mesh.ID(0)); !errors.Is(err, ErrCompacted) {
+		t.Fatalf("Client.Watch from its last index %d: %v, want ErrCompacted", last, err)
+	}
+	t.Logf("read %d of 250 changes before the channel closed", n)
+}
