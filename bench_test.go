@@ -976,3 +976,65 @@ func benchFailOnce(b *testing.B, ns string, isolate bool) time.Duration {
 		time.Sleep(benchPoll)
 	}
 }
+
+// ---- 5. Watch ----
+
+// BenchmarkWatchStalled: Cluster.Set on a cluster where every member has
+// watchers that never read (4 local ones and one of a Client on a fourth
+// node), and on a cluster where one watcher per member reads everything,
+// against the same on a cluster without watchers, side by side: a watcher
+// that stops reading must not slow writes (ops-x:stalled/nowatch near 1).
+// The stalled watchers fall behind the history at once and cost nothing
+// after; the reading ones cost their copies.
+func BenchmarkWatchStalled(b *testing.B) {
+	plain := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-watch")
+	stalledMesh := rafttest.NewMesh(b, benchNodes, rafttest.Connected())
+	stalled := benchStartCluster(b, stalledMesh, "/raft/bench-watch")
+	reading := benchStartCluster(b, rafttest.NewMesh(b, benchNodes, rafttest.Connected()), "/raft/bench-watch")
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	// A Client on a fourth node (added after formation, so not a member).
+	cn := stalledMesh.Add()
+	if err := stalledMesh.Connect(cn, 0); err != nil {
+		b.Fatal(err)
+	}
+	cli, err := NewClient(stalledMesh.Node(cn), "/raft/bench-watch", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cli.Close()
+	for _, c := range stalled.all {
+		for range 4 {
+			if _, err := c.Watch(ctx, "", 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		// And one over the wire, never read either.
+		if _, err := cli.Watch(ctx, "", 0, c.(*cluster).self); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range reading.all {
+		wg.Go(func() {
+			for after := uint64(0); ctx.Err() == nil; {
+				ch, err := c.Watch(ctx, "bench/", after)
+				if err != nil { // overtaken: start again from now
+					after = c.(*cluster).fsm.appliedIndex()
+					continue
+				}
+				for e := range ch {
+					after = e.Index
+				}
+			}
+		})
+	}
+	benchWarmUp(b, plain.set)
+	benchWarmUp(b, stalled.set)
+	benchWarmUp(b, reading.set)
+	sides := []benchSide{plain.side("nowatch"), stalled.side("stalled"), reading.side("reading")}
+	ratios := []benchRatio{{"stalled", "nowatch"}, {"reading", "nowatch"}}
+	b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, sides, ratios) })
+	b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, sides, ratios) })
+}

@@ -57,6 +57,10 @@ type Cluster interface {
 	RemoveServer(id peer.ID, timeout time.Duration) error
 	// TransferLeadership hands leadership to another voter. Leader only.
 	TransferLeadership() error
+	// Watch delivers every change under prefix with an index above after,
+	// in index order, without gaps or repeats, until ctx ends. ErrCompacted:
+	// after is older than the history this member keeps (see watch.go).
+	Watch(ctx context.Context, prefix string, after uint64) (<-chan Event, error)
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A
 	// leader first hands leadership to the most up-to-date voter (waiting at
@@ -98,6 +102,7 @@ type cluster struct {
 	logs    *LogStore
 	stable  *StableStore
 	fsm     *kvStore
+	watch   *watchHub // the history of changes Watch serves (watch.go)
 	snapDir string
 
 	mu    sync.RWMutex // guards raft and layer, which a reset replaces
@@ -199,7 +204,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		kinds:     cfg.kinds,
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
-	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd)
+	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)
 	hasState, r, layer, err := c.start()
 	if err != nil {
 		c.svc.close()
@@ -266,6 +271,9 @@ func (c *cluster) open() error {
 		return err
 	}
 	c.fsm.onFail = c.stateMachineFailed
+	c.watch = newWatchHub(c.cfg.watchHistory, c.fsm.appliedIndex())
+	c.fsm.onChange = c.watch.publish
+	c.fsm.onReset = c.watch.reset
 	self := hraft.ServerID(c.self.String())
 	c.fsm.onConfig = func(conf hraft.Configuration) {
 		for _, s := range conf.Servers {
@@ -351,6 +359,9 @@ func (c *cluster) stateMachineFailed(err error) {
 	c.wg.Add(1)
 	go func() { // not inline: Raft's Shutdown waits for this very apply
 		defer c.wg.Done()
+		// Watchers of a replica that applies nothing more move on (a
+		// Client's to another member).
+		c.watch.close()
 		c.mu.RLock()
 		r := c.raft
 		c.mu.RUnlock()
@@ -386,6 +397,7 @@ func (c *cluster) Close() error {
 		return ErrAlreadyClosed
 	}
 	c.cancel()
+	c.watch.close() // ends every watcher, local and remote, at once
 	c.svc.close()
 	c.mu.Lock()
 	r, layer := c.raft, c.layer

@@ -29,7 +29,9 @@ package raft
 //	salt    16 random bytes, fresh for every message
 //	header  AES-256-GCM(key, nonce = 12 zero bytes, uint64 big-endian
 //	        length of body, no aad): 24 bytes
-//	body    AES-256-GCM(key, nonce = 11 zero bytes || 0x01, plaintext, no aad)
+//	body    AES-256-GCM(key, nonce = 11 zero bytes || 0x01, plaintext,
+//	        aad = none, or for a watch stream's frames watchAAD: label,
+//	        the stream's random ID and the frame's number)
 //
 //	key   = HKDF-SHA256(secret = shared key, salt = salt,
 //	                    info = "tauraft/v1/command" || 0x00 || namespace)
@@ -217,6 +219,15 @@ func (k *secretKey) newAEAD(salt []byte, info string) (cipher.AEAD, error) {
 // add bytes to every message while guarding against exactly the same event
 // (a failing random source), so they buy nothing here.
 func (k *secretKey) seal(plaintext []byte) ([]byte, error) {
+	return k.sealAAD(plaintext, nil)
+}
+
+// sealAAD is seal with additional authenticated data bound to the body: a
+// message of a sequence (a watch stream's frames) carries its stream and
+// position there, so a frame cannot be replayed, reordered or moved to
+// another stream without failing to open. Each message still gets its own
+// key from a fresh salt, so a sequence is as nonce-safe as single messages.
+func (k *secretKey) sealAAD(plaintext, aad []byte) ([]byte, error) {
 	out := make([]byte, commandSaltSize, len(plaintext)+commandOverhead)
 	if _, err := rand.Read(out); err != nil {
 		return nil, fmt.Errorf("raft: generate message salt: %w", err)
@@ -230,7 +241,7 @@ func (k *secretKey) seal(plaintext []byte) ([]byte, error) {
 	// Seal appends to out, whose capacity already fits the result, so the
 	// salt, header and body share one allocation.
 	out = aead.Seal(out, headerNonce[:], length[:], nil)
-	return aead.Seal(out, bodyNonce[:], plaintext, nil), nil
+	return aead.Seal(out, bodyNonce[:], plaintext, aad), nil
 }
 
 // openHeader checks the first commandPrefixSize bytes of a sealed message
@@ -257,7 +268,12 @@ func (k *secretKey) openHeader(prefix []byte) (cipher.AEAD, int, error) {
 
 // openBody checks and decrypts a sealed message's body.
 func openBody(aead cipher.AEAD, body []byte) ([]byte, error) {
-	plaintext, err := aead.Open(nil, bodyNonce[:], body, nil)
+	return openBodyAAD(aead, body, nil)
+}
+
+// openBodyAAD is openBody for a body sealed with sealAAD.
+func openBodyAAD(aead cipher.AEAD, body, aad []byte) ([]byte, error) {
+	plaintext, err := aead.Open(nil, bodyNonce[:], body, aad)
 	if err != nil {
 		return nil, fmt.Errorf("%w: command message rejected (different key or namespace, or altered)", ErrDecrypt)
 	}
@@ -269,6 +285,11 @@ func openBody(aead cipher.AEAD, body []byte) ([]byte, error) {
 // or fails authentication yields an error wrapping ErrDecrypt; sealed itself
 // is never modified.
 func (k *secretKey) open(sealed []byte) ([]byte, error) {
+	return k.openAAD(sealed, nil)
+}
+
+// openAAD is open for a message sealed with sealAAD.
+func (k *secretKey) openAAD(sealed, aad []byte) ([]byte, error) {
 	if len(sealed) < commandOverhead {
 		return nil, fmt.Errorf("%w: command message of %d bytes is too short", ErrDecrypt, len(sealed))
 	}
@@ -277,7 +298,7 @@ func (k *secretKey) open(sealed []byte) ([]byte, error) {
 		return nil, err
 	}
 	if body := sealed[commandPrefixSize:]; len(body) == n {
-		return openBody(aead, body)
+		return openBodyAAD(aead, body, aad)
 	}
 	return nil, fmt.Errorf("%w: command body of %d bytes, header says %d", ErrDecrypt, len(sealed)-commandPrefixSize, n)
 }

@@ -87,3 +87,30 @@ func checkSize(what string, n, max int) error {
 	}
 	return nil
 }
+
+// Watch limits (see watch.go, watch_wire.go and the README's "Watch").
+const (
+	// DefaultWatchHistoryEvents is how many recent change events a member
+	// keeps for Watch unless WithWatchHistory says otherwise.
+	DefaultWatchHistoryEvents = 10000
+	// DefaultWatchHistoryBytes bounds the keys and values of those events
+	// (each counts its key, its value and 64 bytes), so large values cannot
+	// make the history hold more than this.
+	DefaultWatchHistoryBytes = 32 << 20
+
+	// watchStreamsPerPeer and watchStreamsTotal cap the watch streams a
+	// member serves: each holds a goroutine and up to one frame of events
+	// for as long as it lives, so they are capped apart from (and far below)
+	// the short-lived command streams, whose slots a watch gives back once
+	// its request is read. A watch over a cap is reset as a resource-limit
+	// refusal (a Client tries the next member). In a keyed namespace only a
+	// peer holding the key gets that far: its request must authenticate.
+	watchStreamsPerPeer = 8
+	watchStreamsTotal   = 64
+	// watchFrameBytes is about the most keys and values one watch frame
+	// (and one read of Cluster.Watch's history) carries; a single larger
+	// event gets a frame of its own (it still fits MaxMessageSize).
+	watchFrameBytes = 256 << 10
+	// watchFrameEvents caps the events of one frame.
+	watchFrameEvents = 1024
+)

@@ -164,7 +164,8 @@ type config struct {
 	logger             hclog.Logger
 	// kinds, when set (tests only), replaces the operation kinds this
 	// member advertises, to play a member of an older build.
-	kinds []uint8
+	kinds        []uint8
+	watchHistory historyLimits // WithWatchHistory (watch.go); zero: the defaults
 }
 
 func defaultConfig() *config {

@@ -63,6 +63,12 @@ type commandService struct {
 	total    int                         // streams being served
 	refusals *logLimiter                 // see refused
 	budget   *readBudget                 // bytes of requests read at once
+
+	// Watch streams (watch_wire.go): the history they read and their own
+	// caps. They stay in streams while they run, so close resets them.
+	hub          *watchHub
+	watchPerPeer map[peer.ID]int
+	watchTotal   int
 }
 
 // Command streams are capped per peer and in total: each holds a goroutine
@@ -79,10 +85,11 @@ const (
 	commandReadBudget = 2 * 2 * MaxMessageSize
 )
 
-func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder) *commandService {
+func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder, hub *watchHub) *commandService {
 	s := &commandService{
 		host: h, proto: proto, codec: cd, logger: logger,
 		kv: kv, peers: peers, leader: leader, fwd: fwd,
+		hub: hub, watchPerPeer: map[peer.ID]int{},
 		streams:  map[network.Stream]struct{}{},
 		perPeer:  map[peer.ID]int{},
 		refusals: newLogLimiter(refusedLogInterval),
@@ -97,7 +104,8 @@ func (s *commandService) close() {
 	s.host.RemoveStreamHandler(s.proto)
 	s.mu.Lock()
 	s.done = true
-	// A stalled peer must not hold Close for the read timeout.
+	// A stalled peer must not hold Close for the read timeout (nor a
+	// watcher for its next write).
 	for st := range s.streams {
 		_ = st.Reset()
 	}
@@ -123,7 +131,15 @@ func (s *commandService) handle(st network.Stream) {
 	s.perPeer[from]++
 	s.total++
 	s.mu.Unlock()
-	defer func() {
+	// A watch gives its command-stream slot back once its request is in
+	// (it has caps of its own), so the slot's release runs once, early or
+	// at the end.
+	slotHeld := true
+	releaseSlot := func() {
+		if !slotHeld {
+			return
+		}
+		slotHeld = false
 		s.mu.Lock()
 		delete(s.streams, st)
 		if s.perPeer[from]--; s.perPeer[from] <= 0 {
@@ -131,6 +147,9 @@ func (s *commandService) handle(st network.Stream) {
 		}
 		s.total--
 		s.mu.Unlock()
+	}
+	defer func() {
+		releaseSlot()
 		s.wg.Done()
 	}()
 
@@ -168,6 +187,11 @@ func (s *commandService) handle(st network.Stream) {
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
+	if req.Cmd == cmdWatch {
+		releaseSlot()
+		s.serveWatch(st, from, req)
+		return
+	}
 	s.reply(st, s.codec, s.dispatch(from, req))
 }
 

@@ -30,6 +30,7 @@ const (
 	cmdReadIndex     = "readIndex"
 	cmdGetEntry      = "getEntry"
 	cmdTxn           = "txn"
+	cmdWatch         = "watch" // a stream of frames: watch_wire.go
 )
 
 // Envelope bytes: the first byte of every frame says whether the rest is
@@ -73,6 +74,10 @@ type request struct {
 	Seq    uint64 `cbor:"13,keyasint,omitempty"`
 	// Command (txn): the transaction's operations, encoded as a command.
 	Command []byte `cbor:"14,keyasint,omitempty"`
+	// watch (keys 20-29; watch_wire.go): changes above After, frames
+	// sealed for the stream WatchID names.
+	After   uint64 `cbor:"20,keyasint,omitempty"`
+	WatchID []byte `cbor:"21,keyasint,omitempty"`
 }
 
 // response answers a request. Code 0 is success; otherwise Code names the
@@ -93,6 +98,10 @@ type response struct {
 	CreateIndex uint64 `cbor:"11,keyasint,omitempty"`
 	ModIndex    uint64 `cbor:"12,keyasint,omitempty"`
 	Lease       uint64 `cbor:"13,keyasint,omitempty"`
+	// watch frames (keys 20-29; watch_wire.go): the next changes, and the
+	// index up to which every matching change has been sent.
+	Events  []wireEvent `cbor:"20,keyasint,omitempty"`
+	Through uint64      `cbor:"21,keyasint,omitempty"`
 }
 
 // entry is the Entry a getEntry answer carries.
@@ -188,6 +197,12 @@ type codec struct {
 
 // encode turns a message into a frame body.
 func (c codec) encode(v any) ([]byte, error) {
+	return c.encodeAAD(v, nil)
+}
+
+// encodeAAD is encode with the sealed body bound to aad (see sealAAD);
+// plaintext frames carry no aad.
+func (c codec) encodeAAD(v any, aad []byte) ([]byte, error) {
 	b, err := cborEnc.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -195,7 +210,7 @@ func (c codec) encode(v any) ([]byte, error) {
 	if c.key == nil {
 		return append([]byte{envelopePlain}, b...), nil
 	}
-	sealed, err := c.key.seal(b)
+	sealed, err := c.key.sealAAD(b, aad)
 	if err != nil {
 		return nil, err
 	}
@@ -254,6 +269,11 @@ func readFrame(r io.Reader) ([]byte, error) {
 // plainAnswer (a member's plaintext refusal of our request): then plain
 // reports it.
 func (c codec) readMessage(r io.Reader, plainAnswer bool, budget *readBudget) (payload []byte, plain bool, release func(), err error) {
+	return c.readMessageAAD(r, plainAnswer, budget, nil)
+}
+
+// readMessageAAD is readMessage for a body sealed with aad (see sealAAD).
+func (c codec) readMessageAAD(r io.Reader, plainAnswer bool, budget *readBudget, aad []byte) (payload []byte, plain bool, release func(), err error) {
 	release = func() {}
 	n, err := readFrameLength(r)
 	if err != nil {
@@ -302,7 +322,7 @@ func (c codec) readMessage(r io.Reader, plainAnswer bool, budget *readBudget) (p
 		if err != nil {
 			return nil, false, release, err
 		}
-		payload, err := openBody(aead, body)
+		payload, err := openBodyAAD(aead, body, aad)
 		return payload, false, release, err
 	}
 	return nil, false, release, fmt.Errorf("%w: unknown envelope %d", ErrInvalidCommand, env[0])

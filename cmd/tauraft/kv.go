@@ -27,6 +27,7 @@ type kvFlags struct {
 	barrier      time.Duration
 	entry        bool
 	modIndex     uint64
+	after        uint64
 }
 
 func newKVCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -41,7 +42,7 @@ end with one); errors go to stderr. Exit codes: 0 success, 1 failure,
 2 usage error, 3 key not found (get), 4 condition did not hold (cas).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usageErr("missing subcommand: set, get, delete, keys, cas or restore")
+			return usageErr("missing subcommand: set, get, delete, keys, cas, watch or restore")
 		},
 	}
 	pf := kv.PersistentFlags()
@@ -199,7 +200,32 @@ raft.ReadBackup) if that matters.`,
 			})
 		},
 	}
-	kv.AddCommand(set, get, del, keys, cas, restore)
+	watch := &cobra.Command{
+		Use:   "watch PREFIX",
+		Short: "Print every change under PREFIX, one line each, until interrupted",
+		Long: `Prints one line per change under PREFIX ("" for every key) with a log index
+above --after, in index order, until interrupted (exit 0):
+
+  INDEX set KEY VALUE
+  INDEX delete KEY
+
+KEY and VALUE are Go-quoted strings. The watch moves to another --peer when
+its member goes away. If the members no longer keep the history from the
+last index printed, it exits 1 saying so: read the current state (kv keys,
+kv get) and watch again from a later index.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if ctx == nil {
+				ctx = context.Background()
+			}
+			return withClient(ctx, f, false, "", func(c *raft.Client, targets []peer.ID) error {
+				return watchLines(ctx, c, targets, args[0], f.after, stdout)
+			})
+		},
+	}
+	watch.Flags().Uint64Var(&f.after, "after", 0, "print only changes with a log index above this one")
+	kv.AddCommand(set, get, del, keys, cas, watch, restore)
 	return kv
 }
 
@@ -272,6 +298,34 @@ func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn fu
 	}
 	defer client.Close()
 	return classify(fn(client, targets))
+}
+
+// watchLines prints the changes of a watch until ctx ends. A Client's watch
+// channel closes by itself only when the members no longer keep the history
+// it needs (ErrCompacted).
+func watchLines(ctx context.Context, c *raft.Client, targets []peer.ID, prefix string, after uint64, out io.Writer) error {
+	ch, err := c.Watch(ctx, prefix, after, targets...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	last := after
+	for e := range ch {
+		line := fmt.Sprintf("%d %s %q", e.Index, e.Kind, e.Key)
+		if e.Kind == raft.EventSet {
+			line += fmt.Sprintf(" %q", e.Entry.Value)
+		}
+		if _, err := fmt.Fprintln(out, line); err != nil {
+			return failure(err)
+		}
+		last = e.Index
+	}
+	if ctx.Err() != nil {
+		return nil // interrupted
+	}
+	return failure(fmt.Errorf("%w: the watch fell behind the members' history after index %d; read the current state (kv keys, kv get) and watch again from a later index", raft.ErrCompacted, last))
 }
 
 // writeOutcome says in a failed write's message which of the README's two

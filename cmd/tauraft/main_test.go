@@ -79,6 +79,8 @@ func TestUsageErrors(t *testing.T) {
 		{"kv", "delete", "--peer", member},
 		{"kv", "--bogus"},
 		{"kv", "restore", "--peer", member},
+		{"kv", "watch", "--peer", member},
+		{"kv", "watch", "a", "--after", "-1", "--peer", member},
 		{"kv", "restore", "/does/not/exist", "--peer", member},
 		{"kv", "set", "k", "v", "--key-file", "/does/not/exist", "--peer", member},
 		{"kv", "get", "k", "--swarm-key-file", "/does/not/exist", "--peer", member},
@@ -264,6 +266,53 @@ func (p *proc) stop(t *testing.T) {
 	}
 }
 
+// kvWatch runs "tauraft kv watch" over the history of the greeting key (one
+// set, one delete): it prints one line per change, then exits 0 on SIGINT.
+func kvWatch(t *testing.T, bin string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"kv"}, args...)...)
+	var errBuf bytes.Buffer
+	cmd.Stderr = &errBuf
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	want := []string{`set "greeting" "hello world"`, `delete "greeting"`}
+	for _, w := range want {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				_ = cmd.Wait()
+				t.Fatalf("kv watch ended early: %s", errBuf.String())
+			}
+			if _, rest, _ := strings.Cut(line, " "); rest != w {
+				t.Fatalf("kv watch printed %q, want INDEX %s", line, w)
+			}
+		case <-time.After(15 * time.Second):
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+			t.Fatalf("kv watch printed nothing for 15s: %s", errBuf.String())
+		}
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	for range lines {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("kv watch after SIGINT: %v: %s", err, errBuf.String())
+	}
+}
+
 // kv runs "tauraft kv ..." and returns its exit code and outputs.
 func kv(t *testing.T, bin string, args ...string) (int, string, string) {
 	t.Helper()
@@ -364,6 +413,7 @@ func TestNodesAndKV(t *testing.T) {
 	if code, _, stderr := kv(t, bin, "--namespace", ns, "--peer", a1, "delete", "greeting"); code != 0 {
 		t.Fatalf("kv delete: exit %d, stderr %q", code, stderr)
 	}
+	kvWatch(t, bin, "--namespace", ns, "--peer", a1, "--peer", a2, "watch", "greet", "--after", "0")
 	code, out, stderr = kv(t, bin, "--namespace", ns, "--peer", a2, "get", "--barrier", "3s", "greeting")
 	if code != exitNotFound || out != "" || strings.Count(stderr, "\n") != 1 {
 		t.Fatalf("kv get of a deleted key: exit %d, stdout %q, stderr %q; want exit 3 and one line", code, out, stderr)
