@@ -35,6 +35,14 @@ type Cluster interface {
 	// Txn applies a transaction as one log entry, all-or-nothing. Any
 	// member: a follower forwards it to the leader.
 	Txn(t Txn, timeout time.Duration) (TxnResult, error)
+	// Grant creates a lease of ttl and returns its ID. Any member.
+	Grant(ttl time.Duration, timeout time.Duration) (LeaseID, error)
+	// KeepAlive renews a lease for its full TTL (ErrLeaseNotFound once it
+	// expired or was revoked). Any member.
+	KeepAlive(id LeaseID, timeout time.Duration) error
+	// Revoke ends a lease and deletes the keys bound to it
+	// (ErrLeaseNotFound when it does not exist). Any member.
+	Revoke(id LeaseID, timeout time.Duration) error
 	// Apply replicates a command made by EncodeCommand. Leader only.
 	Apply(cmd []byte, timeout time.Duration) (FSMResponse, error)
 	// Barrier waits until the local replica has applied every write the
@@ -222,6 +230,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	}()
 
 	c.peers.start(ctx)
+	c.wg.Add(1)
+	go c.leaseLoop()
 	switch {
 	case hasState:
 		logger.Debug("resuming from existing raft state")

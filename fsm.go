@@ -54,6 +54,8 @@ type kvStore struct {
 	clockNanos uint64
 	// requests remembers recent Client writes (see requests.go).
 	requests *requestTable
+	// leases is the lease table (see lease_table.go).
+	leases *leaseTable
 	// failed is set once a committed entry could not be applied (a storage
 	// error, or an operation this build does not know). Skipping the entry
 	// would make this replica diverge for good, so from then on the store
@@ -89,6 +91,7 @@ func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
 		clockKey:   datastore.RawKey(prefix + "/" + clockSegment),
 		formatKey:  datastore.RawKey(prefix + "/" + formatSegment),
 		requests:   newRequestTable(),
+		leases:     newLeaseTable(),
 	}
 	var err error
 	if f.applied, err = f.readIndexRecord(f.appliedKey, "applied index"); err != nil {
@@ -101,6 +104,9 @@ func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
 		return nil, err
 	}
 	if err := f.loadRequests(); err != nil {
+		return nil, err
+	}
+	if err := f.loadLeases(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -284,6 +290,9 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 	}
 	if err == nil {
 		err = f.flushRequests(ctx, batch)
+	}
+	if err == nil {
+		err = f.flushLeases(ctx, batch)
 	}
 	if err == nil {
 		err = batch.Commit(ctx)

@@ -3,7 +3,10 @@ package raft
 // The registry of operation kinds: what each kind of operation in a command
 // checks and does, and the order a command's operations must come in.
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // opRole is what an operation kind does in a command. A command is, in this
 // order: at most one meta operation (the leader's stamp and the request ID),
@@ -85,6 +88,12 @@ var opKinds = [...]*opKind{
 		keyless: true,
 		check:   noValue("else"),
 	},
+	opLeaseGrant:     leaseGrantKind,
+	opLeaseKeepAlive: leaseKeepAliveKind,
+	opLeaseRevoke:    leaseRevokeKind,
+	opLeaseExpire:    leaseExpireKind,
+	opIfLease:        ifLeaseKind,
+	opSetLease:       setLeaseKind,
 }
 
 // noValue is the check of a kind that takes no value.
@@ -123,10 +132,10 @@ func checkOp(kind uint8, key string, value []byte) error {
 
 // checkUserOp validates an Op given by a caller.
 func checkUserOp(op Op) error {
-	if op.Lease != 0 {
-		return fmt.Errorf("%w: lease %d (leases are not supported yet)", ErrLeaseNotFound, op.Lease)
+	if op.Lease != 0 && op.Delete {
+		return fmt.Errorf("%w: a delete with a lease", ErrInvalidCommand)
 	}
-	return checkOp(opKindOf(op), op.Key, op.Value)
+	return checkOp(opKindOf(op), op.Key, opValue(op))
 }
 
 // shape checks the order of a command's operations (see opRole).
@@ -169,8 +178,25 @@ func (s *shape) done() error {
 
 // opKindOf is the wire kind of an Op.
 func opKindOf(op Op) uint8 {
-	if op.Delete {
+	switch {
+	case op.Delete:
 		return opDelete
+	case op.Lease != 0:
+		return opSetLease
 	}
 	return opSet
+}
+
+// opValue is the wire value of an Op: a set bound to a lease carries the
+// lease ID before the value.
+func opValue(op Op) []byte {
+	if op.Lease == 0 || op.Delete {
+		return op.Value
+	}
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(op.Value)), uint64(op.Lease)), op.Value...)
+}
+
+// userOp is an Op (checked by checkUserOp) as a command's operation.
+func userOp(op Op) cmdOp {
+	return cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: opValue(op)}
 }

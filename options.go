@@ -165,6 +165,9 @@ type config struct {
 	// kinds, when set (tests only), replaces the operation kinds this
 	// member advertises, to play a member of an older build.
 	kinds []uint8
+	// clock, when set (tests only), replaces the wall clock the leader
+	// stamps commands with (see withClock).
+	clock func() time.Time
 }
 
 func defaultConfig() *config {

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -40,6 +41,10 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		snap.Requests = append(snap.Requests, snapshotRequest{Client: id[:], Record: encodeClientRecord(c)})
 	}
 	slices.SortFunc(snap.Requests, func(a, b snapshotRequest) int { return bytes.Compare(a.Client, b.Client) })
+	for id, l := range f.leases.leases {
+		snap.Leases = append(snap.Leases, snapshotLease{ID: uint64(id), Record: encodeLeaseRecord(l)})
+	}
+	slices.SortFunc(snap.Leases, func(a, b snapshotLease) int { return cmp.Compare(a.ID, b.ID) })
 	// Key order, whatever order the datastore returns: the same data always
 	// gives the same snapshot, and a backup reads in key order.
 	slices.SortFunc(snap.Pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
@@ -70,6 +75,10 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	var batch datastore.Batch
 	var clock uint64
 	requests := newRequestTable()
+	leases := newLeaseTable()
+	// bound gathers the pairs' lease bindings: the leases come after the
+	// pairs in the stream.
+	bound := map[LeaseID][]string{}
 	// A storage error stops the store; a snapshot that does not decode
 	// leaves it as it was (nothing is written before the final commit).
 	var storageErr error
@@ -96,11 +105,19 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			})); err != nil {
 				return err
 			}
-			return storage(f.scanRequests(func(id [clientIDSize]byte, _ []byte) error {
+			if err := storage(f.scanRequests(func(id [clientIDSize]byte, _ []byte) error {
 				return batch.Delete(ctx, f.requestKey(id))
+			})); err != nil {
+				return err
+			}
+			return storage(f.scanLeases(func(id LeaseID, _ []byte) error {
+				return batch.Delete(ctx, f.leaseKey(id))
 			}))
 		},
 		pair: func(p snapshotPair) error {
+			if p.Lease != 0 {
+				bound[LeaseID(p.Lease)] = append(bound[LeaseID(p.Lease)], p.Key)
+			}
 			return storage(batch.Put(ctx, f.dataKey(p.Key), encodeEntry(p.entry())))
 		},
 		request: func(r snapshotRequest) error {
@@ -113,6 +130,17 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			}
 			requests.clients[id] = c
 			return storage(batch.Put(ctx, f.requestKey(id), encodeClientRecord(c)))
+		},
+		lease: func(r snapshotLease) error {
+			l, err := r.decode()
+			if err != nil {
+				return err
+			}
+			if _, dup := leases.leases[LeaseID(r.ID)]; dup || len(leases.leases) >= MaxLeases {
+				return fmt.Errorf("raft: snapshot lease %d repeated or over %d leases", r.ID, MaxLeases)
+			}
+			leases.leases[LeaseID(r.ID)] = l
+			return storage(batch.Put(ctx, f.leaseKey(LeaseID(r.ID)), encodeLeaseRecord(l)))
 		},
 	})
 	if errors.Is(err, errSkipSnapshot) {
@@ -137,7 +165,12 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	if err != nil {
 		return 0, false, fmt.Errorf("raft: restore snapshot: %w", err)
 	}
-	f.applied, f.clockNanos, f.requests = applied, clock, requests
+	for id, keys := range bound {
+		for _, k := range keys {
+			leases.bind(id, k)
+		}
+	}
+	f.applied, f.clockNanos, f.requests, f.leases = applied, clock, requests, leases
 	return applied, true, nil
 }
 
@@ -168,6 +201,9 @@ func (f *kvStore) wipeLocked() error {
 	if err := f.scanRequests(func(id [clientIDSize]byte, _ []byte) error { return batch.Delete(ctx, f.requestKey(id)) }); err != nil {
 		return err
 	}
+	if err := f.scanLeases(func(id LeaseID, _ []byte) error { return batch.Delete(ctx, f.leaseKey(id)) }); err != nil {
+		return err
+	}
 	for _, k := range []datastore.Key{f.appliedKey, f.clockKey} {
 		if err := batch.Delete(ctx, k); err != nil {
 			return err
@@ -176,15 +212,16 @@ func (f *kvStore) wipeLocked() error {
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
-	f.applied, f.clockNanos, f.requests = 0, 0, newRequestTable()
+	f.applied, f.clockNanos, f.requests, f.leases = 0, 0, newRequestTable(), newLeaseTable()
 	return nil
 }
 
 // snapshotVersion is the format snapshots are written in. Version 1
 // (before versioned keys) had a header [1, applied, count] and pairs
 // [key, value]; it still restores, its keys getting the snapshot's index as
-// versions (see checkFormat for why that is safe).
-const snapshotVersion = 2
+// versions (see checkFormat for why that is safe). Version 2 had no lease
+// records (and no Leases in its header).
+const snapshotVersion = 3
 
 // A snapshot is a CBOR header followed by Count pairs, then Requests
 // request records, streamed so that a restore never holds two copies of
@@ -196,6 +233,7 @@ type snapshotHeader struct {
 	Count    uint64
 	Clock    uint64 // the state machine's clock (unix nanoseconds)
 	Requests uint64 // request records after the pairs
+	Leases   uint64 // lease records after the request records
 }
 
 // snapshotPair is one key's entry.
@@ -240,10 +278,26 @@ func (r snapshotRequest) decode() ([clientIDSize]byte, *clientRecord, error) {
 	return id, c, err
 }
 
+// snapshotLease is one lease: its ID and its stored record (the keys bound
+// to it are the pairs whose Lease names it).
+type snapshotLease struct {
+	_      struct{} `cbor:",toarray"`
+	ID     uint64
+	Record []byte
+}
+
+func (r snapshotLease) decode() (*leaseState, error) {
+	if r.ID == 0 {
+		return nil, errors.New("raft: snapshot lease with ID 0")
+	}
+	return decodeLeaseRecord(r.Record)
+}
+
 type kvSnapshot struct {
 	Header   snapshotHeader
 	Pairs    []snapshotPair
 	Requests []snapshotRequest
+	Leases   []snapshotLease
 }
 
 // Persist writes the snapshot to the sink.
@@ -262,6 +316,7 @@ func (s *kvSnapshot) writeTo(w io.Writer) error {
 	h := s.Header
 	h.Count = uint64(len(s.Pairs))
 	h.Requests = uint64(len(s.Requests))
+	h.Leases = uint64(len(s.Leases))
 	if err := enc.Encode(&h); err != nil {
 		return err
 	}
@@ -275,19 +330,25 @@ func (s *kvSnapshot) writeTo(w io.Writer) error {
 			return err
 		}
 	}
+	for i := range s.Leases {
+		if err := enc.Encode(&s.Leases[i]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // snapshotReader takes what readSnapshot reads. header may stop the read by
-// returning errSkipSnapshot; request may be nil (the records are then read
-// and dropped).
+// returning errSkipSnapshot; request and lease may be nil (the records are
+// then read and dropped).
 type snapshotReader struct {
 	header  func(snapshotHeader) error
 	pair    func(snapshotPair) error
 	request func(snapshotRequest) error
+	lease   func(snapshotLease) error
 }
 
-// readSnapshot reads the snapshot format, of version 1 or 2.
+// readSnapshot reads the snapshot format, of version 1, 2 or 3.
 func readSnapshot(r io.Reader, rd snapshotReader) error {
 	dec := cborDec.NewDecoder(r)
 	// Both versions' headers are arrays of unsigned integers, of different
@@ -302,6 +363,8 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 		h = snapshotHeader{Version: 1, Applied: raw[1], Count: raw[2]}
 	case len(raw) == 5 && raw[0] == 2:
 		h = snapshotHeader{Version: 2, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4]}
+	case len(raw) == 6 && raw[0] == 3:
+		h = snapshotHeader{Version: 3, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Leases: raw[5]}
 	case len(raw) > 0:
 		return fmt.Errorf("raft: snapshot version %d not supported", raw[0])
 	default:
@@ -336,6 +399,17 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 		}
 		if rd.request != nil {
 			if err := rd.request(q); err != nil {
+				return err
+			}
+		}
+	}
+	for i := uint64(0); i < h.Leases; i++ {
+		var q snapshotLease
+		if err := dec.Decode(&q); err != nil {
+			return fmt.Errorf("raft: snapshot lease record %d: %w", i, err)
+		}
+		if rd.lease != nil {
+			if err := rd.lease(q); err != nil {
 				return err
 			}
 		}

@@ -136,7 +136,7 @@ func txnOps(t Txn) ([]cmdOp, error) {
 			if err := checkUserOp(op); err != nil {
 				return err
 			}
-			ops = append(ops, cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: op.Value})
+			ops = append(ops, userOp(op))
 		}
 		return nil
 	}
