@@ -7,6 +7,7 @@ package raft
 // table: nothing here reads a clock.
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -152,13 +153,14 @@ func encodeLeaseRecord(l *leaseState) []byte {
 
 var errCorruptLease = errors.New("raft: corrupt lease record")
 
-// decodeLeaseRecord reads a stored lease; it checks the TTL as a grant
-// does, so a record no grant could write is refused.
-func decodeLeaseRecord(b []byte) (*leaseState, error) {
-	if len(b) == 0 || b[0] != leaseRecordVersion {
+// decodeLeaseRecord reads a stored lease in the one form encodeLeaseRecord
+// writes; it checks the TTL as a grant does, so a record no grant could
+// write is refused.
+func decodeLeaseRecord(rec []byte) (*leaseState, error) {
+	if len(rec) == 0 || rec[0] != leaseRecordVersion {
 		return nil, errCorruptLease
 	}
-	b = b[1:]
+	b := rec[1:]
 	var v [2]uint64
 	for i := range v {
 		x, n := binary.Uvarint(b)
@@ -167,10 +169,14 @@ func decodeLeaseRecord(b []byte) (*leaseState, error) {
 		}
 		v[i], b = x, b[n:]
 	}
-	if len(b) != 0 || validateLeaseTTL(time.Duration(v[0])) != nil || v[0] > 1<<62 {
+	if len(b) != 0 || v[0] > uint64(MaxLeaseTTL) || validateLeaseTTL(time.Duration(v[0])) != nil {
 		return nil, errCorruptLease
 	}
-	return &leaseState{ttl: time.Duration(v[0]), touch: v[1], keys: map[string]struct{}{}}, nil
+	l := &leaseState{ttl: time.Duration(v[0]), touch: v[1], keys: map[string]struct{}{}}
+	if !bytes.Equal(encodeLeaseRecord(l), rec) {
+		return nil, errCorruptLease // a varint not in its shortest form
+	}
+	return l, nil
 }
 
 // leaseKey is where a lease's record lives.

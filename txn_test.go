@@ -345,7 +345,9 @@ func FuzzParseTxnCommand(f *testing.F) {
 			t.Fatalf("re-encoding: %v", err)
 		}
 		st, _ := newTestStore(t)
-		if _, err := applyAt(t, st, 1, b); err != nil {
+		// A lease the command binds to does not exist in a fresh store, and
+		// two grants in one command are refused: deterministic refusals.
+		if _, err := applyAt(t, st, 1, b); err != nil && !errors.Is(err, ErrLeaseNotFound) && !errors.Is(err, ErrInvalidCommand) {
 			t.Fatalf("valid command did not apply: %v", err)
 		}
 	})
