@@ -31,9 +31,12 @@ const (
 	// maxExpiriesPerEntry bounds the leases one expiry entry ends, so a
 	// burst of expiries is a few entries, none of them huge.
 	maxExpiriesPerEntry = 64
-	// leaseExpireTimeout bounds the leader's wait for an expiry to commit;
-	// one that fails is proposed again on a later tick.
+	// leaseExpireTimeout bounds the leader's wait for an expiry to commit.
 	leaseExpireTimeout = 5 * time.Second
+	// leaseRetryPause is how long the leader waits before proposing again
+	// after an expiry failed (a voter that lacks the kind, say): a late
+	// expiry is safe, a log line every tick is not useful.
+	leaseRetryPause = time.Second
 )
 
 // Grant creates a lease of ttl (MinLeaseTTL to MaxLeaseTTL) and returns its
@@ -169,6 +172,7 @@ func (c *cluster) leaseLoop() {
 	defer t.Stop()
 	timers := map[LeaseID]leaseTimer{}
 	var term uint64 // of the leadership the timers belong to; 0: none
+	var retryAt time.Time
 	for {
 		select {
 		case <-c.ctx.Done():
@@ -188,8 +192,13 @@ func (c *cluster) leaseLoop() {
 			term = cur
 			clear(timers)
 		}
-		if expired := expiredLeases(timers, c.fsm.leaseList(), time.Now()); len(expired) > 0 {
-			c.expire(expired)
+		now := time.Now()
+		expired := expiredLeases(timers, c.fsm.leaseList(), now)
+		if len(expired) > 0 && !now.Before(retryAt) {
+			if err := c.expire(expired); err != nil {
+				c.logger.Warn("lease expiry not committed; retrying", "leases", len(expired), "error", err)
+				retryAt = time.Now().Add(leaseRetryPause)
+			}
 		}
 	}
 }
@@ -222,16 +231,17 @@ func expiredLeases(timers map[LeaseID]leaseTimer, leases []leaseInfo, now time.T
 	return due
 }
 
-// expire proposes the due expiries, maxExpiriesPerEntry per entry. A
-// failure is logged and retried on a later tick (the timers still say the
-// leases are due).
-func (c *cluster) expire(due []cmdOp) {
+// expire proposes the due expiries, maxExpiriesPerEntry per entry. After
+// a failure the leases are still due (their timers are unchanged), so a
+// later tick proposes them again; an expiry applied twice does nothing the
+// second time.
+func (c *cluster) expire(due []cmdOp) error {
 	for len(due) > 0 && c.ctx.Err() == nil {
 		n := min(len(due), maxExpiriesPerEntry)
 		if _, err := c.propose(due[:n], nil, leaseExpireTimeout); err != nil {
-			c.logger.Warn("lease expiry not committed; retrying", "leases", n, "error", err)
-			return
+			return err
 		}
 		due = due[n:]
 	}
+	return nil
 }

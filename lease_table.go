@@ -69,7 +69,7 @@ var (
 			return ok, nil
 		}}
 	setLeaseKind = &opKind{name: "setLease", check: checkSetLease,
-		apply: func(a *applyCtx, key, value []byte) error { return a.setBound(key, value[8:], leaseOf(value)) }}
+		apply: func(a *applyCtx, key, value []byte) error { return a.setWithLease(key, value[8:], leaseOf(value)) }}
 )
 
 func leaseOf(value []byte) LeaseID { return LeaseID(binary.BigEndian.Uint64(value)) }
@@ -379,9 +379,4 @@ func (a *applyCtx) revokeLease(id LeaseID, touch uint64, timed bool) error {
 	delete(t.leases, id)
 	t.changed[id] = struct{}{}
 	return nil
-}
-
-// setBound sets key bound to lease id (checkLeases made sure it exists).
-func (a *applyCtx) setBound(key, value []byte, id LeaseID) error {
-	return a.setWithLease(key, value, id)
 }
