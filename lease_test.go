@@ -2,6 +2,7 @@ package raft
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -223,5 +224,59 @@ func TestLeaseKeepAliveExpiry(t *testing.T) {
 	})
 	if err := tc.get(l).Revoke(id2, 5*time.Second); !errors.Is(err, ErrLeaseNotFound) {
 		t.Fatalf("Revoke twice: %v", err)
+	}
+}
+
+// A member that joins after the log was truncated installs a snapshot, and
+// gets the lease table from it: the lease, its TTL and renewal, its keys.
+func TestLeaseInSnapshotInstall(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 2, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/lease-snap", snapshotEvery(16))
+	tc.form(15*time.Second, 0, 1)
+	l := tc.leader(10 * time.Second)
+	id, err := tc.get(l).Grant(time.Minute, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.get(l).Txn(Txn{Then: []Op{{Key: "a", Lease: id}, {Key: "b", Lease: id}}}, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := tc.get(l).KeepAlive(id, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 64 {
+		tc.set(fmt.Sprintf("pad/%02d", i), nil)
+	}
+	// Past the first padding write, the lease's entries are out of the log.
+	pad, _, _ := tc.get(l).GetEntry("pad/00")
+	tc.waitFor(20*time.Second, "a snapshot and a log truncated past the lease's entries", func() bool {
+		for i := range 2 {
+			first, _ := tc.get(i).(*cluster).logs.FirstIndex()
+			if snapshotCount(t, tc.get(i)) == 0 || first <= pad.ModIndex {
+				return false
+			}
+		}
+		return true
+	})
+	n := mesh.Add()
+	c := tc.mustStart(n)
+	tc.waitVoters(20*time.Second, 0, 1, n)
+	want := tc.get(l).(*cluster).fsm
+	tc.waitFor(20*time.Second, "the new member's lease table", func() bool {
+		got := c.(*cluster).fsm
+		keys, ok := got.leaseKeys(id)
+		return ok && slices.Equal(keys, []string{"a", "b"})
+	})
+	if snapshotCount(t, c) == 0 {
+		t.Fatal("the new member caught up without installing a snapshot")
+	}
+	got := c.(*cluster).fsm
+	got.mu.Lock()
+	want.mu.Lock()
+	gl, wl := *got.leases.leases[id], *want.leases.leases[id]
+	want.mu.Unlock()
+	got.mu.Unlock()
+	if gl.ttl != wl.ttl || gl.touch != wl.touch {
+		t.Fatalf("installed lease %+v, leader's %+v", gl, wl)
 	}
 }
