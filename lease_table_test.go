@@ -288,3 +288,34 @@ func FuzzDecodeLeaseRecord(f *testing.F) {
 		}
 	})
 }
+
+// Snapshot headers: version 4 (epoch, then lease records) is written;
+// version 3 (epoch, no lease records) reads with no leases.
+func TestSnapshotHeaderWithLeases(t *testing.T) {
+	cases := []struct {
+		raw  []uint64
+		want snapshotHeader
+	}{
+		{[]uint64{3, 9, 0, 5, 0, 7}, snapshotHeader{Version: 3, Applied: 9, Clock: 5, Epoch: 7}},
+		{[]uint64{4, 9, 0, 5, 0, 7, 0}, snapshotHeader{Version: 4, Applied: 9, Clock: 5, Epoch: 7}},
+	}
+	for _, c := range cases {
+		b, err := cborEnc.Marshal(c.raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got snapshotHeader
+		if err := readSnapshot(bytes.NewReader(b), snapshotReader{header: func(h snapshotHeader) error { got = h; return nil }}); err != nil || got != c.want {
+			t.Fatalf("%v: %+v %v", c.raw, got, err)
+		}
+	}
+	var buf bytes.Buffer
+	s := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: 3}, Leases: []snapshotLease{{ID: 1, Record: encodeLeaseRecord(&leaseState{ttl: time.Second, touch: 1})}}}
+	if err := s.writeTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var raw []uint64
+	if err := cborDec.NewDecoder(&buf).Decode(&raw); err != nil || len(raw) != 7 || raw[0] != 4 || raw[6] != 1 {
+		t.Fatalf("written header %v %v", raw, err)
+	}
+}

@@ -219,9 +219,11 @@ func (f *kvStore) wipeLocked() error {
 // snapshotVersion is the format snapshots are written in. Version 1
 // (before versioned keys) had a header [1, applied, count] and pairs
 // [key, value]; it still restores, its keys getting the snapshot's index as
-// versions (see checkFormat for why that is safe). Version 2 had no lease
-// records (and no Leases in its header).
-const snapshotVersion = 3
+// versions (see checkFormat for why that is safe). Version 2 had neither
+// epoch nor lease records; version 3 (the leadership epochs' format) has
+// the epoch in its header but no lease records. Both still restore, with no
+// leases.
+const snapshotVersion = 4
 
 // A snapshot is a CBOR header followed by Count pairs, then Requests
 // request records, streamed so that a restore never holds two copies of
@@ -233,7 +235,12 @@ type snapshotHeader struct {
 	Count    uint64
 	Clock    uint64 // the state machine's clock (unix nanoseconds)
 	Requests uint64 // request records after the pairs
-	Leases   uint64 // lease records after the request records
+	// Epoch is the leadership epoch (version 3 on); this build has no
+	// epochs and writes 0. It sits before Leases so that the formats of
+	// the epochs and the leases compose: version 4 is version 3 plus lease
+	// records.
+	Epoch  uint64
+	Leases uint64 // lease records after the request records (version 4)
 }
 
 // snapshotPair is one key's entry.
@@ -348,7 +355,7 @@ type snapshotReader struct {
 	lease   func(snapshotLease) error
 }
 
-// readSnapshot reads the snapshot format, of version 1, 2 or 3.
+// readSnapshot reads the snapshot format, of version 1 to 4.
 func readSnapshot(r io.Reader, rd snapshotReader) error {
 	dec := cborDec.NewDecoder(r)
 	// Both versions' headers are arrays of unsigned integers, of different
@@ -364,7 +371,9 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 	case len(raw) == 5 && raw[0] == 2:
 		h = snapshotHeader{Version: 2, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4]}
 	case len(raw) == 6 && raw[0] == 3:
-		h = snapshotHeader{Version: 3, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Leases: raw[5]}
+		h = snapshotHeader{Version: 3, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Epoch: raw[5]}
+	case len(raw) == 7 && raw[0] == 4:
+		h = snapshotHeader{Version: 4, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Epoch: raw[5], Leases: raw[6]}
 	case len(raw) > 0:
 		return fmt.Errorf("raft: snapshot version %d not supported", raw[0])
 	default:
