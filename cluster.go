@@ -57,6 +57,17 @@ type Cluster interface {
 	RemoveServer(id peer.ID, timeout time.Duration) error
 	// TransferLeadership hands leadership to another voter. Leader only.
 	TransferLeadership() error
+	// WatchLeader delivers this member's view of leadership: the current
+	// state first, then each change, the latest state winning over one a
+	// slow reader has not taken yet. It never blocks Raft. The channel
+	// closes when ctx ends or the cluster closes.
+	WatchLeader(ctx context.Context) <-chan LeaderEvent
+	// RunAsLeader runs fn each time this member becomes leader, with the
+	// leadership's epoch, and cancels fn's ctx the moment leadership is
+	// lost. It returns ctx.Err() when ctx ends, ErrShutdown when the
+	// cluster closes, and fn's error when fn fails while still leading
+	// (see leader_run.go for the details).
+	RunAsLeader(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A
 	// leader first hands leadership to the most up-to-date voter (waiting at
@@ -121,6 +132,9 @@ type cluster struct {
 
 	// upgrade caches which operation kinds every voter knows (upgrade.go).
 	upgrade upgradeState
+	// leaderMon follows this member's leadership and its epochs
+	// (leadership.go).
+	leaderMon *leaderMonitor
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed
@@ -200,6 +214,9 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd)
+	// Before Raft starts applying: the state machine rings the monitor.
+	c.leaderMon = newLeaderMonitor(c)
+	c.fsm.onEpoch = c.leaderMon.ring
 	hasState, r, layer, err := c.start()
 	if err != nil {
 		c.svc.close()
@@ -222,6 +239,11 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	}()
 
 	c.peers.start(ctx)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.leaderMon.run()
+	}()
 	switch {
 	case hasState:
 		logger.Debug("resuming from existing raft state")

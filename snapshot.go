@@ -24,7 +24,7 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		// now would claim the ones this store refused.
 		return nil, f.failed
 	}
-	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos}}
+	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch}}
 	err := f.scan(false, func(key string, value []byte) error {
 		e, err := decodeEntry(value)
 		if err != nil {
@@ -57,6 +57,9 @@ func (f *kvStore) Restore(rc io.ReadCloser) error {
 	if err == nil && restored && f.onReset != nil {
 		f.onReset(applied)
 	}
+	if err == nil && restored && f.onEpoch != nil {
+		f.onEpoch()
+	}
 	return err
 }
 
@@ -68,7 +71,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	}
 	ctx := context.Background()
 	var batch datastore.Batch
-	var clock uint64
+	var clock, epoch uint64
 	requests := newRequestTable()
 	// A storage error stops the store; a snapshot that does not decode
 	// leaves it as it was (nothing is written before the final commit).
@@ -84,7 +87,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			if h.Applied != 0 && h.Applied <= f.applied {
 				return errSkipSnapshot
 			}
-			applied, clock = h.Applied, h.Clock
+			applied, clock, epoch = h.Applied, h.Clock, h.Epoch
 			var err error
 			if batch, err = f.ds.Batch(ctx); err != nil {
 				return storage(err)
@@ -126,6 +129,9 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			err = storage(batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, clock)))
 		}
 		if err == nil {
+			err = storage(batch.Put(ctx, f.epochKey, binary.BigEndian.AppendUint64(nil, epoch)))
+		}
+		if err == nil {
 			err = storage(batch.Commit(ctx))
 		}
 	}
@@ -137,7 +143,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	if err != nil {
 		return 0, false, fmt.Errorf("raft: restore snapshot: %w", err)
 	}
-	f.applied, f.clockNanos, f.requests = applied, clock, requests
+	f.applied, f.clockNanos, f.epoch, f.requests = applied, clock, epoch, requests
 	return applied, true, nil
 }
 
@@ -168,7 +174,7 @@ func (f *kvStore) wipeLocked() error {
 	if err := f.scanRequests(func(id [clientIDSize]byte, _ []byte) error { return batch.Delete(ctx, f.requestKey(id)) }); err != nil {
 		return err
 	}
-	for _, k := range []datastore.Key{f.appliedKey, f.clockKey} {
+	for _, k := range []datastore.Key{f.appliedKey, f.clockKey, f.epochKey} {
 		if err := batch.Delete(ctx, k); err != nil {
 			return err
 		}
@@ -176,15 +182,17 @@ func (f *kvStore) wipeLocked() error {
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
-	f.applied, f.clockNanos, f.requests = 0, 0, newRequestTable()
+	f.applied, f.clockNanos, f.epoch, f.requests = 0, 0, 0, newRequestTable()
 	return nil
 }
 
 // snapshotVersion is the format snapshots are written in. Version 1
 // (before versioned keys) had a header [1, applied, count] and pairs
 // [key, value]; it still restores, its keys getting the snapshot's index as
-// versions (see checkFormat for why that is safe).
-const snapshotVersion = 2
+// versions (see checkFormat for why that is safe). Version 2 had no epoch
+// in its header; it restores with epoch 0 (no leadership established, as
+// such a build never wrote epoch markers).
+const snapshotVersion = 3
 
 // A snapshot is a CBOR header followed by Count pairs, then Requests
 // request records, streamed so that a restore never holds two copies of
@@ -196,6 +204,7 @@ type snapshotHeader struct {
 	Count    uint64
 	Clock    uint64 // the state machine's clock (unix nanoseconds)
 	Requests uint64 // request records after the pairs
+	Epoch    uint64 // the index of the last epoch marker applied (version 3)
 }
 
 // snapshotPair is one key's entry.
@@ -287,7 +296,7 @@ type snapshotReader struct {
 	request func(snapshotRequest) error
 }
 
-// readSnapshot reads the snapshot format, of version 1 or 2.
+// readSnapshot reads the snapshot format, of version 1, 2 or 3.
 func readSnapshot(r io.Reader, rd snapshotReader) error {
 	dec := cborDec.NewDecoder(r)
 	// Both versions' headers are arrays of unsigned integers, of different
@@ -302,6 +311,8 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 		h = snapshotHeader{Version: 1, Applied: raw[1], Count: raw[2]}
 	case len(raw) == 5 && raw[0] == 2:
 		h = snapshotHeader{Version: 2, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4]}
+	case len(raw) == 6 && raw[0] == 3:
+		h = snapshotHeader{Version: 3, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Epoch: raw[5]}
 	case len(raw) > 0:
 		return fmt.Errorf("raft: snapshot version %d not supported", raw[0])
 	default:
