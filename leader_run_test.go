@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -275,4 +276,65 @@ func mapKeys[K comparable, V any](m map[K]V) []K {
 		out = append(out, k)
 	}
 	return out
+}
+
+// A leader whose voters do not all know epoch markers (a rolling upgrade)
+// cannot fence its leadership: RunAsLeader says so instead of running fn
+// unfenced, WatchLeader shows the leader without Self, and once the voter
+// is upgraded the job runs with an epoch.
+func TestRunAsLeaderRefusesUnfencedLeadership(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/unfenced")
+	var older []uint8
+	for _, k := range knownKinds() {
+		if k != opEpoch && k != opIfEpoch {
+			older = append(older, k)
+		}
+	}
+	if err := tc.startEach([]int{0, 1, 2}, func(i int) []Option {
+		if i == 2 {
+			return []Option{withKinds(older)}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitVoters(20*time.Second, 0, 1, 2)
+	l := tc.leaderAmong(10*time.Second, 0, 1, 2)
+	for l == 2 { // a leader trusts its own build: node 2 must not lead
+		_ = tc.get(2).TransferLeadership()
+		l = tc.leaderAmong(10*time.Second, 0, 1, 2)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	ran := false
+	err := tc.get(l).RunAsLeader(ctx, func(context.Context, uint64) error { ran = true; return nil })
+	if ran || !errors.Is(err, ErrInvalidCommand) || !strings.Contains(err.Error(), "epoch") || !strings.Contains(err.Error(), shortPeer(mesh.ID(2))) {
+		t.Fatalf("RunAsLeader with a voter that does not know markers: ran %v, %v", ran, err)
+	}
+	ev := <-tc.get(l).WatchLeader(ctx)
+	if ev.Leader != mesh.ID(l) || ev.Self {
+		t.Fatalf("WatchLeader on the unfenced leader: %+v", ev)
+	}
+	// IfEpoch is refused by the same rule.
+	if _, err := tc.get(l).Txn(Txn{If: []Cond{IfEpoch(ev.Epoch)}, Then: []Op{SetOp("k", nil)}}, time.Second); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("IfEpoch with a voter that does not know it: %v", err)
+	}
+	// Node 2 is upgraded.
+	tc.stop(2)
+	mesh.Restart(2)
+	tc.mustStart(2)
+	var epoch uint64
+	tc.waitFor(20*time.Second, "the job to run once every voter knows markers", func() bool {
+		err := tc.onLeader(nil, func(c Cluster) error {
+			return c.RunAsLeader(ctx, func(_ context.Context, e uint64) error {
+				epoch = e
+				return errors.New("done")
+			})
+		})
+		return err != nil && strings.Contains(err.Error(), "done")
+	})
+	if epoch == 0 {
+		t.Fatal("job ran without an epoch")
+	}
 }

@@ -294,4 +294,21 @@ func TestWatchLeaderEpochs(t *testing.T) {
 		t.Fatalf("restarted node %d: epoch %d, want %d", f, got, e2)
 	}
 	mesh.Rejoin(f)
+	// Closing the member ends its RunAsLeader with ErrShutdown and closes
+	// its watchers.
+	w := c.WatchLeader(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.RunAsLeader(context.Background(), func(context.Context, uint64) error { return nil })
+	}()
+	tc.stop(f)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrShutdown) {
+			t.Fatalf("RunAsLeader after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunAsLeader did not return after Close")
+	}
+	waitClosed(t, w, "the watcher of a closed member")
 }
