@@ -12,6 +12,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+
+	hraft "github.com/hashicorp/raft"
 )
 
 // epochSegment names the record of the state machine's epoch (lower case
@@ -43,13 +45,31 @@ func (f *kvStore) currentEpoch() uint64 {
 // index, the new epoch, once it is applied here. An error wrapping
 // ErrInvalidCommand means a voter does not know markers yet (a rolling
 // upgrade in progress), see upgrade.go: the leadership cannot be fenced.
+// The marker goes without the leader's stamp: it is not a write of anyone's,
+// and a leadership change alone then leaves the state machine's clock as
+// it was.
 func (c *cluster) commitEpochMarker(timeout time.Duration) (uint64, error) {
-	res, err := c.propose([]cmdOp{{kind: opEpoch}}, nil, timeout)
+	r, err := c.r()
 	if err != nil {
 		return 0, err
 	}
-	if !res.OK || res.Index == 0 {
-		return 0, fmt.Errorf("raft: epoch marker not applied (result %+v)", res)
+	if r.State() != hraft.Leader {
+		return 0, ErrNotLeader
+	}
+	ops := []cmdOp{{kind: opEpoch}}
+	if _, err := c.kindsAllowed(r, ops); err != nil {
+		return 0, err
+	}
+	resp, err := c.applyEncoded(encodeOps(ops), timeout)
+	if err == nil {
+		err = resp.Error
+	}
+	if err != nil {
+		return 0, err
+	}
+	res, ok := parseResult(resp.Data)
+	if !ok || !res.OK || res.Index == 0 {
+		return 0, fmt.Errorf("raft: epoch marker not applied (answer of %d bytes)", len(resp.Data))
 	}
 	return res.Index, nil
 }
