@@ -45,6 +45,9 @@ func (c *cluster) RunAsLeader(ctx context.Context, fn func(ctx context.Context, 
 	}
 	var last uint64 // the epoch fn last ran in
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		lead, err := c.leaderMon.awaitLeadership(ctx, last)
 		if err != nil {
 			return err
