@@ -62,11 +62,30 @@ type Cluster interface {
 	// slow reader has not taken yet. It never blocks Raft. The channel
 	// closes when ctx ends or the cluster closes.
 	WatchLeader(ctx context.Context) <-chan LeaderEvent
-	// RunAsLeader runs fn each time this member becomes leader, with the
-	// leadership's epoch, and cancels fn's ctx the moment leadership is
-	// lost. It returns ctx.Err() when ctx ends, ErrShutdown when the
-	// cluster closes, and fn's error when fn fails while still leading
-	// (see leader_run.go for the details).
+	// RunAsLeader runs fn each time this member becomes leader, and returns
+	// when ctx ends (ctx.Err()) or the cluster closes (ErrShutdown).
+	//
+	// Before fn runs, the new leader commits an epoch marker: epoch is its
+	// log index, greater than every earlier leadership's. fn's ctx is
+	// cancelled the moment this member sees its leadership end. An isolated
+	// leader can still believe it leads for up to a leader lease after the
+	// others elected a successor, so fn fences its writes with IfEpoch(epoch):
+	// they are refused (TxnResult.OK false) once a newer leadership's marker
+	// is applied.
+	//
+	// fn runs once per leadership: when it returns nil, RunAsLeader waits
+	// for this member's next leadership. When it returns an error while this
+	// member still leads, RunAsLeader returns that error (errors.Is holds):
+	// as with a campaign whose work failed, the caller decides whether to
+	// call RunAsLeader again, hand leadership on with TransferLeadership, or
+	// stop (leadership does not move by itself, so until then the job runs
+	// nowhere). An error returned after leadership was lost (fn's ctx
+	// cancelled, ErrNotLeader, ErrNoLeader, ErrLeadershipLost) is the
+	// normal end of that leadership: RunAsLeader waits for the next one.
+	//
+	// While this member leads but a voter does not know epoch markers (a
+	// rolling upgrade in progress), RunAsLeader returns an error wrapping
+	// ErrInvalidCommand rather than run fn unfenced.
 	RunAsLeader(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A

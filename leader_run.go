@@ -9,36 +9,13 @@ import (
 	"fmt"
 )
 
-// RunAsLeader runs fn each time this member becomes leader, and returns
-// when ctx ends (ctx.Err()) or the cluster closes (ErrShutdown).
-//
-// Before fn runs, the new leader commits an epoch marker: epoch is its log
-// index, strictly greater than every earlier leadership's. fn's ctx is
-// cancelled the moment this member sees its leadership end (Raft steps
-// down, or ctx ends, or the cluster closes). Since an isolated leader can
-// believe it leads for up to a leader lease after the others elected a new
-// one, fn must also fence its writes: a Txn with IfEpoch(epoch) among its
-// conditions is refused (TxnResult.OK false) once a newer leadership's
-// marker is applied, so no write of a deposed leader lands after its
-// successor began.
-//
-// fn runs at most once per leadership: when it returns nil, RunAsLeader
-// waits for the next leadership of this member. When it returns an error
-// while this member still leads, RunAsLeader returns that error (wrapped,
-// errors.Is holds) and keeps no state: like a campaign whose work failed,
-// the caller decides what follows (call RunAsLeader again to retry, hand
-// leadership to another member with TransferLeadership, or stop). Until
-// then no fn runs on this member, and, since Raft leadership does not move
-// by itself, nowhere else either: a service that must keep its job running
-// calls RunAsLeader in a loop. An error returned after leadership was lost
-// (fn's ctx cancelled, or ErrNotLeader, ErrNoLeader or ErrLeadershipLost
-// from a write) is the expected end of that leadership, not a failure:
-// RunAsLeader waits for the next one.
-//
-// When this member leads but cannot commit an epoch marker because a voter
-// does not know markers yet (a rolling upgrade: see the README's Upgrades),
-// RunAsLeader returns an error wrapping ErrInvalidCommand instead of
-// running fn unfenced.
+// RunAsLeader runs fn at each leadership of this member (see
+// Cluster.RunAsLeader for the contract). Each run waits for the leadership
+// monitor (leadership.go) to establish the leadership's epoch, and ends
+// when the monitor closes the leadership's lost channel. Returning fn's
+// error rather than rerunning fn mirrors a campaign: whether a failed job
+// deserves a retry, a pause or a new leader is the caller's call, and a
+// retry loop here would hide failures in a log.
 func (c *cluster) RunAsLeader(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error {
 	if fn == nil {
 		return errors.New("raft: RunAsLeader with a nil function")
