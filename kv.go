@@ -131,8 +131,8 @@ func (c *cluster) Apply(cmd []byte, timeout time.Duration) (FSMResponse, error) 
 	if err != nil {
 		return FSMResponse{}, err
 	}
-	if ops[0].kind == opMeta {
-		return FSMResponse{}, fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
+	if err := refuseInternal(ops); err != nil {
+		return FSMResponse{}, err
 	}
 	resp, err := c.proposeRaw(ops, nil, timeout)
 	if err == nil && resp.Error == nil {

@@ -59,7 +59,9 @@ var (
 		apply: func(a *applyCtx, _, value []byte) error { return a.keepLease(value) }}
 	leaseRevokeKind = &opKind{name: "leaseRevoke", keyless: true, check: leaseIDValue,
 		apply: func(a *applyCtx, _, value []byte) error { return a.revokeLease(leaseOf(value), 0, false) }}
-	leaseExpireKind = &opKind{name: "leaseExpire", keyless: true, check: checkLeaseExpire,
+	// An expiry is the leader's own verdict (internal: a caller cannot
+	// propose one; Revoke is the caller's way to end a lease).
+	leaseExpireKind = &opKind{name: "leaseExpire", keyless: true, internal: true, check: checkLeaseExpire,
 		apply: func(a *applyCtx, _, value []byte) error {
 			return a.revokeLease(leaseOf(value), binary.BigEndian.Uint64(value[8:]), true)
 		}}

@@ -39,6 +39,10 @@ type opKind struct {
 	apply func(a *applyCtx, key, value []byte) error
 	// holds evaluates a condition.
 	holds func(a *applyCtx, key, value []byte) (bool, error)
+	// internal kinds are proposed by the leader itself (the epoch marker):
+	// a caller's command or transaction holding one is refused, or anyone
+	// could end a leadership's fencing by forging a marker.
+	internal bool
 }
 
 // Operation kinds on the wire. Append only: the numbers are the log format.
@@ -51,9 +55,11 @@ const (
 	opIfCreateIndex uint8 = 6
 	opIfValue       uint8 = 7
 	opElse          uint8 = 8
-	// opIfEpoch is reserved for IfEpoch (the leadership issue); it is not
-	// registered yet, so it is refused everywhere.
+	// opIfEpoch is the condition of IfEpoch (see epoch.go).
 	opIfEpoch uint8 = 9
+	// opEpoch is the marker a new leader commits to establish its
+	// leadership's epoch (see epoch.go). Keyless and internal.
+	opEpoch uint8 = 10
 )
 
 // legacyKinds are the kinds every member knew before kinds were advertised:
@@ -94,6 +100,20 @@ var opKinds = [...]*opKind{
 	opLeaseExpire:    leaseExpireKind,
 	opIfLease:        ifLeaseKind,
 	opSetLease:       setLeaseKind,
+	opIfEpoch: {
+		name:    "ifEpoch",
+		role:    roleCond,
+		keyless: true,
+		check:   indexValue,
+		holds:   holdsEpoch,
+	},
+	opEpoch: {
+		name:     "epoch",
+		keyless:  true,
+		internal: true,
+		check:    noValue("epoch"),
+		apply:    applyEpochMarker,
+	},
 }
 
 // noValue is the check of a kind that takes no value.
@@ -128,6 +148,20 @@ func checkOp(kind uint8, key string, value []byte) error {
 		return err
 	}
 	return k.check(value)
+}
+
+// refuseInternal refuses a caller's command that holds an operation only
+// the leader adds: the meta operation or an internal kind.
+func refuseInternal(ops []cmdOp) error {
+	for _, op := range ops {
+		if op.kind == opMeta {
+			return fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
+		}
+		if k, ok := lookupOp(op.kind); ok && k.internal {
+			return fmt.Errorf("%w: operation %q is the leader's to add", ErrInvalidCommand, k.name)
+		}
+	}
+	return nil
 }
 
 // checkUserOp validates an Op given by a caller.

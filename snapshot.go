@@ -25,7 +25,7 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		// now would claim the ones this store refused.
 		return nil, f.failed
 	}
-	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos}}
+	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch}}
 	err := f.scan(false, func(key string, value []byte) error {
 		e, err := decodeEntry(value)
 		if err != nil {
@@ -62,6 +62,9 @@ func (f *kvStore) Restore(rc io.ReadCloser) error {
 	if err == nil && restored && f.onReset != nil {
 		f.onReset(applied)
 	}
+	if err == nil && restored && f.onEpoch != nil {
+		f.onEpoch()
+	}
 	return err
 }
 
@@ -73,7 +76,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	}
 	ctx := context.Background()
 	var batch datastore.Batch
-	var clock uint64
+	var clock, epoch uint64
 	requests := newRequestTable()
 	leases := newLeaseTable()
 	// bound gathers the pairs' lease bindings: the leases come after the
@@ -93,7 +96,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			if h.Applied != 0 && h.Applied <= f.applied {
 				return errSkipSnapshot
 			}
-			applied, clock = h.Applied, h.Clock
+			applied, clock, epoch = h.Applied, h.Clock, h.Epoch
 			var err error
 			if batch, err = f.ds.Batch(ctx); err != nil {
 				return storage(err)
@@ -154,6 +157,9 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			err = storage(batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, clock)))
 		}
 		if err == nil {
+			err = storage(batch.Put(ctx, f.epochKey, binary.BigEndian.AppendUint64(nil, epoch)))
+		}
+		if err == nil {
 			err = storage(batch.Commit(ctx))
 		}
 	}
@@ -170,7 +176,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			leases.bind(id, k)
 		}
 	}
-	f.applied, f.clockNanos, f.requests, f.leases = applied, clock, requests, leases
+	f.applied, f.clockNanos, f.epoch, f.requests, f.leases = applied, clock, epoch, requests, leases
 	return applied, true, nil
 }
 
@@ -204,7 +210,7 @@ func (f *kvStore) wipeLocked() error {
 	if err := f.scanLeases(func(id LeaseID, _ []byte) error { return batch.Delete(ctx, f.leaseKey(id)) }); err != nil {
 		return err
 	}
-	for _, k := range []datastore.Key{f.appliedKey, f.clockKey} {
+	for _, k := range []datastore.Key{f.appliedKey, f.clockKey, f.epochKey} {
 		if err := batch.Delete(ctx, k); err != nil {
 			return err
 		}
@@ -212,7 +218,7 @@ func (f *kvStore) wipeLocked() error {
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
-	f.applied, f.clockNanos, f.requests, f.leases = 0, 0, newRequestTable(), newLeaseTable()
+	f.applied, f.clockNanos, f.epoch, f.requests, f.leases = 0, 0, 0, newRequestTable(), newLeaseTable()
 	return nil
 }
 
@@ -220,9 +226,9 @@ func (f *kvStore) wipeLocked() error {
 // (before versioned keys) had a header [1, applied, count] and pairs
 // [key, value]; it still restores, its keys getting the snapshot's index as
 // versions (see checkFormat for why that is safe). Version 2 had neither
-// epoch nor lease records; version 3 (the leadership epochs' format) has
-// the epoch in its header but no lease records. Both still restore, with no
-// leases.
+// epoch nor lease records: it restores with epoch 0 (no leadership
+// established, as such a build never wrote epoch markers) and no leases.
+// Version 3 has the epoch but no lease records; it restores with no leases.
 const snapshotVersion = 4
 
 // A snapshot is a CBOR header followed by Count pairs, then Requests
@@ -235,12 +241,8 @@ type snapshotHeader struct {
 	Count    uint64
 	Clock    uint64 // the state machine's clock (unix nanoseconds)
 	Requests uint64 // request records after the pairs
-	// Epoch is the leadership epoch (version 3 on); this build has no
-	// epochs and writes 0. It sits before Leases so that the formats of
-	// the epochs and the leases compose: version 4 is version 3 plus lease
-	// records.
-	Epoch  uint64
-	Leases uint64 // lease records after the request records (version 4)
+	Epoch    uint64 // the index of the last epoch marker applied (version 3 on)
+	Leases   uint64 // lease records after the request records (version 4)
 }
 
 // snapshotPair is one key's entry.

@@ -130,7 +130,7 @@ func TestEncodeTxnRefusals(t *testing.T) {
 		want error
 	}{
 		{"empty", Txn{}, ErrInvalidCommand},
-		{"epoch", Txn{If: []Cond{IfEpoch(3)}, Then: []Op{SetOp("k", nil)}}, ErrInvalidCommand},
+		{"epoch marker", Txn{If: []Cond{{kind: opEpoch}}, Then: []Op{SetOp("k", nil)}}, ErrInvalidCommand},
 		{"empty key in cond", Txn{If: []Cond{IfAbsent("")}}, ErrInvalidKey},
 		{"empty key in op", Txn{Then: []Op{SetOp("", nil)}}, ErrInvalidKey},
 		{"long key", Txn{Else: []Op{DeleteOp(string(make([]byte, MaxKeySize+1)))}}, ErrTooLarge},
@@ -209,7 +209,10 @@ func TestCommandRoundTrip(t *testing.T) {
 		"keyed else":      {{kind: opElse, key: []byte("k")}},
 		"short index":     {{kind: opIfModIndex, key: []byte("k"), value: []byte{1}}},
 		"bad meta":        {{kind: opMeta, value: []byte{1}}, ops[5]},
-		"unknown kind":    {{kind: opIfEpoch, value: indexBytes(1)}},
+		"unknown kind":    {{kind: 99, value: indexBytes(1)}},
+		"keyed epoch":     {{kind: opIfEpoch, key: []byte("k"), value: indexBytes(1)}, ops[5]},
+		"short epoch":     {{kind: opIfEpoch, value: []byte{1}}, ops[5]},
+		"valued marker":   {{kind: opEpoch, value: []byte{1}}},
 	}
 	for name, list := range bad {
 		b := encodeOps(list)
@@ -421,7 +424,7 @@ func TestTxnThroughMembersAndClient(t *testing.T) {
 	}{
 		{"too large", Txn{Then: []Op{SetOp("k", big)}}, ErrTooLarge},
 		{"lease", Txn{Then: []Op{{Key: "k", Value: []byte("v"), Lease: 9}}}, ErrLeaseNotFound},
-		{"epoch", Txn{If: []Cond{IfEpoch(1)}}, ErrInvalidCommand},
+		{"epoch marker", Txn{If: []Cond{{kind: opEpoch}}}, ErrInvalidCommand},
 		{"empty key", Txn{If: []Cond{IfValue("", nil)}}, ErrInvalidKey},
 	}
 	for _, r := range refusals {
