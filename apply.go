@@ -74,12 +74,18 @@ func (a *applyCtx) dataKey(key []byte, dk datastore.Key) datastore.Key {
 // set writes key: a new key is created at this index, an existing one keeps
 // its CreateIndex.
 func (a *applyCtx) set(key, value []byte) error {
+	return a.setWithLease(key, value, 0)
+}
+
+// setWithLease is set binding key to lease (0: none). A key overwritten
+// with another lease, or none, leaves its old lease.
+func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	old, exists, dk, err := a.lookupKey(key)
 	if err != nil {
 		return err
 	}
 	// A copy: the value aliases the log entry, which Raft may reuse.
-	e := Entry{Value: bytes.Clone(value), CreateIndex: a.index, ModIndex: a.index}
+	e := Entry{Value: bytes.Clone(value), CreateIndex: a.index, ModIndex: a.index, Lease: lease}
 	if e.Value == nil {
 		e.Value = []byte{}
 	}
@@ -87,6 +93,12 @@ func (a *applyCtx) set(key, value []byte) error {
 		e.CreateIndex = old.CreateIndex
 	}
 	k := string(key)
+	if exists && old.Lease != 0 && old.Lease != lease {
+		a.f.leases.unbind(old.Lease, k)
+	}
+	if lease != 0 {
+		a.f.leases.bind(lease, k)
+	}
 	a.remember(k, e, true)
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
@@ -101,6 +113,9 @@ func (a *applyCtx) delete(key []byte) error {
 		return err
 	}
 	k := string(key)
+	if old.Lease != 0 {
+		a.f.leases.unbind(old.Lease, k)
+	}
 	a.remember(k, Entry{}, false)
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventDelete, Key: k,
@@ -160,6 +175,12 @@ func (a *applyCtx) exec(ops []cmdOp) (FSMResponse, error) {
 		branch = branch[split+1:]
 	} else {
 		branch = nil
+	}
+	if err := a.checkLeases(branch); err != nil {
+		// Refused whole, before any change: deterministic, so every
+		// replica refuses it alike. The request is not recorded: a retry
+		// is decided again (a lease ID, a log index, is never reused).
+		return FSMResponse{Error: err}, nil
 	}
 	for _, op := range branch {
 		k, _ := lookupOp(op.kind)

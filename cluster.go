@@ -35,6 +35,14 @@ type Cluster interface {
 	// Txn applies a transaction as one log entry, all-or-nothing. Any
 	// member: a follower forwards it to the leader.
 	Txn(t Txn, timeout time.Duration) (TxnResult, error)
+	// Grant creates a lease of ttl and returns its ID. Any member.
+	Grant(ttl time.Duration, timeout time.Duration) (LeaseID, error)
+	// KeepAlive renews a lease for its full TTL (ErrLeaseNotFound once it
+	// expired or was revoked). Any member.
+	KeepAlive(id LeaseID, timeout time.Duration) error
+	// Revoke ends a lease and deletes the keys bound to it
+	// (ErrLeaseNotFound when it does not exist). Any member.
+	Revoke(id LeaseID, timeout time.Duration) error
 	// Apply replicates a command made by EncodeCommand. Leader only.
 	Apply(cmd []byte, timeout time.Duration) (FSMResponse, error)
 	// Barrier waits until the local replica has applied every write the
@@ -61,6 +69,36 @@ type Cluster interface {
 	// in index order, without gaps or repeats, until ctx ends. ErrCompacted:
 	// after is older than the history this member keeps (see watch.go).
 	Watch(ctx context.Context, prefix string, after uint64) (<-chan Event, error)
+	// WatchLeader delivers this member's view of leadership: the current
+	// state first, then each change, the latest state winning over one a
+	// slow reader has not taken yet. It never blocks Raft. The channel
+	// closes when ctx ends or the cluster closes.
+	WatchLeader(ctx context.Context) <-chan LeaderEvent
+	// RunAsLeader runs fn each time this member becomes leader, and returns
+	// when ctx ends (ctx.Err()) or the cluster closes (ErrShutdown).
+	//
+	// Before fn runs, the new leader commits an epoch marker: epoch is its
+	// log index, greater than every earlier leadership's. fn's ctx is
+	// cancelled the moment this member sees its leadership end. An isolated
+	// leader can still believe it leads for up to a leader lease after the
+	// others elected a successor, so fn fences its writes with IfEpoch(epoch):
+	// they are refused (TxnResult.OK false) once a newer leadership's marker
+	// is applied.
+	//
+	// fn runs once per leadership: when it returns nil, RunAsLeader waits
+	// for this member's next leadership. When it returns an error while this
+	// member still leads, RunAsLeader returns that error (errors.Is holds):
+	// as with a campaign whose work failed, the caller decides whether to
+	// call RunAsLeader again, hand leadership on with TransferLeadership, or
+	// stop (leadership does not move by itself, so until then the job runs
+	// nowhere). An error returned after leadership was lost (fn's ctx
+	// cancelled, ErrNotLeader, ErrNoLeader, ErrLeadershipLost) is the
+	// normal end of that leadership: RunAsLeader waits for the next one.
+	//
+	// While this member leads but a voter does not know epoch markers (a
+	// rolling upgrade in progress), RunAsLeader returns an error wrapping
+	// ErrInvalidCommand rather than run fn unfenced.
+	RunAsLeader(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A
 	// leader first hands leadership to the most up-to-date voter (waiting at
@@ -126,6 +164,9 @@ type cluster struct {
 
 	// upgrade caches which operation kinds every voter knows (upgrade.go).
 	upgrade upgradeState
+	// leaderMon follows this member's leadership and its epochs
+	// (leadership.go).
+	leaderMon *leaderMonitor
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed
@@ -205,6 +246,9 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)
+	// Before Raft starts applying: the state machine rings the monitor.
+	c.leaderMon = newLeaderMonitor(c)
+	c.fsm.onEpoch = c.leaderMon.ring
 	hasState, r, layer, err := c.start()
 	if err != nil {
 		c.svc.close()
@@ -227,6 +271,13 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	}()
 
 	c.peers.start(ctx)
+	c.wg.Add(1)
+	go c.leaseLoop()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.leaderMon.run()
+	}()
 	switch {
 	case hasState:
 		logger.Debug("resuming from existing raft state")

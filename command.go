@@ -13,8 +13,9 @@ import (
 )
 
 // Op is one change in a command: a Set of Key to Value, or a Delete of Key.
-// Lease binds a set key to a lease (0: none); leases do not exist yet, so a
-// non-zero Lease is refused with ErrLeaseNotFound.
+// Lease binds a set key to a lease (0: none): the key is deleted when the
+// lease expires or is revoked. A write that binds a key to a lease that does
+// not exist fails whole with ErrLeaseNotFound (see the README, "Leases").
 type Op struct {
 	Delete bool
 	Key    string
@@ -56,7 +57,7 @@ func appendCommand(ops []Op) []byte {
 	b := make([]byte, 0, size)
 	b = appendCommandHead(b, len(ops))
 	for _, op := range ops {
-		b = appendOp(b, opKindOf(op), op.Key, op.Value, op.Value == nil)
+		b = appendOp(b, opKindOf(op), op.Key, opValue(op), op.Value == nil && op.Lease == 0)
 	}
 	return b
 }

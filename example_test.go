@@ -125,3 +125,59 @@ func ExampleCluster_txn() {
 	// me true true
 	// renewed: true stale renewal: false
 }
+
+// A cron leader: RunAsLeader runs the job on whichever member leads, and
+// each slot is claimed with a transaction fenced by the leadership's epoch,
+// so a deposed leader that still believes it leads can neither run a slot
+// twice nor write after its successor began.
+func ExampleCluster_RunAsLeader() {
+	_, cl, stop := startAlone("/raft/example-cron")
+	defer stop()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	job := func(ctx context.Context, epoch uint64) error {
+		// A real job waits for each slot's time and stops when ctx ends
+		// (this member lost leadership); here it claims three slots, one
+		// of them twice, and stops the example.
+		for _, slot := range []string{"cron/0900", "cron/0901", "cron/0900", "cron/0902"} {
+			res, err := cl.Txn(raft.Txn{
+				If:   []raft.Cond{raft.IfEpoch(epoch), raft.IfAbsent(slot)},
+				Then: []raft.Op{raft.SetOp(slot, []byte("done"))},
+			}, 5*time.Second)
+			if err != nil {
+				return err // RunAsLeader returns it, unless leadership was lost meanwhile
+			}
+			// Not OK: the slot is taken, or this leadership is over (a
+			// newer epoch began) and the job must not act on it.
+			fmt.Println(slot, "claimed:", res.OK)
+		}
+		cancel()
+		return ctx.Err()
+	}
+	err := cl.RunAsLeader(ctx, job)
+	fmt.Println(err)
+	// Output:
+	// cron/0900 claimed: true
+	// cron/0901 claimed: true
+	// cron/0900 claimed: false
+	// cron/0902 claimed: true
+	// context canceled
+}
+
+// WatchLeader follows leadership without ever blocking Raft: a slow reader
+// gets the newest state.
+func ExampleCluster_WatchLeader() {
+	_, cl, stop := startAlone("/raft/example-watch")
+	defer stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for ev := range cl.WatchLeader(ctx) {
+		if ev.Self { // this member leads, and its epoch is established
+			fmt.Println("leading, epoch > 0:", ev.Epoch > 0)
+			break
+		}
+	}
+	// Output: leading, epoch > 0: true
+}

@@ -45,6 +45,7 @@ type kvStore struct {
 	appliedKey datastore.Key
 	clockKey   datastore.Key
 	formatKey  datastore.Key
+	epochKey   datastore.Key
 
 	mu      sync.Mutex // guards applied and failed against Restore racing reads
 	applied uint64
@@ -52,8 +53,17 @@ type kvStore struct {
 	// applied (unix nanoseconds), persisted with each batch. It never comes
 	// from this replica's own clock, so every replica has the same.
 	clockNanos uint64
+	// epoch is the index of the last epoch marker applied: the leadership
+	// that IfEpoch checks against (see epoch.go). Persisted with each
+	// batch, like the clock.
+	epoch uint64
+	// onEpoch, when set, is told (without locks held; it must not block)
+	// that epoch changed, so leadership watchers need not poll for it.
+	onEpoch func()
 	// requests remembers recent Client writes (see requests.go).
 	requests *requestTable
+	// leases is the lease table (see lease_table.go).
+	leases *leaseTable
 	// failed is set once a committed entry could not be applied (a storage
 	// error, or an operation this build does not know). Skipping the entry
 	// would make this replica diverge for good, so from then on the store
@@ -88,7 +98,9 @@ func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
 		appliedKey: datastore.RawKey(prefix + "/" + appliedSegment),
 		clockKey:   datastore.RawKey(prefix + "/" + clockSegment),
 		formatKey:  datastore.RawKey(prefix + "/" + formatSegment),
+		epochKey:   datastore.RawKey(prefix + "/" + epochSegment),
 		requests:   newRequestTable(),
+		leases:     newLeaseTable(),
 	}
 	var err error
 	if f.applied, err = f.readIndexRecord(f.appliedKey, "applied index"); err != nil {
@@ -97,10 +109,16 @@ func newKVStore(ds datastore.Batching, prefix string) (*kvStore, error) {
 	if f.clockNanos, err = f.readIndexRecord(f.clockKey, "clock"); err != nil {
 		return nil, err
 	}
+	if f.epoch, err = f.readIndexRecord(f.epochKey, "epoch"); err != nil {
+		return nil, err
+	}
 	if err := f.checkFormat(); err != nil {
 		return nil, err
 	}
 	if err := f.loadRequests(); err != nil {
+		return nil, err
+	}
+	if err := f.loadLeases(); err != nil {
 		return nil, err
 	}
 	return f, nil
@@ -216,6 +234,7 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	out := make([]interface{}, len(logs))
 	f.mu.Lock()
+	epoch := f.epoch
 	events, err := f.applyLocked(logs, out)
 	if err != nil {
 		f.stopLocked(err)
@@ -227,7 +246,14 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 		events = nil
 	}
 	onChange := f.onChange
+	onEpoch := f.onEpoch
+	if f.failed != nil || f.epoch == epoch {
+		onEpoch = nil
+	}
 	f.mu.Unlock()
+	if onEpoch != nil {
+		onEpoch()
+	}
 	// After the commit and outside the lock: the events are durable, and
 	// readers are not held while the consumer takes them.
 	if onChange != nil && len(events) > 0 {
@@ -249,7 +275,7 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
 	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs)}
-	last, clock := f.applied, f.clockNanos
+	last, clock, epoch := f.applied, f.clockNanos, f.epoch
 	for i, l := range logs {
 		out[i] = FSMResponse{}
 		if l.Index <= f.applied {
@@ -282,8 +308,14 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 	if err == nil && f.clockNanos != clock {
 		err = batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, f.clockNanos))
 	}
+	if err == nil && f.epoch != epoch {
+		err = batch.Put(ctx, f.epochKey, binary.BigEndian.AppendUint64(nil, f.epoch))
+	}
 	if err == nil {
 		err = f.flushRequests(ctx, batch)
+	}
+	if err == nil {
+		err = f.flushLeases(ctx, batch)
 	}
 	if err == nil {
 		err = batch.Commit(ctx)

@@ -621,20 +621,20 @@ func TestFaultApplyBatchStorageErrorStopsStore(t *testing.T) {
 }
 
 // ftUnknownOpCommand is the canonical CBOR of a command with one operation
-// of kind 9, which this build does not know.
+// of kind 99, which this build does not know.
 func ftUnknownOpCommand(t *testing.T, key string, value []byte) []byte {
 	t.Helper()
 	b := appendHead(nil, 4, 2)               // [version, ops]
 	b = appendHead(b, 0, commandVersion)     // version
 	b = appendHead(b, 4, 1)                  // one op
 	b = appendHead(b, 4, 3)                  // [kind, key, value]
-	b = appendHead(b, 0, 9)                  // kind 9
+	b = appendHead(b, 0, 99)                 // kind 99
 	b = appendHead(b, 3, uint64(len(key)))   // key
 	b = append(b, key...)                    //
 	b = appendHead(b, 2, uint64(len(value))) // value
 	b = append(b, value...)
 	// It is what the reflective encoder writes: canonical, valid CBOR.
-	want, err := cborEnc.Marshal(&command{Version: commandVersion, Ops: []commandOp{{Kind: 9, Key: key, Value: value}}})
+	want, err := cborEnc.Marshal(&command{Version: commandVersion, Ops: []commandOp{{Kind: 99, Key: key, Value: value}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -642,7 +642,7 @@ func ftUnknownOpCommand(t *testing.T, key string, value []byte) []byte {
 		t.Fatalf("hand-made command %x, encoder writes %x", b, want)
 	}
 	if err := validateCommand(b); !errors.Is(err, ErrInvalidCommand) {
-		t.Fatalf("validateCommand of kind 9: %v, want ErrInvalidCommand", err)
+		t.Fatalf("validateCommand of kind 99: %v, want ErrInvalidCommand", err)
 	}
 	return b
 }
@@ -662,8 +662,8 @@ func TestFaultUnknownOperationKindStopsStore(t *testing.T) {
 			ftLog(t, 4, SetOp("y", []byte("vy"))),
 		}
 		err := ftApplyFails(t, f.kv, batch)
-		if !errors.Is(err, ErrInvalidCommand) || !strings.Contains(err.Error(), "operation kind 9") || !strings.Contains(err.Error(), "log entry 3") {
-			t.Fatalf("failure %q: want ErrInvalidCommand naming kind 9 and entry 3", err)
+		if !errors.Is(err, ErrInvalidCommand) || !strings.Contains(err.Error(), "operation kind 99") || !strings.Contains(err.Error(), "log entry 3") {
+			t.Fatalf("failure %q: want ErrInvalidCommand naming kind 99 and entry 3", err)
 		}
 		if got := f.kv.appliedIndex(); got != 1 {
 			t.Fatalf("applied index %d, want 1", got)

@@ -27,7 +27,7 @@ func (c *cluster) applyOps(timeout time.Duration, ops ...Op) error {
 		if err := checkUserOp(op); err != nil {
 			return err
 		}
-		list[i] = cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}
+		list[i] = userOp(op)
 	}
 	_, err := c.propose(list, nil, timeout)
 	return err
@@ -71,7 +71,7 @@ func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) 
 	var cmd []byte
 	if meta {
 		withMeta := make([]cmdOp, 0, len(ops)+1)
-		withMeta = append(withMeta, cmdOp{kind: opMeta, value: metaValue(time.Now().UnixNano(), id)})
+		withMeta = append(withMeta, cmdOp{kind: opMeta, value: metaValue(c.now().UnixNano(), id)})
 		cmd = encodeOps(append(withMeta, ops...))
 	}
 	if cmd == nil || len(cmd) > MaxCommandSize {
@@ -131,8 +131,8 @@ func (c *cluster) Apply(cmd []byte, timeout time.Duration) (FSMResponse, error) 
 	if err != nil {
 		return FSMResponse{}, err
 	}
-	if ops[0].kind == opMeta {
-		return FSMResponse{}, fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
+	if err := refuseInternal(ops); err != nil {
+		return FSMResponse{}, err
 	}
 	resp, err := c.proposeRaw(ops, nil, timeout)
 	if err == nil && resp.Error == nil {

@@ -24,7 +24,28 @@ const (
 	MaxTimeout = 60 * time.Second
 	// MaxBarrier is the longest read barrier a Client.Get takes.
 	MaxBarrier = 30 * time.Second
+	// MaxLeases bounds the leases that exist at once: every member keeps
+	// the table in memory and the leader times each lease. A Grant past it
+	// fails with ErrTooLarge.
+	MaxLeases = 10000
+	// MaxLeaseKeys bounds the keys bound to one lease: its expiry or Revoke
+	// deletes them all in one log entry. A write binding one more fails with
+	// ErrTooLarge.
+	MaxLeaseKeys = 10000
+	// MinLeaseTTL is the shortest lease TTL: a lease must outlive the
+	// round trip of its KeepAlive through the leader with room to spare.
+	MinLeaseTTL = time.Second
+	// MaxLeaseTTL is the longest lease TTL.
+	MaxLeaseTTL = 24 * time.Hour
 )
+
+// validateLeaseTTL checks a lease's TTL.
+func validateLeaseTTL(ttl time.Duration) error {
+	if ttl < MinLeaseTTL || ttl > MaxLeaseTTL {
+		return fmt.Errorf("%w: lease TTL %v is outside [%v, %v]", ErrInvalidTimeout, ttl, MinLeaseTTL, MaxLeaseTTL)
+	}
+	return nil
+}
 
 // ValidateNamespace checks that namespace starts with "/raft/", names
 // something after it, and is a clean path: no empty, "." or ".." segment, no

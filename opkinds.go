@@ -3,7 +3,10 @@ package raft
 // The registry of operation kinds: what each kind of operation in a command
 // checks and does, and the order a command's operations must come in.
 
-import "fmt"
+import (
+	"encoding/binary"
+	"fmt"
+)
 
 // opRole is what an operation kind does in a command. A command is, in this
 // order: at most one meta operation (the leader's stamp and the request ID),
@@ -36,6 +39,10 @@ type opKind struct {
 	apply func(a *applyCtx, key, value []byte) error
 	// holds evaluates a condition.
 	holds func(a *applyCtx, key, value []byte) (bool, error)
+	// internal kinds are proposed by the leader itself (the epoch marker):
+	// a caller's command or transaction holding one is refused, or anyone
+	// could end a leadership's fencing by forging a marker.
+	internal bool
 }
 
 // Operation kinds on the wire. Append only: the numbers are the log format.
@@ -48,9 +55,11 @@ const (
 	opIfCreateIndex uint8 = 6
 	opIfValue       uint8 = 7
 	opElse          uint8 = 8
-	// opIfEpoch is reserved for IfEpoch (the leadership issue); it is not
-	// registered yet, so it is refused everywhere.
+	// opIfEpoch is the condition of IfEpoch (see epoch.go).
 	opIfEpoch uint8 = 9
+	// opEpoch is the marker a new leader commits to establish its
+	// leadership's epoch (see epoch.go). Keyless and internal.
+	opEpoch uint8 = 10
 )
 
 // legacyKinds are the kinds every member knew before kinds were advertised:
@@ -84,6 +93,26 @@ var opKinds = [...]*opKind{
 		role:    roleElse,
 		keyless: true,
 		check:   noValue("else"),
+	},
+	opLeaseGrant:     leaseGrantKind,
+	opLeaseKeepAlive: leaseKeepAliveKind,
+	opLeaseRevoke:    leaseRevokeKind,
+	opLeaseExpire:    leaseExpireKind,
+	opIfLease:        ifLeaseKind,
+	opSetLease:       setLeaseKind,
+	opIfEpoch: {
+		name:    "ifEpoch",
+		role:    roleCond,
+		keyless: true,
+		check:   indexValue,
+		holds:   holdsEpoch,
+	},
+	opEpoch: {
+		name:     "epoch",
+		keyless:  true,
+		internal: true,
+		check:    noValue("epoch"),
+		apply:    applyEpochMarker,
 	},
 }
 
@@ -121,12 +150,26 @@ func checkOp(kind uint8, key string, value []byte) error {
 	return k.check(value)
 }
 
+// refuseInternal refuses a caller's command that holds an operation only
+// the leader adds: the meta operation or an internal kind.
+func refuseInternal(ops []cmdOp) error {
+	for _, op := range ops {
+		if op.kind == opMeta {
+			return fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
+		}
+		if k, ok := lookupOp(op.kind); ok && k.internal {
+			return fmt.Errorf("%w: operation %q is the leader's to add", ErrInvalidCommand, k.name)
+		}
+	}
+	return nil
+}
+
 // checkUserOp validates an Op given by a caller.
 func checkUserOp(op Op) error {
-	if op.Lease != 0 {
-		return fmt.Errorf("%w: lease %d (leases are not supported yet)", ErrLeaseNotFound, op.Lease)
+	if op.Lease != 0 && op.Delete {
+		return fmt.Errorf("%w: a delete with a lease", ErrInvalidCommand)
 	}
-	return checkOp(opKindOf(op), op.Key, op.Value)
+	return checkOp(opKindOf(op), op.Key, opValue(op))
 }
 
 // shape checks the order of a command's operations (see opRole).
@@ -169,8 +212,25 @@ func (s *shape) done() error {
 
 // opKindOf is the wire kind of an Op.
 func opKindOf(op Op) uint8 {
-	if op.Delete {
+	switch {
+	case op.Delete:
 		return opDelete
+	case op.Lease != 0:
+		return opSetLease
 	}
 	return opSet
+}
+
+// opValue is the wire value of an Op: a set bound to a lease carries the
+// lease ID before the value.
+func opValue(op Op) []byte {
+	if op.Lease == 0 || op.Delete {
+		return op.Value
+	}
+	return append(binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(op.Value)), uint64(op.Lease)), op.Value...)
+}
+
+// userOp is an Op (checked by checkUserOp) as a command's operation.
+func userOp(op Op) cmdOp {
+	return cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: opValue(op)}
 }

@@ -166,6 +166,9 @@ type config struct {
 	// member advertises, to play a member of an older build.
 	kinds        []uint8
 	watchHistory historyLimits // WithWatchHistory (watch.go); zero: the defaults
+	// clock, when set (tests only), replaces the wall clock the leader
+	// stamps commands with (see withClock).
+	clock func() time.Time
 }
 
 func defaultConfig() *config {

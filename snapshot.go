@@ -2,6 +2,7 @@ package raft
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -24,7 +25,7 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		// now would claim the ones this store refused.
 		return nil, f.failed
 	}
-	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos}}
+	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch}}
 	err := f.scan(false, func(key string, value []byte) error {
 		e, err := decodeEntry(value)
 		if err != nil {
@@ -40,6 +41,10 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		snap.Requests = append(snap.Requests, snapshotRequest{Client: id[:], Record: encodeClientRecord(c)})
 	}
 	slices.SortFunc(snap.Requests, func(a, b snapshotRequest) int { return bytes.Compare(a.Client, b.Client) })
+	for id, l := range f.leases.leases {
+		snap.Leases = append(snap.Leases, snapshotLease{ID: uint64(id), Record: encodeLeaseRecord(l)})
+	}
+	slices.SortFunc(snap.Leases, func(a, b snapshotLease) int { return cmp.Compare(a.ID, b.ID) })
 	// Key order, whatever order the datastore returns: the same data always
 	// gives the same snapshot, and a backup reads in key order.
 	slices.SortFunc(snap.Pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
@@ -57,6 +62,9 @@ func (f *kvStore) Restore(rc io.ReadCloser) error {
 	if err == nil && restored && f.onReset != nil {
 		f.onReset(applied)
 	}
+	if err == nil && restored && f.onEpoch != nil {
+		f.onEpoch()
+	}
 	return err
 }
 
@@ -68,8 +76,12 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	}
 	ctx := context.Background()
 	var batch datastore.Batch
-	var clock uint64
+	var clock, epoch uint64
 	requests := newRequestTable()
+	leases := newLeaseTable()
+	// bound gathers the pairs' lease bindings: the leases come after the
+	// pairs in the stream.
+	bound := map[LeaseID][]string{}
 	// A storage error stops the store; a snapshot that does not decode
 	// leaves it as it was (nothing is written before the final commit).
 	var storageErr error
@@ -84,7 +96,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			if h.Applied != 0 && h.Applied <= f.applied {
 				return errSkipSnapshot
 			}
-			applied, clock = h.Applied, h.Clock
+			applied, clock, epoch = h.Applied, h.Clock, h.Epoch
 			var err error
 			if batch, err = f.ds.Batch(ctx); err != nil {
 				return storage(err)
@@ -96,11 +108,19 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			})); err != nil {
 				return err
 			}
-			return storage(f.scanRequests(func(id [clientIDSize]byte, _ []byte) error {
+			if err := storage(f.scanRequests(func(id [clientIDSize]byte, _ []byte) error {
 				return batch.Delete(ctx, f.requestKey(id))
+			})); err != nil {
+				return err
+			}
+			return storage(f.scanLeases(func(id LeaseID, _ []byte) error {
+				return batch.Delete(ctx, f.leaseKey(id))
 			}))
 		},
 		pair: func(p snapshotPair) error {
+			if p.Lease != 0 {
+				bound[LeaseID(p.Lease)] = append(bound[LeaseID(p.Lease)], p.Key)
+			}
 			return storage(batch.Put(ctx, f.dataKey(p.Key), encodeEntry(p.entry())))
 		},
 		request: func(r snapshotRequest) error {
@@ -114,6 +134,17 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 			requests.clients[id] = c
 			return storage(batch.Put(ctx, f.requestKey(id), encodeClientRecord(c)))
 		},
+		lease: func(r snapshotLease) error {
+			l, err := r.decode()
+			if err != nil {
+				return err
+			}
+			if _, dup := leases.leases[LeaseID(r.ID)]; dup || len(leases.leases) >= MaxLeases {
+				return fmt.Errorf("raft: snapshot lease %d repeated or over %d leases", r.ID, MaxLeases)
+			}
+			leases.leases[LeaseID(r.ID)] = l
+			return storage(batch.Put(ctx, f.leaseKey(LeaseID(r.ID)), encodeLeaseRecord(l)))
+		},
 	})
 	if errors.Is(err, errSkipSnapshot) {
 		return 0, false, nil
@@ -124,6 +155,9 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 		err = storage(batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, applied)))
 		if err == nil {
 			err = storage(batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, clock)))
+		}
+		if err == nil {
+			err = storage(batch.Put(ctx, f.epochKey, binary.BigEndian.AppendUint64(nil, epoch)))
 		}
 		if err == nil {
 			err = storage(batch.Commit(ctx))
@@ -137,7 +171,12 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	if err != nil {
 		return 0, false, fmt.Errorf("raft: restore snapshot: %w", err)
 	}
-	f.applied, f.clockNanos, f.requests = applied, clock, requests
+	for id, keys := range bound {
+		for _, k := range keys {
+			leases.bind(id, k)
+		}
+	}
+	f.applied, f.clockNanos, f.epoch, f.requests, f.leases = applied, clock, epoch, requests, leases
 	return applied, true, nil
 }
 
@@ -168,7 +207,10 @@ func (f *kvStore) wipeLocked() error {
 	if err := f.scanRequests(func(id [clientIDSize]byte, _ []byte) error { return batch.Delete(ctx, f.requestKey(id)) }); err != nil {
 		return err
 	}
-	for _, k := range []datastore.Key{f.appliedKey, f.clockKey} {
+	if err := f.scanLeases(func(id LeaseID, _ []byte) error { return batch.Delete(ctx, f.leaseKey(id)) }); err != nil {
+		return err
+	}
+	for _, k := range []datastore.Key{f.appliedKey, f.clockKey, f.epochKey} {
 		if err := batch.Delete(ctx, k); err != nil {
 			return err
 		}
@@ -176,15 +218,18 @@ func (f *kvStore) wipeLocked() error {
 	if err := batch.Commit(ctx); err != nil {
 		return err
 	}
-	f.applied, f.clockNanos, f.requests = 0, 0, newRequestTable()
+	f.applied, f.clockNanos, f.epoch, f.requests, f.leases = 0, 0, 0, newRequestTable(), newLeaseTable()
 	return nil
 }
 
 // snapshotVersion is the format snapshots are written in. Version 1
 // (before versioned keys) had a header [1, applied, count] and pairs
 // [key, value]; it still restores, its keys getting the snapshot's index as
-// versions (see checkFormat for why that is safe).
-const snapshotVersion = 2
+// versions (see checkFormat for why that is safe). Version 2 had neither
+// epoch nor lease records: it restores with epoch 0 (no leadership
+// established, as such a build never wrote epoch markers) and no leases.
+// Version 3 has the epoch but no lease records; it restores with no leases.
+const snapshotVersion = 4
 
 // A snapshot is a CBOR header followed by Count pairs, then Requests
 // request records, streamed so that a restore never holds two copies of
@@ -196,6 +241,8 @@ type snapshotHeader struct {
 	Count    uint64
 	Clock    uint64 // the state machine's clock (unix nanoseconds)
 	Requests uint64 // request records after the pairs
+	Epoch    uint64 // the index of the last epoch marker applied (version 3 on)
+	Leases   uint64 // lease records after the request records (version 4)
 }
 
 // snapshotPair is one key's entry.
@@ -240,10 +287,26 @@ func (r snapshotRequest) decode() ([clientIDSize]byte, *clientRecord, error) {
 	return id, c, err
 }
 
+// snapshotLease is one lease: its ID and its stored record (the keys bound
+// to it are the pairs whose Lease names it).
+type snapshotLease struct {
+	_      struct{} `cbor:",toarray"`
+	ID     uint64
+	Record []byte
+}
+
+func (r snapshotLease) decode() (*leaseState, error) {
+	if r.ID == 0 {
+		return nil, errors.New("raft: snapshot lease with ID 0")
+	}
+	return decodeLeaseRecord(r.Record)
+}
+
 type kvSnapshot struct {
 	Header   snapshotHeader
 	Pairs    []snapshotPair
 	Requests []snapshotRequest
+	Leases   []snapshotLease
 }
 
 // Persist writes the snapshot to the sink.
@@ -262,6 +325,7 @@ func (s *kvSnapshot) writeTo(w io.Writer) error {
 	h := s.Header
 	h.Count = uint64(len(s.Pairs))
 	h.Requests = uint64(len(s.Requests))
+	h.Leases = uint64(len(s.Leases))
 	if err := enc.Encode(&h); err != nil {
 		return err
 	}
@@ -275,19 +339,25 @@ func (s *kvSnapshot) writeTo(w io.Writer) error {
 			return err
 		}
 	}
+	for i := range s.Leases {
+		if err := enc.Encode(&s.Leases[i]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // snapshotReader takes what readSnapshot reads. header may stop the read by
-// returning errSkipSnapshot; request may be nil (the records are then read
-// and dropped).
+// returning errSkipSnapshot; request and lease may be nil (the records are
+// then read and dropped).
 type snapshotReader struct {
 	header  func(snapshotHeader) error
 	pair    func(snapshotPair) error
 	request func(snapshotRequest) error
+	lease   func(snapshotLease) error
 }
 
-// readSnapshot reads the snapshot format, of version 1 or 2.
+// readSnapshot reads the snapshot format, of version 1 to 4.
 func readSnapshot(r io.Reader, rd snapshotReader) error {
 	dec := cborDec.NewDecoder(r)
 	// Both versions' headers are arrays of unsigned integers, of different
@@ -302,6 +372,10 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 		h = snapshotHeader{Version: 1, Applied: raw[1], Count: raw[2]}
 	case len(raw) == 5 && raw[0] == 2:
 		h = snapshotHeader{Version: 2, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4]}
+	case len(raw) == 6 && raw[0] == 3:
+		h = snapshotHeader{Version: 3, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Epoch: raw[5]}
+	case len(raw) == 7 && raw[0] == 4:
+		h = snapshotHeader{Version: 4, Applied: raw[1], Count: raw[2], Clock: raw[3], Requests: raw[4], Epoch: raw[5], Leases: raw[6]}
 	case len(raw) > 0:
 		return fmt.Errorf("raft: snapshot version %d not supported", raw[0])
 	default:
@@ -336,6 +410,17 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 		}
 		if rd.request != nil {
 			if err := rd.request(q); err != nil {
+				return err
+			}
+		}
+	}
+	for i := uint64(0); i < h.Leases; i++ {
+		var q snapshotLease
+		if err := dec.Decode(&q); err != nil {
+			return fmt.Errorf("raft: snapshot lease record %d: %w", i, err)
+		}
+		if rd.lease != nil {
+			if err := rd.lease(q); err != nil {
 				return err
 			}
 		}

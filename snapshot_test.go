@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
@@ -174,9 +176,17 @@ func FuzzReadSnapshot(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(buf.Bytes())
+	buf.Reset()
+	snap.Leases = []snapshotLease{{ID: 2, Record: encodeLeaseRecord(&leaseState{ttl: time.Minute, touch: 2})}}
+	snap.Pairs[0].Lease = 2
+	if err := snap.writeTo(&buf); err != nil {
+		f.Fatal(err)
+	}
+	f.Add(buf.Bytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Whatever it reads is a valid key, and a store restores it or
 		// refuses it whole.
+		leases := map[uint64]bool{}
 		err := readSnapshot(bytes.NewReader(b), snapshotReader{
 			header: func(snapshotHeader) error { return nil },
 			pair: func(p snapshotPair) error {
@@ -186,6 +196,16 @@ func FuzzReadSnapshot(f *testing.F) {
 				return nil
 			},
 			request: func(r snapshotRequest) error { _, _, err := r.decode(); return err },
+			lease: func(r snapshotLease) error {
+				if _, err := r.decode(); err != nil {
+					return err
+				}
+				if _, dup := leases[r.ID]; dup {
+					return errors.New("repeated lease")
+				}
+				leases[r.ID] = true
+				return nil
+			},
 		})
 		st, _ := newTestStore(t)
 		if rerr := st.Restore(nopCloser{bytes.NewBuffer(b)}); (rerr == nil) != (err == nil) && !strings.Contains(fmt.Sprint(rerr), "request records") {

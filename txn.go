@@ -45,8 +45,11 @@ func IfValue(key string, value []byte) Cond {
 	return Cond{kind: opIfValue, key: key, value: v}
 }
 
-// IfEpoch holds while the leadership of epoch still stands. Leadership
-// epochs do not exist yet: a Txn with it fails with ErrInvalidCommand.
+// IfEpoch holds while the leadership of epoch still stands: when the Txn is
+// applied, the last leadership established in the log is the one of epoch
+// (see RunAsLeader and LeaderEvent). A deposed leader's job conditioning
+// its writes on its epoch is refused (TxnResult.OK false) as soon as the
+// next leader's epoch marker is applied, whatever that job still believes.
 func IfEpoch(epoch uint64) Cond { return Cond{kind: opIfEpoch, value: indexBytes(epoch)} }
 
 // Txn is a transaction: when every condition of If holds, the operations of
@@ -123,11 +126,11 @@ func txnOps(t Txn) ([]cmdOp, error) {
 	}
 	ops := make([]cmdOp, 0, len(t.If)+len(t.Then)+len(t.Else)+1)
 	for _, c := range t.If {
-		if c.kind == opIfEpoch {
-			return nil, fmt.Errorf("%w: IfEpoch: leadership epochs are not supported yet", ErrInvalidCommand)
-		}
 		if err := checkOp(c.kind, c.key, c.value); err != nil {
 			return nil, err
+		}
+		if k, _ := lookupOp(c.kind); k.role != roleCond || k.internal {
+			return nil, fmt.Errorf("%w: operation %q is not a condition", ErrInvalidCommand, k.name)
 		}
 		ops = append(ops, cmdOp{kind: c.kind, key: []byte(c.key), value: c.value})
 	}
@@ -136,7 +139,7 @@ func txnOps(t Txn) ([]cmdOp, error) {
 			if err := checkUserOp(op); err != nil {
 				return err
 			}
-			ops = append(ops, cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: op.Value})
+			ops = append(ops, userOp(op))
 		}
 		return nil
 	}
@@ -224,8 +227,8 @@ func (c *Client) GetEntry(key string, barrier int64, peers ...peer.ID) (Entry, b
 }
 
 // parseTxnCommand validates a transaction received as a command: any
-// registered kinds in a valid order, but no meta operation (only the
-// leader adds one).
+// registered kinds in a valid order, but no meta operation or epoch marker
+// (only the leader adds those).
 func parseTxnCommand(b []byte) ([]cmdOp, error) {
 	if err := checkSize("transaction", len(b), MaxCommandSize-maxMetaSize); err != nil {
 		return nil, err
@@ -234,10 +237,8 @@ func parseTxnCommand(b []byte) ([]cmdOp, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, op := range ops {
-		if op.kind == opMeta {
-			return nil, fmt.Errorf("%w: a meta operation is the leader's to add", ErrInvalidCommand)
-		}
+	if err := refuseInternal(ops); err != nil {
+		return nil, err
 	}
 	return ops, nil
 }

@@ -8,6 +8,7 @@ package raft
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,11 +74,15 @@ const kindsCheckInterval = time.Second
 type upgradeState struct {
 	// compute is held while one write recomputes the finding, so that
 	// concurrent writes wait for it instead of asking the voters again.
-	compute   sync.Mutex
-	mu        sync.Mutex
-	missing   map[uint8][]string // kind -> voters that lack it
-	confIndex uint64
-	checked   time.Time
+	compute sync.Mutex
+	mu      sync.Mutex
+	missing map[uint8][]string // kind -> voters that lack it
+	// confKey names the configuration the finding is for (its voters).
+	// Not the configuration's index: hashicorp's GetConfiguration leaves
+	// Index() at 0, so a voter that joined within kindsCheckInterval would
+	// go unnoticed and could be sent a kind it cannot apply.
+	confKey string
+	checked time.Time
 }
 
 // kindsAllowed checks, on the leader, that every voter knows each kind of
@@ -89,12 +94,13 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 	if err := f.Error(); err != nil {
 		return false, translateRaftError(err)
 	}
-	conf, idx := f.Configuration(), f.Index()
+	conf := f.Configuration()
+	key := votersKey(conf)
 	u := &c.upgrade
 	cached := func() map[uint8][]string {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if u.missing == nil || u.confIndex != idx || time.Since(u.checked) >= kindsCheckInterval {
+		if u.missing == nil || u.confKey != key || time.Since(u.checked) >= kindsCheckInterval {
 			return nil
 		}
 		return u.missing
@@ -105,7 +111,7 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 		if missing = cached(); missing == nil {
 			missing = c.missingKinds(conf)
 			u.mu.Lock()
-			u.missing, u.confIndex, u.checked = missing, idx, time.Now()
+			u.missing, u.confKey, u.checked = missing, key, time.Now()
 			u.mu.Unlock()
 		}
 		u.compute.Unlock()
@@ -118,6 +124,18 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 	}
 	_, noMeta := missing[opMeta]
 	return !noMeta, nil
+}
+
+// votersKey names a configuration's voters, in its order.
+func votersKey(conf hraft.Configuration) string {
+	var b strings.Builder
+	for _, s := range conf.Servers {
+		if s.Suffrage == hraft.Voter {
+			b.WriteString(string(s.ID))
+			b.WriteByte(0)
+		}
+	}
+	return b.String()
 }
 
 // missingKinds lists, for each kind of this build, the voters of conf that
