@@ -312,3 +312,40 @@ func TestWatchLeaderEpochs(t *testing.T) {
 	}
 	waitClosed(t, w, "the watcher of a closed member")
 }
+
+// A member that was down while a new leadership began, and whose log the
+// leader truncated past that leadership's marker, learns the epoch from
+// the snapshot it installs.
+func TestEpochThroughSnapshotInstall(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/epoch-snapshot", snapshotEvery(20))
+	tc.form(20*time.Second, 0, 1, 2)
+	l := tc.leader(10 * time.Second)
+	f := tc.follower(l, 0)
+	tc.stop(f)
+	if err := tc.get(l).TransferLeadership(); err != nil {
+		t.Fatal(err)
+	}
+	var epoch uint64
+	var l2 int
+	tc.waitFor(10*time.Second, "the new leader's epoch", func() bool {
+		l2 = tc.leaderAmong(10*time.Second, others(f, 3)...)
+		ev := <-tc.get(l2).WatchLeader(context.Background())
+		epoch = ev.Epoch
+		return l2 != l && ev.Self
+	})
+	for i := range 60 {
+		tc.set(fmt.Sprintf("k%02d", i), []byte("v"), others(f, 3)...)
+	}
+	tc.waitFor(15*time.Second, "the leader's log to be truncated past the marker", func() bool {
+		first, err := tc.get(l2).(*cluster).logs.FirstIndex()
+		return err == nil && first > epoch
+	})
+	c := tc.mustStart(f)
+	tc.waitFor(15*time.Second, "the restarted member to hold the new epoch", func() bool {
+		return c.(*cluster).fsm.currentEpoch() == epoch
+	})
+	if snapshotCount(t, c) == 0 {
+		t.Fatal("the member caught up without installing a snapshot")
+	}
+}
