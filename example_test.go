@@ -98,6 +98,34 @@ func ExampleNewClient() {
 	// Output: hello true <nil>
 }
 
+// A lock held by whoever created the key first: Txn with IfAbsent takes it,
+// GetEntry shows its versions, and a compare-and-set on ModIndex updates it
+// only if nobody wrote in between. TxnResult.Index is the fencing token.
+func ExampleCluster_txn() {
+	_, cl, stop := startAlone("/raft/example-txn")
+	defer stop()
+
+	take := raft.Txn{If: []raft.Cond{raft.IfAbsent("lock")}, Then: []raft.Op{raft.SetOp("lock", []byte("me"))}}
+	first, _ := cl.Txn(take, 5*time.Second)
+	second, _ := cl.Txn(take, 5*time.Second)
+	fmt.Println("taken:", first.OK, "taken again:", second.OK)
+
+	e, _, _ := cl.GetEntry("lock")
+	fmt.Println(string(e.Value), e.CreateIndex == first.Index, e.ModIndex == first.Index)
+
+	renew := raft.Txn{
+		If:   []raft.Cond{raft.IfModIndex("lock", e.ModIndex), raft.IfCreateIndex("lock", first.Index)},
+		Then: []raft.Op{raft.SetOp("lock", []byte("still me"))},
+	}
+	res, _ := cl.Txn(renew, 5*time.Second)
+	stale, _ := cl.Txn(renew, 5*time.Second) // ModIndex moved on
+	fmt.Println("renewed:", res.OK, "stale renewal:", stale.OK)
+	// Output:
+	// taken: true taken again: false
+	// me true true
+	// renewed: true stale renewal: false
+}
+
 // A cron leader: RunAsLeader runs the job on whichever member leads, and
 // each slot is claimed with a transaction fenced by the leadership's epoch,
 // so a deposed leader that still believes it leads can neither run a slot
