@@ -276,14 +276,63 @@ func TestWatchLeaderEpochs(t *testing.T) {
 		return li, epoch
 	}
 	l, e1 := agreed(-1, 0)
+	// Every member runs a job that holds on until its ctx ends.
+	type run struct {
+		member    int
+		epoch     uint64
+		cancelled time.Time
+	}
+	runs := make(chan run, 16)
+	jobsCtx, stopJobs := context.WithCancel(ctx)
+	jobsDone := make(chan error, 3)
+	for i := range 3 {
+		c := tc.get(i)
+		go func() {
+			jobsDone <- c.RunAsLeader(jobsCtx, func(ctx context.Context, epoch uint64) error {
+				runs <- run{member: i, epoch: epoch}
+				<-ctx.Done()
+				runs <- run{member: i, epoch: epoch, cancelled: time.Now()}
+				return ctx.Err()
+			})
+		}()
+	}
+	if r := <-runs; r.member != l || r.epoch != e1 {
+		t.Fatalf("job started on node %d in epoch %d, want node %d epoch %d", r.member, r.epoch, l, e1)
+	}
 	if err := tc.get(l).TransferLeadership(); err != nil {
 		t.Fatal(err)
 	}
+	transferred := time.Now()
 	l2, e2 := agreed(-1, e1)
 	if l2 == l {
 		t.Fatalf("leadership stayed on node %d", l)
 	}
 	t.Logf("epochs %d (node %d) then %d (node %d)", e1, l, e2, l2)
+	// The old job's ctx ended at once, the new leader's job runs with the
+	// new epoch (in either order: two members' goroutines).
+	var gotCancel, gotStart bool
+	for range 2 {
+		select {
+		case r := <-runs:
+			switch {
+			case r.member == l && r.epoch == e1 && !r.cancelled.IsZero():
+				gotCancel = true
+				t.Logf("the old job's ctx ended %v after the transfer returned (negative: before)", r.cancelled.Sub(transferred).Round(time.Millisecond))
+			case r.member == l2 && r.epoch == e2 && r.cancelled.IsZero():
+				gotStart = true
+			default:
+				t.Fatalf("unexpected job event %+v", r)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("job events: old cancelled %v, new started %v", gotCancel, gotStart)
+		}
+	}
+	stopJobs()
+	for range 3 {
+		if err := <-jobsDone; !errors.Is(err, context.Canceled) {
+			t.Fatalf("RunAsLeader: %v", err)
+		}
+	}
 	// A follower restarted remembers the epoch before it hears from the
 	// leader again.
 	f := tc.follower(l2, 0)
