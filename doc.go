@@ -13,7 +13,8 @@
 // peer tracker), kv.go and readindex.go (the key-value calls and barrier
 // reads), wire.go, caller.go, stream.go and forward.go (the command service
 // and its client side), command.go, fsm.go and snapshot.go (the state
-// machine), store_log.go and store_stable.go (Raft's storage in the
+// machine), leadership.go, leader_run.go and epoch.go (WatchLeader,
+// RunAsLeader and the leadership epochs IfEpoch checks), store_log.go and store_stable.go (Raft's storage in the
 // datastore), transport.go and crypto.go (Raft RPC over libp2p, encryption),
 // limits.go and errors.go (every limit and every sentinel).
 package raft

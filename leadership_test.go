@@ -276,14 +276,63 @@ func TestWatchLeaderEpochs(t *testing.T) {
 		return li, epoch
 	}
 	l, e1 := agreed(-1, 0)
+	// Every member runs a job that holds on until its ctx ends.
+	type run struct {
+		member    int
+		epoch     uint64
+		cancelled time.Time
+	}
+	runs := make(chan run, 16)
+	jobsCtx, stopJobs := context.WithCancel(ctx)
+	jobsDone := make(chan error, 3)
+	for i := range 3 {
+		c := tc.get(i)
+		go func() {
+			jobsDone <- c.RunAsLeader(jobsCtx, func(ctx context.Context, epoch uint64) error {
+				runs <- run{member: i, epoch: epoch}
+				<-ctx.Done()
+				runs <- run{member: i, epoch: epoch, cancelled: time.Now()}
+				return ctx.Err()
+			})
+		}()
+	}
+	if r := <-runs; r.member != l || r.epoch != e1 {
+		t.Fatalf("job started on node %d in epoch %d, want node %d epoch %d", r.member, r.epoch, l, e1)
+	}
 	if err := tc.get(l).TransferLeadership(); err != nil {
 		t.Fatal(err)
 	}
+	transferred := time.Now()
 	l2, e2 := agreed(-1, e1)
 	if l2 == l {
 		t.Fatalf("leadership stayed on node %d", l)
 	}
 	t.Logf("epochs %d (node %d) then %d (node %d)", e1, l, e2, l2)
+	// The old job's ctx ended at once, the new leader's job runs with the
+	// new epoch (in either order: two members' goroutines).
+	var gotCancel, gotStart bool
+	for range 2 {
+		select {
+		case r := <-runs:
+			switch {
+			case r.member == l && r.epoch == e1 && !r.cancelled.IsZero():
+				gotCancel = true
+				t.Logf("the old job's ctx ended %v after the transfer returned (negative: before)", r.cancelled.Sub(transferred).Round(time.Millisecond))
+			case r.member == l2 && r.epoch == e2 && r.cancelled.IsZero():
+				gotStart = true
+			default:
+				t.Fatalf("unexpected job event %+v", r)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("job events: old cancelled %v, new started %v", gotCancel, gotStart)
+		}
+	}
+	stopJobs()
+	for range 3 {
+		if err := <-jobsDone; !errors.Is(err, context.Canceled) {
+			t.Fatalf("RunAsLeader: %v", err)
+		}
+	}
 	// A follower restarted remembers the epoch before it hears from the
 	// leader again.
 	f := tc.follower(l2, 0)
@@ -311,4 +360,41 @@ func TestWatchLeaderEpochs(t *testing.T) {
 		t.Fatal("RunAsLeader did not return after Close")
 	}
 	waitClosed(t, w, "the watcher of a closed member")
+}
+
+// A member that was down while a new leadership began, and whose log the
+// leader truncated past that leadership's marker, learns the epoch from
+// the snapshot it installs.
+func TestEpochThroughSnapshotInstall(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/epoch-snapshot", snapshotEvery(20))
+	tc.form(20*time.Second, 0, 1, 2)
+	l := tc.leader(10 * time.Second)
+	f := tc.follower(l, 0)
+	tc.stop(f)
+	if err := tc.get(l).TransferLeadership(); err != nil {
+		t.Fatal(err)
+	}
+	var epoch uint64
+	var l2 int
+	tc.waitFor(10*time.Second, "the new leader's epoch", func() bool {
+		l2 = tc.leaderAmong(10*time.Second, others(f, 3)...)
+		ev := <-tc.get(l2).WatchLeader(context.Background())
+		epoch = ev.Epoch
+		return l2 != l && ev.Self
+	})
+	for i := range 60 {
+		tc.set(fmt.Sprintf("k%02d", i), []byte("v"), others(f, 3)...)
+	}
+	tc.waitFor(15*time.Second, "the leader's log to be truncated past the marker", func() bool {
+		first, err := tc.get(l2).(*cluster).logs.FirstIndex()
+		return err == nil && first > epoch
+	})
+	c := tc.mustStart(f)
+	tc.waitFor(15*time.Second, "the restarted member to hold the new epoch", func() bool {
+		return c.(*cluster).fsm.currentEpoch() == epoch
+	})
+	if snapshotCount(t, c) == 0 {
+		t.Fatal("the member caught up without installing a snapshot")
+	}
 }
