@@ -288,7 +288,7 @@ func kvWatch(t *testing.T, bin string, args ...string) {
 			lines <- sc.Text()
 		}
 	}()
-	want := []string{`set "greeting" "hello world"`, `delete "greeting"`}
+	want := []string{`set "greeting" "hello world"`, `set "greeting" "hello again"`, `delete "greeting"`}
 	for _, w := range want {
 		select {
 		case line, ok := <-lines:
