@@ -162,8 +162,10 @@ type cluster struct {
 	// cluster (see resetCooldown). Only the membership loop touches it.
 	lastReset time.Time
 
-	// upgrade caches which operation kinds every voter knows (upgrade.go).
-	upgrade upgradeState
+	// upgrade caches which operation kinds every voter knows, and
+	// kindsBook remembers what each voter last advertised (upgrade.go).
+	upgrade   upgradeState
+	kindsBook *kindsBook
 	// leaderMon follows this member's leadership and its epochs
 	// (leadership.go).
 	leaderMon *leaderMonitor
@@ -234,6 +236,12 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel()
 		return nil, err
 	}
+	book, err := openKindsBook(node.Store(), namespace+"/kinds")
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c.kindsBook = book
 	c.caller = newCaller(node.Peer(), Protocol(namespace), codec{key: c.key})
 	c.peers = newPeerTracker(trackerConfig{
 		node:      node,
@@ -243,6 +251,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		caller:    c.caller,
 		status:    c,
 		kinds:     cfg.kinds,
+		onKinds:   c.rememberKinds,
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)

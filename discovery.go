@@ -88,6 +88,9 @@ type trackerConfig struct {
 	caller    caller       // exchanges go out through it
 	status    statusSource // what this member says of itself
 	kinds     []uint8      // advertised operation kinds; nil: knownKinds()
+	// onKinds, when set, is told every advertisement the tracker takes
+	// from a tracked peer (outside the tracker's lock).
+	onKinds func(id peer.ID, kinds []uint8)
 }
 
 // peerTracker finds the namespace's members (discovery, connected peers that

@@ -6,6 +6,8 @@ package raft
 // would stop it) is never committed while members run older builds.
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/ipfs/go-datastore"
+	"github.com/ipfs/go-datastore/query"
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
@@ -49,9 +53,13 @@ func (t *peerTracker) recordKinds(from peer.ID, kinds []uint8) {
 		kinds = kinds[:maxAdvertisedKinds]
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p, ok := t.peers[from]; ok {
+	p, ok := t.peers[from]
+	if ok {
 		p.kinds = slices.Clone(kinds)
+	}
+	t.mu.Unlock()
+	if ok && t.onKinds != nil {
+		t.onKinds(from, kinds)
 	}
 }
 
@@ -168,10 +176,15 @@ func (c *cluster) missingKinds(conf hraft.Configuration) map[uint8][]string {
 	return missing
 }
 
-// voterKinds is what a voter advertised; when nothing is known it asks the
-// voter (one peer exchange) before falling back to legacyKinds.
+// voterKinds is what a voter advertised: what it said lately, else what it
+// said last as this member's kinds book remembers it (a voter that is down,
+// or this member restarted), else it asks the voter (one peer exchange)
+// before falling back to legacyKinds.
 func (c *cluster) voterKinds(id peer.ID) []uint8 {
 	if k, ok := c.peers.kindsOf(id); ok {
+		return k
+	}
+	if k, ok := c.kindsBook.get(id); ok {
 		return k
 	}
 	req := &request{Cmd: cmdExchangePeers, Status: c.status(), Kinds: c.peers.advertised()}
@@ -197,4 +210,100 @@ func shortPeer(id peer.ID) string {
 		return s[len(s)-12:]
 	}
 	return s
+}
+
+// kindsBook remembers the operation kinds each voter of the configuration
+// last advertised, in the node's datastore, so that a voter that is down
+// (for longer than the peer tracker keeps silent peers), or a leader that
+// restarted, does not hold every new kind back until it answers: a voter
+// keeps the kinds it last advertised. (Downgrading a voter while it is down
+// is the one case this trusts wrongly; that replica then stops, loudly, at
+// the first entry it cannot apply.) Only configuration members are written,
+// at most maxKindsBook of them.
+type kindsBook struct {
+	ds     datastore.Batching
+	prefix string // namespace + "/kinds"
+
+	mu    sync.Mutex
+	kinds map[peer.ID][]uint8
+}
+
+// maxKindsBook bounds the kinds book.
+const maxKindsBook = 1024
+
+// openKindsBook reads the book kept under prefix.
+func openKindsBook(ds datastore.Batching, prefix string) (*kindsBook, error) {
+	b := &kindsBook{ds: ds, prefix: prefix, kinds: map[peer.ID][]uint8{}}
+	res, err := ds.Query(context.Background(), query.Query{Prefix: prefix})
+	if err != nil {
+		return nil, fmt.Errorf("raft: reading the kinds book: %w", err)
+	}
+	defer res.Close()
+	for r := range res.Next() {
+		if r.Error != nil {
+			return nil, fmt.Errorf("raft: reading the kinds book: %w", r.Error)
+		}
+		rest, ok := strings.CutPrefix(r.Key, prefix+"/")
+		if !ok || strings.Contains(rest, "/") {
+			continue
+		}
+		id, err := peer.Decode(rest)
+		if err != nil || len(r.Value) == 0 || len(r.Value) > maxAdvertisedKinds || len(b.kinds) >= maxKindsBook {
+			continue
+		}
+		b.kinds[id] = slices.Clone(r.Value)
+	}
+	return b, nil
+}
+
+// get returns the kinds the book holds for id.
+func (b *kindsBook) get(id peer.ID) ([]uint8, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	k, ok := b.kinds[id]
+	return k, ok
+}
+
+// record keeps kinds for id (a configuration member), writing only when
+// they changed. When the book is full, another entry makes room.
+func (b *kindsBook) record(id peer.ID, kinds []uint8) error {
+	if len(kinds) == 0 || len(kinds) > maxAdvertisedKinds {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	old, ok := b.kinds[id]
+	if ok && bytes.Equal(old, kinds) {
+		return nil
+	}
+	ctx := context.Background()
+	if !ok && len(b.kinds) >= maxKindsBook {
+		for victim := range b.kinds {
+			if err := b.ds.Delete(ctx, b.key(victim)); err != nil {
+				return err
+			}
+			delete(b.kinds, victim)
+			break
+		}
+	}
+	if err := b.ds.Put(ctx, b.key(id), slices.Clone(kinds)); err != nil {
+		return err
+	}
+	b.kinds[id] = slices.Clone(kinds)
+	return nil
+}
+
+func (b *kindsBook) key(id peer.ID) datastore.Key {
+	return datastore.RawKey(b.prefix + "/" + id.String())
+}
+
+// rememberKinds books what a configuration member advertised (the tracker
+// calls it for every advertisement it takes).
+func (c *cluster) rememberKinds(id peer.ID, kinds []uint8) {
+	if !c.inConfiguration(id) {
+		return
+	}
+	if err := c.kindsBook.record(id, kinds); err != nil {
+		c.logger.Warn("could not keep a voter's operation kinds", "peer", id, "error", err)
+	}
 }

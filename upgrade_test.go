@@ -1,12 +1,16 @@
 package raft
 
 import (
+	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
+	"github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
 
 	"github.com/tauraft/raft/rafttest"
 )
@@ -185,5 +189,97 @@ func TestKindsFindingFollowsTheVoters(t *testing.T) {
 	abNon := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}, {ID: "b", Suffrage: hraft.Nonvoter}}}
 	if votersKey(a) == votersKey(ab) || votersKey(ab) == votersKey(abNon) || votersKey(a) != votersKey(abNon) {
 		t.Fatalf("keys: %q %q %q", votersKey(a), votersKey(ab), votersKey(abNon))
+	}
+}
+
+// A leader that restarted while a voter is down still knows that voter's
+// operation kinds (the kinds book keeps what it last advertised), so
+// transactions and epochs do not wait for the voter to come back.
+func TestKindsOfADownVoterAreRemembered(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/upgrade-book")
+	tc.form(20*time.Second, 0, 1, 2)
+	l := tc.leader(10 * time.Second)
+	f := tc.follower(l, 0)
+	down := mesh.ID(f)
+	tc.waitFor(10*time.Second, "every member to book the follower's kinds", func() bool {
+		for _, i := range tc.running() {
+			if i == f {
+				continue
+			}
+			if k, ok := tc.get(i).(*cluster).kindsBook.get(down); !ok || !slices.Equal(k, knownKinds()) {
+				return false
+			}
+		}
+		return true
+	})
+	tc.stop(f)
+	tc.stop(l)
+	tc.mustStart(l)
+	// The restarted member must lead: its tracker has never heard from the
+	// voter that is down.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		nl := tc.leaderAmong(15*time.Second, tc.running()...)
+		if nl == l {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d never took leadership back", l)
+		}
+		if err := tc.get(nl).TransferLeadership(); err != nil {
+			t.Logf("transfer: %v", err)
+		}
+	}
+	if _, ok := tc.get(l).(*cluster).peers.kindsOf(down); ok {
+		t.Fatal("the restarted leader's tracker knows the down voter's kinds: the test proves nothing")
+	}
+	res, err := tc.get(l).Txn(Txn{If: []Cond{IfAbsent("k")}, Then: []Op{SetOp("k", []byte("v"))}}, 5*time.Second)
+	if err != nil || !res.OK {
+		t.Fatalf("Txn on a restarted leader with a voter down: %+v, %v", res, err)
+	}
+}
+
+func TestKindsBook(t *testing.T) {
+	ds := dssync.MutexWrap(datastore.NewMapDatastore())
+	b, err := openKindsBook(ds, "/raft/x/kinds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := hoMadeUpPeers(t, maxKindsBook+1)
+	if err := b.record(ids[0], []uint8{1, 2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.record(ids[1], nil); err != nil { // nothing advertised: nothing kept
+		t.Fatal(err)
+	}
+	// Keys of a nested namespace under the same prefix are not entries.
+	if err := ds.Put(context.Background(), datastore.NewKey("/raft/x/kinds/log/1"), []byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := openKindsBook(ds, "/raft/x/kinds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := b2.get(ids[0]); !ok || !slices.Equal(k, []uint8{1, 2, 3}) {
+		t.Fatalf("reopened book: %v %v", k, ok)
+	}
+	if _, ok := b2.get(ids[1]); ok || len(b2.kinds) != 1 {
+		t.Fatalf("reopened book holds %d entries, want 1", len(b2.kinds))
+	}
+	for _, id := range ids[1:] {
+		if err := b2.record(id, []uint8{1, 2}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(b2.kinds) != maxKindsBook {
+		t.Fatalf("book holds %d entries, want at most %d", len(b2.kinds), maxKindsBook)
+	}
+	b3, err := openKindsBook(ds, "/raft/x/kinds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b3.kinds) != maxKindsBook {
+		t.Fatalf("reopened book holds %d entries, want %d", len(b3.kinds), maxKindsBook)
 	}
 }
