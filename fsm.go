@@ -331,18 +331,33 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 // batch.
 func (f *kvStore) flushRequests(ctx context.Context, batch datastore.Batch) error {
 	t := f.requests
-	for id := range t.changed {
+	return flushChanged(ctx, batch, t.changed, f.requestKey, func(id [clientIDSize]byte) ([]byte, bool) {
+		c, ok := t.clients[id]
+		if !ok {
+			return nil, false
+		}
+		return encodeClientRecord(c), true
+	})
+}
+
+// flushChanged adds to a batch the record of every changed item of a table
+// the state machine keeps in memory (the request table, the leases): a put
+// of its encoding while it exists, a delete once it is gone. It empties
+// changed.
+func flushChanged[K comparable](ctx context.Context, batch datastore.Batch, changed map[K]struct{},
+	key func(K) datastore.Key, record func(K) ([]byte, bool)) error {
+	for id := range changed {
 		var err error
-		if c, ok := t.clients[id]; ok {
-			err = batch.Put(ctx, f.requestKey(id), encodeClientRecord(c))
+		if b, ok := record(id); ok {
+			err = batch.Put(ctx, key(id), b)
 		} else {
-			err = batch.Delete(ctx, f.requestKey(id))
+			err = batch.Delete(ctx, key(id))
 		}
 		if err != nil {
 			return err
 		}
 	}
-	clear(t.changed)
+	clear(changed)
 	return nil
 }
 

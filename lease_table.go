@@ -245,19 +245,13 @@ func (f *kvStore) loadLeases() error {
 // batch.
 func (f *kvStore) flushLeases(ctx context.Context, batch datastore.Batch) error {
 	t := f.leases
-	for id := range t.changed {
-		var err error
-		if l, ok := t.leases[id]; ok {
-			err = batch.Put(ctx, f.leaseKey(id), encodeLeaseRecord(l))
-		} else {
-			err = batch.Delete(ctx, f.leaseKey(id))
+	return flushChanged(ctx, batch, t.changed, f.leaseKey, func(id LeaseID) ([]byte, bool) {
+		l, ok := t.leases[id]
+		if !ok {
+			return nil, false
 		}
-		if err != nil {
-			return err
-		}
-	}
-	clear(t.changed)
-	return nil
+		return encodeLeaseRecord(l), true
+	})
 }
 
 // leaseInfo is what the leader's expiry loop needs of a lease.
