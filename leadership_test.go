@@ -371,17 +371,22 @@ func TestEpochThroughSnapshotInstall(t *testing.T) {
 	tc.form(20*time.Second, 0, 1, 2)
 	l := tc.leader(10 * time.Second)
 	f := tc.follower(l, 0)
+	first := (<-tc.get(l).WatchLeader(context.Background())).Epoch
 	tc.stop(f)
-	if err := tc.get(l).TransferLeadership(); err != nil {
-		t.Fatal(err)
-	}
+	// A new leadership while f is down: cut the leader off until it steps
+	// down, then let the two live members elect (either may win; any new
+	// leadership commits a new marker). TransferLeadership would not do:
+	// hashicorp may pick the stopped follower as the target.
+	mesh.Isolate(l)
+	tc.waitFor(10*time.Second, "the isolated leader to step down", func() bool { return !tc.get(l).IsLeader() })
+	mesh.Rejoin(l)
 	var epoch uint64
 	var l2 int
-	tc.waitFor(10*time.Second, "the new leader's epoch", func() bool {
+	tc.waitFor(20*time.Second, "a new leadership's epoch", func() bool {
 		l2 = tc.leaderAmong(10*time.Second, others(f, 3)...)
 		ev := <-tc.get(l2).WatchLeader(context.Background())
 		epoch = ev.Epoch
-		return l2 != l && ev.Self
+		return ev.Self && epoch > first
 	})
 	for i := range 60 {
 		tc.set(fmt.Sprintf("k%02d", i), []byte("v"), others(f, 3)...)
