@@ -1,0 +1,261 @@
+package raft
+
+// Peer exchange: what the tracker does with a peer's answers and
+// failures, the list it sends, and the exchange round with its bounded
+// probes of strangers.
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// answered records a successful exchange with a peer (either direction) and
+// what it said of itself.
+func (t *peerTracker) answered(from peer.ID, st *status) {
+	t.mu.Lock()
+	delete(t.dropped, from) // it answered after all: a member, not a stranger
+	t.mu.Unlock()
+	t.learn(from, nil, 0, true)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p, ok := t.peers[from]; ok {
+		p.lastAnswer = time.Now()
+		p.status = st
+		p.failures, p.nextTry = 0, time.Time{}
+	}
+}
+
+// failed records a failed exchange with a peer: it backs off (more for a
+// peer that never answered), and a peer that never answered is dropped after
+// maxProbeFailures.
+func (t *peerTracker) failed(id peer.ID) {
+	t.mu.Lock()
+	p, ok := t.peers[id]
+	if !ok {
+		t.mu.Unlock()
+		return
+	}
+	p.failures++
+	drop := !p.proven() && p.failures >= maxProbeFailures
+	if drop {
+		delete(t.peers, id)
+		if len(t.dropped) >= maxTrackedPeers {
+			clear(t.dropped)
+		}
+		t.dropped[id] = time.Now()
+	} else {
+		p.nextTry = time.Now().Add(exchangeBackoff(t.fastInterval(), p.failures, p.proven()))
+	}
+	t.mu.Unlock()
+	if drop {
+		t.forgetAddrs(id)
+	}
+}
+
+// exchangeBackoff is the pause after failures failed exchanges in a row:
+// doubling from base, capped at maxMemberBackoff for a proven peer and
+// maxProbeBackoff for one that never answered.
+func exchangeBackoff(base time.Duration, failures int, proven bool) time.Duration {
+	limit := maxProbeBackoff
+	if proven {
+		limit = maxMemberBackoff
+	}
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// merge takes what a peer sent in an exchange (either direction): its state,
+// which proves it, and at most maxExchangePeers entries of its list.
+func (t *peerTracker) merge(from peer.ID, list []wirePeer, st *status) {
+	// Only members send a status; a plain client is not a peer to track.
+	if from != t.self && st != nil {
+		t.answered(from, st)
+	}
+	if len(list) > maxExchangePeers {
+		list = list[:maxExchangePeers]
+	}
+	for _, wp := range list {
+		id, err := peer.IDFromBytes(wp.ID)
+		if err != nil || id == t.self {
+			continue
+		}
+		var addrs []ma.Multiaddr
+		for _, b := range wp.Addrs {
+			if len(addrs) == maxPeerAddrs {
+				break
+			}
+			if len(b) > maxAddrSize {
+				continue
+			}
+			if a, err := ma.NewMultiaddrBytes(b); err == nil {
+				addrs = append(addrs, a)
+			}
+		}
+		age := time.Duration(wp.Age) * time.Millisecond
+		if age < 0 {
+			age = 0
+		}
+		if max := time.Since(t.started) + time.Hour; age > max {
+			age = max
+		}
+		t.learn(id, addrs, age, true)
+	}
+}
+
+// exchange is the answering side of a peer exchange: it takes what the
+// peer sent and returns our list and state.
+func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds []uint8) ([]wirePeer, *status, []uint8) {
+	t.merge(from, list, st)
+	if st != nil {
+		t.recordKinds(from, kinds)
+	}
+	return t.wireList(), t.status.status(), t.advertised()
+}
+
+// wireList is the peer list this member sends in an exchange: the proven
+// peers, at most maxExchangePeers of them, with their addresses.
+func (t *peerTracker) wireList() []wirePeer {
+	ps := t.node.Peer().Peerstore()
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]wirePeer, 0, min(len(t.peers), maxExchangePeers))
+	for id, p := range t.peers {
+		if !p.proven() {
+			continue
+		}
+		if len(out) == maxExchangePeers {
+			break
+		}
+		wp := wirePeer{ID: []byte(id), Age: now.Sub(p.firstSeen).Milliseconds()}
+		for _, a := range boundedAddrs(ps.Addrs(id)) {
+			wp.Addrs = append(wp.Addrs, a.Bytes())
+		}
+		out = append(out, wp)
+	}
+	return out
+}
+
+// exchangeAll starts an exchange with every tracked peer that is due (none
+// in flight, not backing off), and drops peers silent for peerEvictAfter. A
+// proven peer gets our peer list; an unproven one only a probe with our
+// state, so a stranger learns nothing and costs little, and at most
+// maxProbesInFlight probes run at once, peers that discovery or a member
+// named first (see pickProbes). It does not wait: one slow or dead peer must
+// not delay the others, or every view would go stale together.
+func (t *peerTracker) exchangeAll(ctx context.Context) {
+	now := time.Now()
+	type due struct {
+		id     peer.ID
+		probe  bool
+		noDial bool // a stranger we only know as a connection
+	}
+	var dues []due
+	var candidates []probeCandidate
+	t.mu.Lock()
+	for id, p := range t.peers {
+		if p.proven() && now.Sub(p.lastAnswer) > peerEvictAfter && !p.inflight {
+			delete(t.peers, id)
+			continue
+		}
+		if p.inflight || now.Before(p.nextTry) {
+			continue
+		}
+		if p.proven() {
+			p.inflight = true
+			dues = append(dues, due{id: id})
+		} else {
+			candidates = append(candidates, probeCandidate{id: id, heardOf: p.heardOf, failures: p.failures})
+		}
+	}
+	for _, id := range pickProbes(candidates, maxProbesInFlight-t.probing) {
+		p := t.peers[id]
+		p.inflight = true
+		t.probing++
+		dues = append(dues, due{id: id, probe: true, noDial: !p.heardOf})
+	}
+	t.mu.Unlock()
+	if len(dues) == 0 {
+		return
+	}
+	mine := t.wireList()
+	st := t.status.status()
+	for _, d := range dues {
+		t.wg.Add(1)
+		go func() {
+			defer t.wg.Done()
+			defer func() {
+				t.mu.Lock()
+				if p, ok := t.peers[d.id]; ok {
+					p.inflight = false
+				}
+				if d.probe {
+					t.probing--
+				}
+				t.mu.Unlock()
+			}()
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: t.advertised()}
+			if d.probe {
+				req.Peers = nil
+			}
+			actx := ctx
+			if d.noDial {
+				// Its addresses are whatever it announced: a stranger
+				// that disconnects must not make us dial where it says.
+				actx = network.WithNoDial(ctx, "probe of a connected peer")
+			}
+			resp, err := t.caller.ask(actx, d.id, req, time.Now().Add(exchangeTimeout))
+			if err != nil {
+				t.logger.Debug("exchange failed", "peer", d.id, "error", err)
+				t.failed(d.id)
+				return
+			}
+			if resp.Status == nil {
+				t.failed(d.id) // a client, not a member
+				return
+			}
+			t.merge(d.id, resp.Peers, resp.Status)
+			t.recordKinds(d.id, resp.Kinds)
+		}()
+	}
+}
+
+// probeCandidate is an unproven peer due for a probe.
+type probeCandidate struct {
+	id       peer.ID
+	heardOf  bool
+	failures int
+}
+
+// pickProbes chooses at most n of the candidates to probe now: peers that
+// discovery or a member named before peers that are only connected (anyone
+// can connect; a name from discovery or a member is likelier a member), then
+// those that failed least, then by peer ID so the choice is stable.
+func pickProbes(candidates []probeCandidate, n int) []peer.ID {
+	if n <= 0 || len(candidates) == 0 {
+		return nil
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		a, b := candidates[i], candidates[j]
+		if a.heardOf != b.heardOf {
+			return a.heardOf
+		}
+		if a.failures != b.failures {
+			return a.failures < b.failures
+		}
+		return a.id < b.id
+	})
+	out := make([]peer.ID, 0, min(n, len(candidates)))
+	for _, c := range candidates[:min(n, len(candidates))] {
+		out = append(out, c.id)
+	}
+	return out
+}
