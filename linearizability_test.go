@@ -274,20 +274,24 @@ func linSeeds(t *testing.T) []int64 {
 // off, a minority partition, in a random order), then a whole-cluster
 // restart: the history of the shared keys is linearizable, and every
 // acknowledged write of a unique key is on every member after the restart.
-func TestLinearizable(t *testing.T) {
+func TestLinearizable(t *testing.T) { linSeedRuns(t, "TestLinearizable", linRun) }
+
+// linSeedRuns runs run once per seed of linSeeds, each in a subtest that
+// says how to rerun it.
+func linSeedRuns(t *testing.T, name string, run func(t *testing.T, seed int64)) {
 	for _, seed := range linSeeds(t) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			t.Logf("seed %d (rerun with TAURAFT_SEED=%d go test -race -run 'TestLinearizable$' .)", seed, seed)
-			linRun(t, seed)
+			t.Logf("seed %d (rerun with TAURAFT_SEED=%d go test -race -run '%s$' .)", seed, seed, name)
+			run(t, seed)
 		})
 	}
 }
 
-func linRun(t *testing.T, seed int64) {
-	rng := rand.New(rand.NewSource(seed))
-	began := time.Now()
-	mesh := rafttest.NewMesh(t, linMembers+linClientNodes, rafttest.Connected(), rafttest.WithPebble())
-	tc := newTestCluster(t, mesh, "/raft/lin")
+// linCluster forms the linMembers-member cluster of namespace ns on a mesh
+// with linClientNodes more nodes for clients, and returns the members' IDs.
+func linCluster(t *testing.T, ns string, meshOpts ...rafttest.MeshOption) (*rafttest.Mesh, *testCluster, []int, []peer.ID) {
+	mesh := rafttest.NewMesh(t, linMembers+linClientNodes, append([]rafttest.MeshOption{rafttest.Connected()}, meshOpts...)...)
+	tc := newTestCluster(t, mesh, ns)
 	members := seq(linMembers)
 	tc.form(20*time.Second, members...)
 	tc.leader(10 * time.Second)
@@ -295,6 +299,13 @@ func linRun(t *testing.T, seed int64) {
 	for _, i := range members {
 		ids = append(ids, mesh.ID(i))
 	}
+	return mesh, tc, members, ids
+}
+
+func linRun(t *testing.T, seed int64) {
+	rng := rand.New(rand.NewSource(seed))
+	began := time.Now()
+	mesh, tc, members, ids := linCluster(t, "/raft/lin", rafttest.WithPebble())
 
 	h := newLinHistory()
 	stop := make(chan struct{})

@@ -13,7 +13,6 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/libp2p/go-libp2p/core/peer"
-	"github.com/tauraft/raft/rafttest"
 )
 
 // The compare-and-set linearizability test: concurrent Clients, through
@@ -182,27 +181,12 @@ func casWorker(h *casHistory, cl *Client, members []peer.ID, w int, seed int64, 
 }
 
 // Compare-and-set through Txn is linearizable under faults.
-func TestLinearizableTxnCAS(t *testing.T) {
-	for _, seed := range linSeeds(t) {
-		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
-			t.Logf("seed %d (rerun with TAURAFT_SEED=%d go test -race -run 'TestLinearizableTxnCAS$' .)", seed, seed)
-			casRun(t, seed)
-		})
-	}
-}
+func TestLinearizableTxnCAS(t *testing.T) { linSeedRuns(t, "TestLinearizableTxnCAS", casRun) }
 
 func casRun(t *testing.T, seed int64) {
 	rng := rand.New(rand.NewSource(seed))
 	began := time.Now()
-	mesh := rafttest.NewMesh(t, linMembers+linClientNodes, rafttest.Connected())
-	tc := newTestCluster(t, mesh, "/raft/cas")
-	members := seq(linMembers)
-	tc.form(20*time.Second, members...)
-	tc.leader(10 * time.Second)
-	var ids []peer.ID
-	for _, i := range members {
-		ids = append(ids, mesh.ID(i))
-	}
+	mesh, tc, members, ids := linCluster(t, "/raft/cas")
 	h := &casHistory{start: time.Now(), counts: map[string]int{}}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
