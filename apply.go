@@ -6,7 +6,6 @@ package raft
 // events.
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 
@@ -24,6 +23,11 @@ type applyCtx struct {
 	pending map[string]pendingEntry
 	// sizeHint sizes pending: the entries of the batch.
 	sizeHint int
+	// results is what is left of the slab answers are cut from.
+	results []byte
+	// ops is the parsed command of the entry being applied, its slice
+	// reused for the next entry.
+	ops []cmdOp
 	// events tells whether to collect eventList (someone consumes them).
 	events    bool
 	eventList []Event
@@ -38,22 +42,56 @@ type pendingEntry struct {
 // from the datastore is kept too: a condition and the write after it read
 // the key once.
 func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
-	e, ok, _, err := a.lookupKey(key)
-	return e, ok, err
+	l, err := a.lookupKey(key)
+	return l.e, l.exists, err
 }
 
-// lookupKey is lookup that also returns the key's datastore key when it
-// computed it (the empty key when the entry was pending).
-func (a *applyCtx) lookupKey(key []byte) (Entry, bool, datastore.Key, error) {
+// looked is what lookupKey found.
+type looked struct {
+	e      Entry
+	exists bool
+	// dk is the key's datastore key and name the key as a string, when
+	// lookupKey computed them (empty when the entry was pending): a write
+	// that follows reuses them instead of building them again.
+	dk   datastore.Key
+	name string
+}
+
+// lookupKey is lookup that also returns what it computed on the way.
+func (a *applyCtx) lookupKey(key []byte) (looked, error) {
 	if p, ok := a.pending[string(key)]; ok {
-		return p.e, p.exists, datastore.Key{}, nil
+		return looked{e: p.e, exists: p.exists}, nil
 	}
 	dk := a.f.dataKeyBytes(key)
 	e, ok, err := a.f.readEntry(a.ctx, dk)
-	if err == nil {
-		a.remember(string(key), e, ok)
+	if err != nil {
+		return looked{}, err
 	}
-	return e, ok, dk, err
+	name := string(key)
+	a.remember(name, e, ok)
+	return looked{e: e, exists: ok, dk: dk, name: name}, nil
+}
+
+// keyName is l.name, or key as a string when l did not compute it.
+func (l looked) keyName(key []byte) string {
+	if l.name == "" {
+		return string(key)
+	}
+	return l.name
+}
+
+// maxPendingScratch bounds the pending map kept between batches: a batch
+// that touched more keys (a large transaction) leaves it to the collector.
+const maxPendingScratch = 256
+
+// keepPending keeps m, emptied, for the next batch: every batch of writes
+// would otherwise allocate a map of its size. Called with f.mu held.
+func (f *kvStore) keepPending(m map[string]pendingEntry) {
+	if m == nil || len(m) > maxPendingScratch {
+		return
+	}
+	clear(m)
+	f.pendingScratch = m
 }
 
 func (a *applyCtx) remember(key string, e Entry, exists bool) {
@@ -80,19 +118,22 @@ func (a *applyCtx) set(key, value []byte) error {
 // setWithLease is set binding key to lease (0: none). A key overwritten
 // with another lease, or none, leaves its old lease.
 func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
-	old, exists, dk, err := a.lookupKey(key)
+	l, err := a.lookupKey(key)
 	if err != nil {
 		return err
 	}
-	// A copy: the value aliases the log entry, which Raft may reuse.
-	e := Entry{Value: bytes.Clone(value), CreateIndex: a.index, ModIndex: a.index, Lease: lease}
+	old, exists := l.e, l.exists
+	// Value aliases the log entry: it is read only while this batch
+	// applies (by later operations of the batch, and by onChange, which
+	// copies what it keeps), and the stored record is a copy.
+	e := Entry{Value: value, CreateIndex: a.index, ModIndex: a.index, Lease: lease}
 	if e.Value == nil {
 		e.Value = []byte{}
 	}
 	if exists {
 		e.CreateIndex = old.CreateIndex
 	}
-	k := string(key)
+	k := l.keyName(key)
 	if exists && old.Lease != 0 && old.Lease != lease {
 		a.f.leases.unbind(old.Lease, k)
 	}
@@ -103,16 +144,17 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
 	}
-	return a.batch.Put(a.ctx, a.dataKey(key, dk), encodeEntry(e))
+	return a.batch.Put(a.ctx, a.dataKey(key, l.dk), encodeEntry(e))
 }
 
 // delete removes key; deleting an absent key changes nothing.
 func (a *applyCtx) delete(key []byte) error {
-	old, exists, dk, err := a.lookupKey(key)
-	if err != nil || !exists {
+	l, err := a.lookupKey(key)
+	if err != nil || !l.exists {
 		return err
 	}
-	k := string(key)
+	old := l.e
+	k := l.keyName(key)
 	if old.Lease != 0 {
 		a.f.leases.unbind(old.Lease, k)
 	}
@@ -121,7 +163,7 @@ func (a *applyCtx) delete(key []byte) error {
 		a.eventList = append(a.eventList, Event{Kind: EventDelete, Key: k,
 			Entry: Entry{CreateIndex: old.CreateIndex, ModIndex: a.index}, Index: a.index})
 	}
-	return a.batch.Delete(a.ctx, a.dataKey(key, dk))
+	return a.batch.Delete(a.ctx, a.dataKey(key, l.dk))
 }
 
 // exec applies one parsed command and returns its response. A retried
@@ -191,24 +233,43 @@ func (a *applyCtx) exec(ops []cmdOp) (FSMResponse, error) {
 	if id != nil {
 		f.requests.record(*id, reqResult{ok: ok, index: a.index}, a.index)
 	}
-	return FSMResponse{Data: resultData(ok, a.index)}, nil
+	return FSMResponse{Data: a.result(ok, a.index)}, nil
+}
+
+// result is resultData cut from one slab per batch: a batch of writes
+// costs one allocation for their answers, not one each.
+func (a *applyCtx) result(ok bool, index uint64) []byte {
+	if len(a.results) < resultSize {
+		a.results = make([]byte, resultSize*max(a.sizeHint, 1))
+	}
+	b := a.results[:resultSize:resultSize]
+	a.results = a.results[resultSize:]
+	putResult(b, ok, index)
+	return b
 }
 
 // resultData is a command's result as FSMResponse.Data carries it: a byte
 // for whether its conditions held, then the index of the entry that applied
 // it (the first one, for a retried Client write).
 func resultData(ok bool, index uint64) []byte {
-	b := make([]byte, 9)
+	b := make([]byte, resultSize)
+	putResult(b, ok, index)
+	return b
+}
+
+// resultSize is the length of resultData.
+const resultSize = 9
+
+func putResult(b []byte, ok bool, index uint64) {
 	if ok {
 		b[0] = 1
 	}
 	binary.BigEndian.PutUint64(b[1:], index)
-	return b
 }
 
 // parseResult reads resultData; anything else reads as not applied.
 func parseResult(b []byte) (TxnResult, bool) {
-	if len(b) != 9 {
+	if len(b) != resultSize {
 		return TxnResult{}, false
 	}
 	return TxnResult{OK: b[0] == 1, Index: binary.BigEndian.Uint64(b[1:])}, true

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -314,8 +315,15 @@ type cmdOp struct {
 // parseCommand parses and validates a command: the fast parser takes the
 // canonical encoding, the full decoder any other valid one.
 func parseCommand(b []byte) ([]cmdOp, error) {
-	if walkCommand(b, nil) {
-		var ops []cmdOp
+	return parseCommandInto(b, nil)
+}
+
+// parseCommandInto is parseCommand appending to buf[:0], so that the apply
+// loop reuses one slice for a batch's entries.
+func parseCommandInto(b []byte, buf []cmdOp) ([]cmdOp, error) {
+	n := 0
+	if walkCommand(b, func(uint8, []byte, []byte) { n++ }) {
+		ops := slices.Grow(buf[:0], n)
 		walkCommand(b, func(kind uint8, key, value []byte) {
 			ops = append(ops, cmdOp{kind: kind, key: key, value: value})
 		})
@@ -361,11 +369,25 @@ func encodedLen(ops []cmdOp) int {
 
 // encodeOps writes parsed operations back as a canonical command.
 func encodeOps(ops []cmdOp) []byte {
-	size := 3 + 9
+	return encodeOpsAfter(nil, ops)
+}
+
+// encodeOpsAfter encodes first (when not nil) and then ops as one command,
+// without building a joined list: the leader puts its meta operation in
+// front of every write.
+func encodeOpsAfter(first *cmdOp, ops []cmdOp) []byte {
+	size, n := 3+9, len(ops)
+	if first != nil {
+		size += 1 + 1 + 9 + len(first.key) + 9 + len(first.value)
+		n++
+	}
 	for _, op := range ops {
 		size += 1 + 1 + 9 + len(op.key) + 9 + len(op.value)
 	}
-	b := appendCommandHead(make([]byte, 0, size), len(ops))
+	b := appendCommandHead(make([]byte, 0, size), n)
+	if first != nil {
+		b = appendOp(b, first.kind, first.key, first.value, first.value == nil)
+	}
 	for _, op := range ops {
 		b = appendOp(b, op.kind, op.key, op.value, op.value == nil)
 	}

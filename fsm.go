@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -82,6 +83,12 @@ type kvStore struct {
 	// without any lock a reader takes, from Raft's apply goroutine, so it
 	// must not block (copy and return): Raft waits for it.
 	onChange func(events []Event)
+	// pendingScratch is the pending map of the last batch, emptied, kept
+	// for the next one (see keepPending).
+	pendingScratch map[string]pendingEntry
+	// eventScratch is the event list of the last batch, for the next one
+	// (ApplyBatch gives it back once onChange has copied the events).
+	eventScratch []Event
 	// onReset, when set, is told after a snapshot was installed or the
 	// state wiped: changes up to applied are gone as events (a watcher
 	// must resync).
@@ -258,6 +265,13 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	// readers are not held while the consumer takes them.
 	if onChange != nil && len(events) > 0 {
 		onChange(events)
+		// onChange copied what it keeps: the list serves the next batch.
+		if cap(events) <= maxPendingScratch {
+			clear(events)
+			f.mu.Lock()
+			f.eventScratch = events[:0]
+			f.mu.Unlock()
+		}
 	}
 	return out
 }
@@ -275,6 +289,14 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
 	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs)}
+	a.pending, f.pendingScratch = f.pendingScratch, nil
+	defer func() { f.keepPending(a.pending) }()
+	if a.events {
+		// Most entries change one key: the list of the last batch, or
+		// one allocation for this one.
+		a.eventList, f.eventScratch = f.eventScratch[:0], nil
+		a.eventList = slices.Grow(a.eventList, len(logs))
+	}
 	last, clock, epoch := f.applied, f.clockNanos, f.epoch
 	for i, l := range logs {
 		out[i] = FSMResponse{}
@@ -287,7 +309,8 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, er
 				f.onConfig(hraft.DecodeConfiguration(l.Data))
 			}
 		case hraft.LogCommand:
-			ops, err := parseCommand(l.Data)
+			ops, err := parseCommandInto(l.Data, a.ops)
+			a.ops = ops
 			if err != nil {
 				return nil, fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
 			}

@@ -70,9 +70,8 @@ func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) 
 	}
 	var cmd []byte
 	if meta {
-		withMeta := make([]cmdOp, 0, len(ops)+1)
-		withMeta = append(withMeta, cmdOp{kind: opMeta, value: metaValue(c.now().UnixNano(), id)})
-		cmd = encodeOps(append(withMeta, ops...))
+		var buf [metaSize]byte
+		cmd = encodeOpsAfter(&cmdOp{kind: opMeta, value: appendMeta(buf[:0], c.now().UnixNano(), id)}, ops)
 	}
 	if cmd == nil || len(cmd) > MaxCommandSize {
 		cmd = encodeOps(ops)

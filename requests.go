@@ -211,7 +211,15 @@ func clientFromHex(s string) ([clientIDSize]byte, bool) {
 // metaValue is the value of a meta operation: the leader's stamp (unix
 // nanoseconds), then, for a Client write, its request ID.
 func metaValue(stamp int64, id *requestID) []byte {
-	b := binary.BigEndian.AppendUint64(make([]byte, 0, 8+clientIDSize+8), uint64(stamp))
+	return appendMeta(make([]byte, 0, metaSize), stamp, id)
+}
+
+// metaSize is the size of the largest meta value.
+const metaSize = 8 + clientIDSize + 8
+
+// appendMeta appends metaValue(stamp, id) to b.
+func appendMeta(b []byte, stamp int64, id *requestID) []byte {
+	b = binary.BigEndian.AppendUint64(b, uint64(stamp))
 	if id != nil {
 		b = append(b, id.client[:]...)
 		b = binary.BigEndian.AppendUint64(b, id.seq)
@@ -221,7 +229,7 @@ func metaValue(stamp int64, id *requestID) []byte {
 
 // checkMeta validates a meta operation's value.
 func checkMeta(value []byte) error {
-	if len(value) != 8 && len(value) != 8+clientIDSize+8 {
+	if len(value) != 8 && len(value) != metaSize {
 		return fmt.Errorf("%w: meta operation of %d bytes", ErrInvalidCommand, len(value))
 	}
 	return nil

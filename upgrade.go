@@ -85,11 +85,11 @@ type upgradeState struct {
 	compute sync.Mutex
 	mu      sync.Mutex
 	missing map[uint8][]string // kind -> voters that lack it
-	// confKey names the configuration the finding is for (its voters).
-	// Not the configuration's index: hashicorp's GetConfiguration leaves
+	// voters are the voters the finding is for, in their configuration's
+	// order. Not the configuration's index: hashicorp's GetConfiguration leaves
 	// Index() at 0, so a voter that joined within kindsCheckInterval would
 	// go unnoticed and could be sent a kind it cannot apply.
-	confKey string
+	voters  []hraft.ServerID
 	checked time.Time
 }
 
@@ -103,12 +103,11 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 		return false, translateRaftError(err)
 	}
 	conf := f.Configuration()
-	key := votersKey(conf)
 	u := &c.upgrade
 	cached := func() map[uint8][]string {
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if u.missing == nil || u.confKey != key || time.Since(u.checked) >= kindsCheckInterval {
+		if u.missing == nil || !sameVoters(conf, u.voters) || time.Since(u.checked) >= kindsCheckInterval {
 			return nil
 		}
 		return u.missing
@@ -119,7 +118,7 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 		if missing = cached(); missing == nil {
 			missing = c.missingKinds(conf)
 			u.mu.Lock()
-			u.missing, u.confKey, u.checked = missing, key, time.Now()
+			u.missing, u.voters, u.checked = missing, voterIDs(conf), time.Now()
 			u.mu.Unlock()
 		}
 		u.compute.Unlock()
@@ -134,16 +133,31 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 	return !noMeta, nil
 }
 
-// votersKey names a configuration's voters, in its order.
-func votersKey(conf hraft.Configuration) string {
-	var b strings.Builder
+// voterIDs lists a configuration's voters, in its order.
+func voterIDs(conf hraft.Configuration) []hraft.ServerID {
+	var ids []hraft.ServerID
 	for _, s := range conf.Servers {
 		if s.Suffrage == hraft.Voter {
-			b.WriteString(string(s.ID))
-			b.WriteByte(0)
+			ids = append(ids, s.ID)
 		}
 	}
-	return b.String()
+	return ids
+}
+
+// sameVoters reports whether conf's voters are ids, in order. It runs on
+// every write, so it allocates nothing.
+func sameVoters(conf hraft.Configuration, ids []hraft.ServerID) bool {
+	i := 0
+	for _, s := range conf.Servers {
+		if s.Suffrage != hraft.Voter {
+			continue
+		}
+		if i == len(ids) || ids[i] != s.ID {
+			return false
+		}
+		i++
+	}
+	return i == len(ids)
 }
 
 // missingKinds lists, for each kind of this build, the voters of conf that

@@ -187,8 +187,24 @@ func TestKindsFindingFollowsTheVoters(t *testing.T) {
 	a := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}}}
 	ab := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}, {ID: "b", Suffrage: hraft.Voter}}}
 	abNon := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}, {ID: "b", Suffrage: hraft.Nonvoter}}}
-	if votersKey(a) == votersKey(ab) || votersKey(ab) == votersKey(abNon) || votersKey(a) != votersKey(abNon) {
-		t.Fatalf("keys: %q %q %q", votersKey(a), votersKey(ab), votersKey(abNon))
+	ba := hraft.Configuration{Servers: []hraft.Server{{ID: "b", Suffrage: hraft.Voter}, {ID: "a", Suffrage: hraft.Voter}}}
+	for _, tc := range []struct {
+		name string
+		conf hraft.Configuration
+		of   hraft.Configuration
+		same bool
+	}{
+		{"same voters", ab, ab, true},
+		{"a voter joined", ab, a, false},
+		{"a voter left", a, ab, false},
+		{"a non-voter does not count", abNon, a, true},
+		{"promoted", ab, abNon, false},
+		{"another order", ba, ab, false},
+		{"no voters", hraft.Configuration{}, hraft.Configuration{}, true},
+	} {
+		if got := sameVoters(tc.conf, voterIDs(tc.of)); got != tc.same {
+			t.Errorf("%s: sameVoters = %v, want %v", tc.name, got, tc.same)
+		}
 	}
 }
 
