@@ -2,6 +2,7 @@ package raft
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -157,17 +158,47 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 // wait waits for a Raft future for at most timeout beyond its enqueueing:
 // hashicorp's own timeout only bounds the enqueueing.
 func (c *cluster) wait(f hraft.Future, timeout time.Duration) error {
-	done := make(chan error, 1)
-	go func() { done <- f.Error() }()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
+	w := getWaiter(timeout)
+	go w.take(f)
 	select {
-	case err := <-done:
+	case err := <-w.done:
+		w.release()
 		return translateRaftError(err)
-	case <-t.C:
+	case <-w.timer.C:
+		// The goroutine still owns w (it sends once f ends): w is left
+		// to the collector.
 		return fmt.Errorf("%w after %v: the outcome is unknown", ErrTimeout, timeout)
 	case <-c.ctx.Done():
 		// Closing: do not hold Close for the rest of the timeout.
+		w.timer.Stop()
 		return fmt.Errorf("%w while waiting: the outcome is unknown", ErrShutdown)
 	}
+}
+
+// waiter is what wait needs besides the future: a timer and the channel
+// the future's outcome comes back on. Every write waits once, so they are
+// reused (a pool) when the outcome came back before the timer fired.
+type waiter struct {
+	done  chan error
+	timer *time.Timer
+}
+
+var waiters sync.Pool
+
+func getWaiter(timeout time.Duration) *waiter {
+	if w, ok := waiters.Get().(*waiter); ok {
+		w.timer.Reset(timeout)
+		return w
+	}
+	return &waiter{done: make(chan error, 1), timer: time.NewTimer(timeout)}
+}
+
+// take waits for f and hands its outcome to whoever waits on w.
+func (w *waiter) take(f hraft.Future) { w.done <- f.Error() }
+
+// release returns w, its outcome taken, to the pool. Stop before reuse:
+// since Go 1.23 a stopped timer's channel holds no stale tick.
+func (w *waiter) release() {
+	w.timer.Stop()
+	waiters.Put(w)
 }

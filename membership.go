@@ -79,7 +79,9 @@ func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
 	c.peers.ensureAddrs(ctx, id)
 	cancel()
 	addr := hraft.ServerAddress(id.String())
-	return c.wait(r.AddVoter(hraft.ServerID(id.String()), addr, 0, timeout), timeout)
+	return c.changeConfiguration(func() hraft.IndexFuture {
+		return r.AddVoter(hraft.ServerID(id.String()), addr, 0, timeout)
+	}, timeout)
 }
 
 // joinVoter is the leader's side of a join request: a peer that already is a
@@ -113,7 +115,9 @@ func (c *cluster) RemoveServer(id peer.ID, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	return c.wait(r.RemoveServer(hraft.ServerID(id.String()), 0, timeout), timeout)
+	return c.changeConfiguration(func() hraft.IndexFuture {
+		return r.RemoveServer(hraft.ServerID(id.String()), 0, timeout)
+	}, timeout)
 }
 
 // status reports this member's state for peer exchange.

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -74,98 +75,147 @@ func (t *peerTracker) kindsOf(id peer.ID) ([]uint8, bool) {
 }
 
 // kindsCheckInterval is how long the leader trusts its last finding that
-// every voter knows every kind of this build: the common case then costs
-// nothing per write.
+// every server knows every kind of this build, while its configuration
+// and term stay as they were: the common case then costs nothing per write.
 const kindsCheckInterval = time.Second
 
-// upgradeState caches that finding.
-type upgradeState struct {
-	// compute is held while one write recomputes the finding, so that
-	// concurrent writes wait for it instead of asking the voters again.
-	compute sync.Mutex
-	mu      sync.Mutex
-	missing map[uint8][]string // kind -> voters that lack it
-	// voters are the voters the finding is for, in their configuration's
-	// order. Not the configuration's index: hashicorp's GetConfiguration leaves
-	// Index() at 0, so a voter that joined within kindsCheckInterval would
-	// go unnoticed and could be sent a kind it cannot apply.
-	voters  []hraft.ServerID
-	checked time.Time
+// kindsFinding is what the leader last found: which kinds which servers
+// lack, for which configuration. It is never changed once published.
+type kindsFinding struct {
+	missing map[uint8][]string // kind -> servers that lack it
+	// servers are the servers the finding is for, in their configuration's
+	// order. Not the configuration's index: hashicorp's GetConfiguration
+	// leaves Index() at 0, so a server that joined within
+	// kindsCheckInterval would go unnoticed and could be sent a kind it
+	// cannot apply.
+	servers []hraft.ServerID
+	// gen and term are upgradeState.gen and the Raft term when the
+	// configuration was read: a change of either means it may be stale.
+	gen, term uint64
+	checked   time.Time
 }
 
-// kindsAllowed checks, on the leader, that every voter knows each kind of
-// ops, and reports whether it may add the meta operation (stamp, request
-// ID). A voter whose advertisement is unknown is asked once, briefly; one
-// that still has not advertised counts as knowing only legacyKinds.
-func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error) {
-	f := r.GetConfiguration()
-	if err := f.Error(); err != nil {
-		return false, translateRaftError(err)
-	}
-	conf := f.Configuration()
+// upgradeState caches the finding.
+type upgradeState struct {
+	// compute is held while one write asks the servers, so that concurrent
+	// writes wait for the answer instead of asking again.
+	compute sync.Mutex
+	finding atomic.Pointer[kindsFinding]
+	// gen counts the configuration changes this member started and ended,
+	// and changing is how many are under way: only a leader changes the
+	// configuration, and only through changeConfiguration, so while gen
+	// stands and nothing is under way the configuration need not be read
+	// on every write (reading it allocates a future and a copy).
+	gen      atomic.Uint64
+	changing atomic.Int32
+}
+
+// changeConfiguration runs one configuration change (AddVoter,
+// RemoveServer, ...) so that kindsAllowed reads the configuration on every
+// write while it is under way and once after it.
+func (c *cluster) changeConfiguration(change func() hraft.IndexFuture, timeout time.Duration) error {
 	u := &c.upgrade
-	cached := func() map[uint8][]string {
-		u.mu.Lock()
-		defer u.mu.Unlock()
-		if u.missing == nil || !sameVoters(conf, u.voters) || time.Since(u.checked) >= kindsCheckInterval {
-			return nil
+	u.changing.Add(1)
+	u.gen.Add(1)
+	defer func() {
+		u.gen.Add(1)
+		u.changing.Add(-1)
+	}()
+	return c.wait(change(), timeout)
+}
+
+// kindsAllowed checks, on the leader, that every server of the
+// configuration knows each kind of ops (non-voters apply the log too), and
+// reports whether it may add the meta operation (stamp, request ID). A
+// server whose advertisement is unknown is asked once, briefly; one that
+// still has not advertised counts as knowing only legacyKinds.
+func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error) {
+	u := &c.upgrade
+	term := r.CurrentTerm()
+	f := u.finding.Load()
+	if f == nil || u.changing.Load() > 0 || f.gen != u.gen.Load() || f.term != term ||
+		time.Since(f.checked) >= kindsCheckInterval {
+		if f, err = c.refreshKinds(r, term); err != nil {
+			return false, err
 		}
-		return u.missing
-	}
-	missing := cached()
-	if missing == nil {
-		u.compute.Lock()
-		if missing = cached(); missing == nil {
-			missing = c.missingKinds(conf)
-			u.mu.Lock()
-			u.missing, u.voters, u.checked = missing, voterIDs(conf), time.Now()
-			u.mu.Unlock()
-		}
-		u.compute.Unlock()
 	}
 	for _, op := range ops {
-		if voters, ok := missing[op.kind]; ok {
+		if servers, ok := f.missing[op.kind]; ok {
 			k, _ := lookupOp(op.kind)
-			return false, fmt.Errorf("%w: operation %q is not known by voter(s) %v yet (upgrade them first)", ErrInvalidCommand, k.name, voters)
+			return false, fmt.Errorf("%w: operation %q is not known by member(s) %v yet (upgrade them first)", ErrInvalidCommand, k.name, servers)
 		}
 	}
-	_, noMeta := missing[opMeta]
+	_, noMeta := f.missing[opMeta]
 	return !noMeta, nil
 }
 
-// voterIDs lists a configuration's voters, in its order.
-func voterIDs(conf hraft.Configuration) []hraft.ServerID {
-	var ids []hraft.ServerID
-	for _, s := range conf.Servers {
-		if s.Suffrage == hraft.Voter {
-			ids = append(ids, s.ID)
+// refreshKinds reads the configuration and publishes a finding for it:
+// the last one again when its servers are the same and it is recent, else
+// a new one from what the servers advertise.
+func (c *cluster) refreshKinds(r *hraft.Raft, term uint64) (*kindsFinding, error) {
+	u := &c.upgrade
+	gen := u.gen.Load() // before the read: a change after it is seen next time
+	cf := r.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, translateRaftError(err)
+	}
+	conf := cf.Configuration()
+	reuse := func() *kindsFinding {
+		old := u.finding.Load()
+		if old == nil || !sameServers(conf, old.servers) || time.Since(old.checked) >= kindsCheckInterval {
+			return nil
 		}
+		if old.gen == gen && old.term == term {
+			return old
+		}
+		f := *old
+		f.gen, f.term = gen, term
+		u.finding.Store(&f)
+		return &f
+	}
+	if f := reuse(); f != nil {
+		return f, nil
+	}
+	u.compute.Lock()
+	defer u.compute.Unlock()
+	if f := reuse(); f != nil {
+		return f, nil
+	}
+	f := &kindsFinding{missing: c.missingKinds(conf), servers: serverIDs(conf), gen: gen, term: term, checked: time.Now()}
+	u.finding.Store(f)
+	return f, nil
+}
+
+// serverIDs lists a configuration's servers, in its order.
+func serverIDs(conf hraft.Configuration) []hraft.ServerID {
+	ids := make([]hraft.ServerID, len(conf.Servers))
+	for i, s := range conf.Servers {
+		ids[i] = s.ID
 	}
 	return ids
 }
 
-// sameVoters reports whether conf's voters are ids, in order. It runs on
-// every write, so it allocates nothing.
-func sameVoters(conf hraft.Configuration, ids []hraft.ServerID) bool {
-	i := 0
-	for _, s := range conf.Servers {
-		if s.Suffrage != hraft.Voter {
-			continue
-		}
-		if i == len(ids) || ids[i] != s.ID {
+// sameServers reports whether conf's servers are ids, in order. It runs
+// on every write while a configuration change is under way, so it
+// allocates nothing.
+func sameServers(conf hraft.Configuration, ids []hraft.ServerID) bool {
+	if len(conf.Servers) != len(ids) {
+		return false
+	}
+	for i, s := range conf.Servers {
+		if s.ID != ids[i] {
 			return false
 		}
-		i++
 	}
-	return i == len(ids)
+	return true
 }
 
-// missingKinds lists, for each kind of this build, the voters of conf that
-// do not advertise it.
+// missingKinds lists, for each kind of this build, the servers of conf
+// (voters and non-voters: both apply the log) that do not advertise it.
 func (c *cluster) missingKinds(conf hraft.Configuration) map[uint8][]string {
 	var voters []peer.ID
 	for _, s := range conf.Servers {
-		if s.Suffrage != hraft.Voter || s.ID == hraft.ServerID(c.self.String()) {
+		if s.ID == hraft.ServerID(c.self.String()) {
 			continue
 		}
 		if id, err := peer.Decode(string(s.ID)); err == nil {

@@ -178,12 +178,12 @@ func TestUnknownKindInLogStopsMembers(t *testing.T) {
 	t.Logf("%d of 3 members stopped on the unknown entry", stopped())
 }
 
-// The leader's finding that every voter knows every kind is for one set of
-// voters: a voter that joins right after (within kindsCheckInterval) is
+// The leader's finding that every server knows every kind is for one set of
+// servers: a server that joins right after (within kindsCheckInterval) is
 // asked before a kind it may lack is proposed. hashicorp's
 // GetConfiguration reports index 0 whatever the configuration, so the
 // finding cannot be keyed by the index.
-func TestKindsFindingFollowsTheVoters(t *testing.T) {
+func TestKindsFindingFollowsTheServers(t *testing.T) {
 	a := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}}}
 	ab := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}, {ID: "b", Suffrage: hraft.Voter}}}
 	abNon := hraft.Configuration{Servers: []hraft.Server{{ID: "a", Suffrage: hraft.Voter}, {ID: "b", Suffrage: hraft.Nonvoter}}}
@@ -197,13 +197,13 @@ func TestKindsFindingFollowsTheVoters(t *testing.T) {
 		{"same voters", ab, ab, true},
 		{"a voter joined", ab, a, false},
 		{"a voter left", a, ab, false},
-		{"a non-voter does not count", abNon, a, true},
-		{"promoted", ab, abNon, false},
+		{"a non-voter counts: it applies the log too", abNon, a, false},
+		{"promoted: the same servers", ab, abNon, true},
 		{"another order", ba, ab, false},
 		{"no voters", hraft.Configuration{}, hraft.Configuration{}, true},
 	} {
-		if got := sameVoters(tc.conf, voterIDs(tc.of)); got != tc.same {
-			t.Errorf("%s: sameVoters = %v, want %v", tc.name, got, tc.same)
+		if got := sameServers(tc.conf, serverIDs(tc.of)); got != tc.same {
+			t.Errorf("%s: sameServers = %v, want %v", tc.name, got, tc.same)
 		}
 	}
 }
