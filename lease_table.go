@@ -40,6 +40,11 @@ const (
 	// opSetLease sets a key bound to a lease; value: the lease ID (8 bytes)
 	// then the key's value.
 	opSetLease uint8 = 16
+	// opSetGrantedLease sets a key bound to the lease granted by the same
+	// command (whose ID is the entry's index, unknown when it is proposed);
+	// value: the key's value. A grant must come before it in its branch.
+	// It lets a lock be taken in one entry (see lock.go).
+	opSetGrantedLease uint8 = 17
 )
 
 // leaseRecordVersion is the first byte of a stored lease record: then the
@@ -72,6 +77,8 @@ var (
 		}}
 	setLeaseKind = &opKind{name: "setLease", check: checkSetLease,
 		apply: func(a *applyCtx, key, value []byte) error { return a.setWithLease(key, value[8:], leaseOf(value)) }}
+	setGrantedLeaseKind = &opKind{name: "setGrantedLease", check: validateValue,
+		apply: func(a *applyCtx, key, value []byte) error { return a.setWithLease(key, value, LeaseID(a.index)) }}
 )
 
 func leaseOf(value []byte) LeaseID { return LeaseID(binary.BigEndian.Uint64(value)) }
@@ -297,14 +304,24 @@ func sortedKeys(m map[string]struct{}) []string {
 
 // checkLeases refuses, before anything of it is applied, a branch that a
 // lease would make fail halfway: a key bound to a lease that does not exist
-// (ErrLeaseNotFound), past MaxLeaseKeys, or a grant past MaxLeases
+// (ErrLeaseNotFound), to the granted lease without a grant before it
+// (ErrInvalidCommand), past MaxLeaseKeys, or a grant past MaxLeases
 // (ErrTooLarge). Every replica decides alike, from the same table.
 func (a *applyCtx) checkLeases(branch []cmdOp) error {
 	t := a.f.leases
 	grants := 0
+	granted := map[string]struct{}{} // keys bound to the lease this branch grants
 	var added map[LeaseID]map[string]struct{}
 	for _, op := range branch {
 		switch op.kind {
+		case opSetGrantedLease:
+			if grants == 0 {
+				return fmt.Errorf("%w: a set bound to the granted lease before any grant", ErrInvalidCommand)
+			}
+			granted[string(op.key)] = struct{}{}
+			if len(granted) > MaxLeaseKeys {
+				return fmt.Errorf("%w: the granted lease would have over %d keys (MaxLeaseKeys)", ErrTooLarge, MaxLeaseKeys)
+			}
 		case opLeaseGrant:
 			grants++
 			if grants > 1 {

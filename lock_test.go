@@ -1,0 +1,455 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/tauraft/raft/rafttest"
+)
+
+// ---- decision rules ----
+
+func TestLockKeyLayout(t *testing.T) {
+	// No two names share a key, whatever bytes they hold: each kind of key
+	// ends in its own fixed form.
+	names := []string{"a", "a/", "a/b", "ab", "a/00000000000000000001", "h/a", "w/a", "g/a", "/"}
+	seen := map[string]string{}
+	for _, n := range names {
+		for _, k := range []string{LockKey(n), lockGateKey(n), lockWaiterKey(n, 1), lockWaiterKey(n, 12345)} {
+			if other, dup := seen[k]; dup {
+				t.Fatalf("key %q of %q also belongs to %q", k, n, other)
+			}
+			seen[k] = n
+		}
+	}
+	if got := lockWaiterKey("x", 42); got != "_tauraft/lock/w/x/00000000000000000042" {
+		t.Fatalf("waiter key %q", got)
+	}
+	long := string(make([]byte, MaxLockNameSize))
+	if err := validateLockName(long); err != nil {
+		t.Fatalf("a name of MaxLockNameSize: %v", err)
+	}
+	if len(lockWaiterKey(long, ^LeaseID(0))) != MaxKeySize {
+		t.Fatalf("the longest waiter key has %d bytes, want MaxKeySize", len(lockWaiterKey(long, ^LeaseID(0))))
+	}
+	for _, bad := range []struct {
+		name string
+		err  error
+	}{{"", ErrInvalidKey}, {long + "x", ErrTooLarge}} {
+		if err := validateLockName(bad.name); !errors.Is(err, bad.err) {
+			t.Fatalf("name of %d bytes: %v, want %v", len(bad.name), err, bad.err)
+		}
+	}
+}
+
+func TestParseWaiters(t *testing.T) {
+	p := lockWaitersPrefix("job")
+	keys := []string{
+		p + "00000000000000000007",
+		p + "00000000000000000003",
+		p + "00000000000000000003/w/00000000000000000001", // a longer name's waiter
+		p + "0000000000000000000x",
+		p + "0000000000000000007",  // 19 digits
+		p + "00000000000000000000", // lease 0 does not exist
+		lockWaitersPrefix("jobs") + "00000000000000000001",
+		"other",
+	}
+	if got, want := parseWaiters(p, keys), []LeaseID{3, 7}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("parseWaiters: %v, want %v", got, want)
+	}
+}
+
+func TestLockPredecessor(t *testing.T) {
+	for _, tc := range []struct {
+		ids    []LeaseID
+		me     LeaseID
+		pred   LeaseID
+		listed bool
+	}{
+		{nil, 5, 0, false},                    // a replica that has not applied me
+		{[]LeaseID{3, 7}, 5, 0, false},        // likewise, with others
+		{[]LeaseID{5}, 5, 0, true},            // alone: first in line
+		{[]LeaseID{5, 9, 12}, 5, 0, true},     // later ones do not matter
+		{[]LeaseID{2, 3, 5, 9}, 5, 3, true},   // only the next lower one
+		{[]LeaseID{2, 3, 5, 9}, 9, 5, true},   // the last in line
+		{[]LeaseID{1, 2, 3, 4}, 2, 1, true},   // second
+		{[]LeaseID{10, 20, 30}, 30, 20, true}, // sorted input
+	} {
+		pred, listed := lockPredecessor(tc.ids, tc.me)
+		if pred != tc.pred || listed != tc.listed {
+			t.Errorf("lockPredecessor(%v, %d) = %d %v, want %d %v", tc.ids, tc.me, pred, listed, tc.pred, tc.listed)
+		}
+	}
+}
+
+func TestLockEventLost(t *testing.T) {
+	for _, tc := range []struct {
+		e    Event
+		lost bool
+	}{
+		{Event{Kind: EventDelete, Entry: Entry{CreateIndex: 10}, Index: 12}, true},             // unlocked, revoked, expired
+		{Event{Kind: EventSet, Entry: Entry{CreateIndex: 10, ModIndex: 11}, Index: 11}, false}, // rewritten, same lock
+		{Event{Kind: EventSet, Entry: Entry{CreateIndex: 14, ModIndex: 14}, Index: 14}, true},  // a new holder's key
+	} {
+		if got := lockEventLost(tc.e, 10); got != tc.lost {
+			t.Errorf("lockEventLost(%+v, 10) = %v", tc.e, got)
+		}
+	}
+}
+
+func TestRenewalRules(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, renewOK},
+		{ErrLeaseNotFound, renewLost},
+		{&remoteError{sentinel: ErrLeaseNotFound, msg: "x"}, renewLost}, // over the wire
+		{errAfterClose, renewLost},
+		{ErrNoLeader, renewRetry},
+		{ErrTimeout, renewRetry},
+		{&unknownOutcome{err: ErrLeadershipLost}, renewRetry},
+		{errors.New("stream reset"), renewRetry},
+	} {
+		if got := renewalVerdict(tc.err); got != tc.want {
+			t.Errorf("renewalVerdict(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+	for _, tc := range []struct{ left, want time.Duration }{
+		{time.Second, time.Second},
+		{0, lockRetryPause},
+		{-time.Second, lockRetryPause},
+		{2 * MaxTimeout, MaxTimeout},
+	} {
+		if got := renewTimeout(tc.left); got != tc.want {
+			t.Errorf("renewTimeout(%v) = %v, want %v", tc.left, got, tc.want)
+		}
+	}
+}
+
+// ---- on a cluster ----
+
+// lockMesh forms a 3-member cluster (nodes 0-2) and starts a Client on each
+// of the next nClients nodes.
+func lockMesh(t *testing.T, ns string, nClients int) (*testCluster, []*Client) {
+	t.Helper()
+	mesh := rafttest.NewMesh(t, 3+nClients, rafttest.Connected())
+	tc := newTestCluster(t, mesh, ns)
+	tc.form(15*time.Second, 0, 1, 2)
+	tc.leader(10 * time.Second)
+	clients := make([]*Client, nClients)
+	for i := range clients {
+		cl, err := NewClient(mesh.Node(3+i), ns, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close() })
+		clients[i] = cl
+	}
+	return tc, clients
+}
+
+// leaseCount is the number of leases on node i's replica.
+func leaseCount(tc *testCluster, i int) int { return len(tc.get(i).(*cluster).fsm.leaseList()) }
+
+// lockKeysOn lists node i's keys of the lock space (holder, gate, waiters).
+func lockKeysOn(tc *testCluster, i int) []string { return tc.get(i).Keys(lockPrefix) }
+
+// TryLock: ErrLocked on both sides of the wire and on a member (leader or
+// follower) while the lock is held, nothing left behind by the refusals,
+// and free again after Unlock.
+func TestTryLockLocked(t *testing.T) {
+	tc, cls := lockMesh(t, "/raft/trylock", 2)
+	l := tc.leader(10 * time.Second)
+	f := tc.follower(l, 0)
+	a, err := cls[0].TryLock("job", 2*time.Second, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok, err := cls[1].GetEntry(LockKey("job"), int64(5*time.Second))
+	if err != nil || !ok || e.CreateIndex != a.Token() || e.Lease != LeaseID(a.Token()) {
+		t.Fatalf("lock key %+v %v %v; token %d", e, ok, err, a.Token())
+	}
+	leases := leaseCount(tc, l)
+	for name, try := range map[string]func() (Lock, error){
+		"client":   func() (Lock, error) { return cls[1].TryLock("job", 2*time.Second, 5*time.Second) },
+		"leader":   func() (Lock, error) { return tc.get(l).TryLock("job", 2*time.Second, 5*time.Second) },
+		"follower": func() (Lock, error) { return tc.get(f).TryLock("job", 2*time.Second, 5*time.Second) },
+	} {
+		if got, err := try(); !errors.Is(err, ErrLocked) || got != nil {
+			t.Fatalf("%s TryLock of a held lock: %v %v", name, got, err)
+		}
+	}
+	if err := tc.get(l).Barrier(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := leaseCount(tc, l); n != leases {
+		t.Fatalf("refused TryLocks left leases: %d, was %d", n, leases)
+	}
+	// Another name is free.
+	other, err := tc.get(f).TryLock("job2", 2*time.Second, 5*time.Second)
+	if err != nil || other.Token() <= a.Token() {
+		t.Fatalf("TryLock of another name on a follower: %v %v", other, err)
+	}
+	if err := other.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.Done():
+	default:
+		t.Fatal("Done open after Unlock")
+	}
+	if err := a.Unlock(); err != nil {
+		t.Fatalf("second Unlock: %v", err)
+	}
+	b, err := cls[1].TryLock("job", 2*time.Second, 5*time.Second)
+	if err != nil || b.Token() <= a.Token() {
+		t.Fatalf("TryLock after Unlock: %v %v (token before %d)", b, err, a.Token())
+	}
+	if err := b.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitFor(10*time.Second, "no lock keys and no leases left", func() bool {
+		return len(lockKeysOn(tc, l)) == 0 && leaseCount(tc, l) == leases-1
+	})
+	// Bad input, refused before anything is sent.
+	for _, bad := range []struct {
+		name     string
+		ttl, tmo time.Duration
+		err      error
+	}{
+		{"", time.Second, time.Second, ErrInvalidKey},
+		{"x", time.Millisecond, time.Second, ErrInvalidTimeout},
+		{"x", time.Second, 0, ErrInvalidTimeout},
+		{string(make([]byte, MaxLockNameSize+1)), time.Second, time.Second, ErrTooLarge},
+	} {
+		if _, err := cls[0].TryLock(bad.name, bad.ttl, bad.tmo); !errors.Is(err, bad.err) {
+			t.Fatalf("TryLock(%d bytes, %v, %v): %v, want %v", len(bad.name), bad.ttl, bad.tmo, err, bad.err)
+		}
+	}
+	if _, err := cls[0].Lock(context.Background(), "", time.Second); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("Lock with an empty name: %v", err)
+	}
+}
+
+// waitQueued waits until n waiters of name are queued on node i's replica.
+func waitQueued(tc *testCluster, i int, name string, n int) {
+	tc.t.Helper()
+	tc.waitFor(10*time.Second, "waiters queued", func() bool {
+		return len(parseWaiters(lockWaitersPrefix(name), tc.get(i).Keys(lockWaitersPrefix(name)))) == n
+	})
+}
+
+// Waiters take the lock in the order they queued, one at a time, with
+// increasing tokens; a caller that comes while they wait, even at the
+// moment the lock is free, queues behind them (TryLock: ErrLocked).
+func TestLockWaitersOrder(t *testing.T) {
+	tc, cls := lockMesh(t, "/raft/lockorder", 4)
+	l := tc.leader(10 * time.Second)
+	holder, err := cls[0].Lock(context.Background(), "q", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type got struct {
+		who   int
+		token uint64
+	}
+	order := make(chan got, 4)
+	lockErrs := make(chan error, 4)
+	unlocked := make(chan error, 4)
+	start := func(who int, lock func() (Lock, error)) {
+		go func() {
+			lk, err := lock()
+			if err != nil {
+				lockErrs <- err
+				return
+			}
+			order <- got{who, lk.Token()}
+			// Hold briefly, then hand on.
+			time.Sleep(50 * time.Millisecond)
+			unlocked <- lk.Unlock()
+		}()
+	}
+	// Three waiters, queued one after another: two Clients and a member.
+	for k, who := range []int{1, 2, -1} {
+		lock := func() (Lock, error) { return tc.get(tc.follower(l, 0)).Lock(context.Background(), "q", 5*time.Second) }
+		if who >= 0 {
+			lock = func() (Lock, error) { return cls[who].Lock(context.Background(), "q", 5*time.Second) }
+		}
+		start(who, lock)
+		waitQueued(tc, l, "q", k+1)
+	}
+	if _, err := cls[3].TryLock("q", 5*time.Second, 5*time.Second); !errors.Is(err, ErrLocked) {
+		t.Fatalf("TryLock while waiters queue: %v", err)
+	}
+	// A late caller, started the moment the holder unlocks.
+	if err := holder.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	start(3, func() (Lock, error) { return cls[3].Lock(context.Background(), "q", 5*time.Second) })
+	var seq []got
+	for range 4 {
+		select {
+		case g := <-order:
+			seq = append(seq, g)
+		case err := <-lockErrs:
+			t.Fatal(err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("waiters stuck; acquired so far %v", seq)
+		}
+	}
+	want := []int{1, 2, -1, 3}
+	for k, g := range seq {
+		if g.who != want[k] {
+			t.Fatalf("acquisition order %v, want holders %v", seq, want)
+		}
+		if k > 0 && g.token <= seq[k-1].token {
+			t.Fatalf("tokens not increasing: %v", seq)
+		}
+	}
+	if seq[0].token <= holder.Token() {
+		t.Fatalf("first waiter's token %d not above the holder's %d", seq[0].token, holder.Token())
+	}
+	// Wait for the remaining unlocks.
+	for n := 0; n < 4; {
+		select {
+		case err := <-unlocked:
+			if err != nil {
+				t.Fatal(err)
+			}
+			n++
+		case <-time.After(30 * time.Second):
+			t.Fatal("unlocks stuck")
+		}
+	}
+	tc.waitFor(10*time.Second, "no lock keys left", func() bool { return len(lockKeysOn(tc, l)) == 0 })
+}
+
+// Cancelling a waiting Lock removes its place in line and its lease; the
+// line goes on without it.
+func TestLockCancelWhileWaiting(t *testing.T) {
+	tc, cls := lockMesh(t, "/raft/lockcancel", 3)
+	l := tc.leader(10 * time.Second)
+	holder, err := cls[0].TryLock("c", 5*time.Second, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leases := leaseCount(tc, l)
+	// Waiter 1 stays; waiter 2 (queued after it) gives up.
+	w1 := make(chan Lock, 1)
+	go func() {
+		lk, err := cls[1].Lock(context.Background(), "c", 5*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		w1 <- lk
+	}()
+	waitQueued(tc, l, "c", 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	w2 := make(chan error, 1)
+	go func() {
+		lk, err := cls[2].Lock(ctx, "c", 5*time.Second)
+		if lk != nil {
+			t.Error("a cancelled Lock returned a lock")
+		}
+		w2 <- err
+	}()
+	waitQueued(tc, l, "c", 2)
+	cancel()
+	select {
+	case err := <-w2:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled Lock: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("a cancelled Lock did not return")
+	}
+	// Its waiter key and lease are gone (the gate stays: waiter 1 still
+	// waits, though no longer bound to the newest waiter's lease).
+	tc.waitFor(10*time.Second, "the cancelled waiter's key and lease gone", func() bool {
+		return len(parseWaiters(lockWaitersPrefix("c"), tc.get(l).Keys(lockWaitersPrefix("c")))) == 1 && leaseCount(tc, l) == leases+1
+	})
+	// Cancelled before it starts: nothing is written.
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if _, err := cls[2].Lock(done, "c", 5*time.Second); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lock with a cancelled context: %v", err)
+	}
+	if err := holder.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	var lk Lock
+	select {
+	case lk = <-w1:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the remaining waiter did not get the lock")
+	}
+	if lk == nil || lk.Token() <= holder.Token() {
+		t.Fatalf("waiter's lock %v", lk)
+	}
+	if err := lk.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitFor(10*time.Second, "no lock keys and no leases left", func() bool {
+		return len(lockKeysOn(tc, l)) == 0 && leaseCount(tc, l) == leases-1
+	})
+}
+
+// A holder that stops renewing loses the lock: Done closes within a TTL,
+// the next holder gets a higher token, and the stale holder's Unlock, and
+// a retry of its unlock entry, release nothing of the new holder's.
+func TestUnlockStaleToken(t *testing.T) {
+	const ttl = time.Second
+	tc, cls := lockMesh(t, "/raft/lockstale", 2)
+	l := tc.leader(10 * time.Second)
+	old, err := cls[0].TryLock("s", ttl, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled := time.Now()
+	old.(*heldLock).stopRenewing()
+	select {
+	case <-old.Done():
+	case <-time.After(2 * ttl):
+		t.Fatal("Done still open 2 TTL after renewals stopped")
+	}
+	if d := time.Since(stalled); d > ttl+ttl/2 {
+		t.Fatalf("Done closed %v after the renewals stopped (TTL %v)", d, ttl)
+	}
+	// The new holder waits for the old lease to expire.
+	ctx, cancel := ctxTimeout(20 * time.Second)
+	defer cancel()
+	cur, err := cls[1].Lock(ctx, "s", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Token() <= old.Token() {
+		t.Fatalf("new token %d not above the old %d", cur.Token(), old.Token())
+	}
+	if err := old.Unlock(); !errors.Is(err, ErrLeaseNotFound) {
+		t.Fatalf("stale Unlock: %v", err)
+	}
+	// The same unlock entry again, as a retry that arrives late would be.
+	res, err := tc.get(l).(*cluster).leaseWrite(unlockOps("s", old.Token(), LeaseID(old.Token())), 5*time.Second)
+	if err != nil || res.OK {
+		t.Fatalf("stale unlock entry: %+v %v", res, err)
+	}
+	e, ok, err := cls[0].GetEntry(LockKey("s"), int64(5*time.Second))
+	if err != nil || !ok || e.CreateIndex != cur.Token() {
+		t.Fatalf("the new holder's lock after stale unlocks: %+v %v %v", e, ok, err)
+	}
+	select {
+	case <-cur.Done():
+		t.Fatal("the new holder's Done closed")
+	default:
+	}
+	if err := cur.Unlock(); err != nil {
+		t.Fatal(err)
+	}
+}
