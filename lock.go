@@ -17,8 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,9 +57,10 @@ const (
 	// take the lock past them.
 	lockGateSpace = lockPrefix + "g/"
 	// lockWaiterSpace holds a name's waiters: name + "/" + the waiter's
-	// lease ID in lockIDDigits decimal digits, so key order is queue order.
+	// lease ID in lockIDDigits decimal digits (a sequential key created
+	// with the lease), so key order is queue order.
 	lockWaiterSpace = lockPrefix + "w/"
-	lockIDDigits    = 20
+	lockIDDigits    = seqDigits
 )
 
 // Timing of locks.
@@ -86,8 +85,7 @@ func lockGateKey(name string) string { return lockGateSpace + name }
 func lockWaitersPrefix(name string) string { return lockWaiterSpace + name + "/" }
 
 func lockWaiterKey(name string, id LeaseID) string {
-	s := strconv.FormatUint(uint64(id), 10)
-	return lockWaitersPrefix(name) + strings.Repeat("0", lockIDDigits-len(s)) + s
+	return seqKey(lockWaitersPrefix(name), uint64(id))
 }
 
 // validateLockName checks a lock name: not empty, and short enough that
@@ -381,8 +379,11 @@ func (h *heldLock) Done() <-chan struct{} { return h.lease.lost }
 func (h *heldLock) Unlock() error {
 	h.unlockOnce.Do(func() {
 		lostBefore := h.lease.err()
-		h.lease.stop(errUnlocked)
+		// Done closes and the loops stop first; they are waited for after
+		// the write, which need not wait for a renewal in flight.
+		h.lease.lose(errUnlocked)
 		res, err := h.b.write(unlockOps(h.name, h.token, h.lease.id), lockWriteTimeout)
+		h.lease.wg.Wait()
 		switch {
 		case err != nil:
 			h.unlockErr = fmt.Errorf("unlock %q: %w", h.name, err)

@@ -2,8 +2,12 @@ package raft
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -452,4 +456,262 @@ func TestUnlockStaleToken(t *testing.T) {
 	if err := cur.Unlock(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// lockRecord is one acquisition in TestLockFencedUnderFailures.
+type lockRecord struct {
+	client           int
+	token            uint64
+	acquiredAt       time.Time
+	doneAt           time.Time // when Done closed (Unlock closes it at the latest)
+	unlockErr        error
+	paused           bool
+	refusedAfterDone int // the paused holder's fenced writes refused after Done
+}
+
+// resWrite is a fenced write the resource accepted, as the log ordered it.
+type resWrite struct{ token, index uint64 }
+
+// The must-show test of locks. Five Clients on five nodes each take the
+// lock 100 times (Lock, a write to a resource fenced by IfCreateIndex of
+// the lock key and the token, Unlock) while the leader is killed (cut off,
+// closed, and later brought back) and one holder stops renewing past its
+// TTL and keeps writing. Checked:
+//   - the tokens, in the order the state machine created the lock key and
+//     in the order the Clients got them, strictly increase;
+//   - the resource accepted a write of token t at index i only if no other
+//     acquisition came between t and i (never from a holder after its lock
+//     was lost), and the stalled holder's writes after its loss were refused;
+//   - every holder whose lock was lost saw Done close within one TTL of the
+//     loss (the lock key's delete).
+func TestLockFencedUnderFailures(t *testing.T) {
+	const (
+		ns      = "/raft/lockfence"
+		name    = "fence"
+		res     = "fence/resource"
+		ttl     = 2 * time.Second
+		rounds  = 100
+		clients = 5
+	)
+	began := time.Now()
+	tc, cls := lockMesh(t, ns, clients+1) // the last Client watches
+	mesh := tc.mesh
+	members := []int{0, 1, 2}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// The log's view: lock keys created and deleted, resource writes.
+	var (
+		mu       sync.Mutex
+		created  []uint64                 // tokens, as the log created the lock key
+		deleted  = map[uint64]time.Time{} // token -> when its delete was seen
+		accepted []resWrite
+	)
+	events, err := cls[clients].Watch(ctx, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		for e := range events {
+			mu.Lock()
+			switch {
+			case e.Key == LockKey(name) && e.Kind == EventSet && e.Entry.CreateIndex == e.Index:
+				created = append(created, e.Index)
+			case e.Key == LockKey(name) && e.Kind == EventDelete:
+				deleted[e.Entry.CreateIndex] = time.Now()
+			case e.Key == res && e.Kind == EventSet:
+				accepted = append(accepted, resWrite{binary.BigEndian.Uint64(e.Entry.Value), e.Index})
+			}
+			mu.Unlock()
+		}
+	}()
+
+	var (
+		recMu    sync.Mutex
+		records  []*lockRecord
+		lockErrs int
+		progress atomic.Int64
+		pausedAt = rounds * 3 / 5 // the round at which client 1 stalls
+	)
+	fenced := func(cl *Client, token uint64) (bool, error) {
+		r, err := cl.Txn(Txn{
+			If:   []Cond{IfCreateIndex(LockKey(name), token)},
+			Then: []Op{SetOp(res, binary.BigEndian.AppendUint64(nil, token))},
+		}, 5*time.Second)
+		return r.OK, err
+	}
+	var wg sync.WaitGroup
+	for c := range clients {
+		cl := cls[c]
+		wg.Go(func() {
+			for round := 0; round < rounds; {
+				lk, err := cl.Lock(ctx, name, ttl)
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					recMu.Lock()
+					lockErrs++
+					recMu.Unlock()
+					t.Logf("client %d round %d: Lock: %v", c, round, err)
+					time.Sleep(lockRetryPause)
+					continue
+				}
+				rec := &lockRecord{client: c, token: lk.Token(), acquiredAt: time.Now()}
+				doneSeen := make(chan struct{})
+				go func() {
+					<-lk.Done()
+					rec.doneAt = time.Now()
+					close(doneSeen)
+				}()
+				if _, err := fenced(cl, rec.token); err != nil {
+					t.Logf("client %d round %d: fenced write: %v", c, round, err)
+				}
+				if c == 1 && round == pausedAt {
+					// Stall: no more renewals, but keep writing until the
+					// lock is lost and another holder has taken it.
+					rec.paused = true
+					lk.(*heldLock).stopRenewing()
+					<-doneSeen
+					for from := progress.Load(); ; time.Sleep(20 * time.Millisecond) {
+						ok, err := fenced(cl, rec.token)
+						if err == nil && !ok {
+							rec.refusedAfterDone++
+						}
+						if rec.refusedAfterDone > 0 && progress.Load() > from+1 {
+							break
+						}
+						if ctx.Err() != nil {
+							return
+						}
+					}
+				}
+				rec.unlockErr = lk.Unlock()
+				<-doneSeen
+				recMu.Lock()
+				records = append(records, rec)
+				recMu.Unlock()
+				progress.Add(1)
+				round++
+			}
+		})
+	}
+
+	// The leader is killed after a fifth of the acquisitions, and brought
+	// back 100 acquisitions later.
+	faults := make(chan struct{})
+	go func() {
+		defer close(faults)
+		wait := func(n int64) bool {
+			deadline := time.Now().Add(60 * time.Second)
+			for progress.Load() < n {
+				if time.Now().After(deadline) {
+					t.Errorf("no progress past %d acquisitions", progress.Load())
+					return false
+				}
+				time.Sleep(rafttest.PollInterval)
+			}
+			return true
+		}
+		if !wait(clients * rounds / 5) {
+			return
+		}
+		l := tc.leaderAmong(20*time.Second, members...)
+		t.Logf("acquisition %d: killing the leader, node %d", progress.Load(), l)
+		mesh.Isolate(l)
+		tc.stop(l)
+		mesh.Stop(l)
+		if !wait(progress.Load() + 100) {
+			return
+		}
+		t.Logf("acquisition %d: restarting node %d", progress.Load(), l)
+		mesh.Rejoin(l)
+		mesh.Restart(l)
+		tc.mustStart(l)
+	}()
+	wg.Wait()
+	<-faults
+
+	// Let the watcher see the last changes: a final write's index.
+	last, err := cls[0].Txn(Txn{Then: []Op{SetOp("fence/end", nil)}}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.waitFor(30*time.Second, "the watcher to reach the end", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(accepted) > 0 && accepted[len(accepted)-1].index <= last.Index && len(created) >= len(records)
+	})
+	time.Sleep(200 * time.Millisecond)
+	cancel()
+	<-watched
+
+	mu.Lock()
+	defer mu.Unlock()
+	recMu.Lock()
+	defer recMu.Unlock()
+	if len(records) != clients*rounds {
+		t.Fatalf("%d acquisitions, want %d", len(records), clients*rounds)
+	}
+	// Tokens: strictly increasing in the log's order, and in the order the
+	// Clients got them; every Client's token is a creation of the lock key.
+	for k := 1; k < len(created); k++ {
+		if created[k] <= created[k-1] {
+			t.Fatalf("lock key created at %d after %d", created[k], created[k-1])
+		}
+	}
+	byTime := slices.Clone(records)
+	slices.SortFunc(byTime, func(a, b *lockRecord) int { return a.acquiredAt.Compare(b.acquiredAt) })
+	for k := 1; k < len(byTime); k++ {
+		if byTime[k].token <= byTime[k-1].token {
+			t.Fatalf("client %d got token %d after client %d got %d", byTime[k].client, byTime[k].token, byTime[k-1].client, byTime[k-1].token)
+		}
+	}
+	for _, r := range records {
+		if _, ok := slices.BinarySearch(created, r.token); !ok {
+			t.Fatalf("client %d's token %d is no creation of the lock key", r.client, r.token)
+		}
+	}
+	if extra := len(created) - len(records); extra > lockErrs {
+		t.Fatalf("%d lock key creations nobody got, but only %d Lock errors", extra, lockErrs)
+	}
+	// Fencing: an accepted write of token t at index i has no acquisition
+	// between t and i.
+	for _, w := range accepted {
+		k, ok := slices.BinarySearch(created, w.token)
+		if !ok || w.index <= w.token {
+			t.Fatalf("resource accepted token %d at %d: not an acquisition before it", w.token, w.index)
+		}
+		if k+1 < len(created) && created[k+1] < w.index {
+			t.Fatalf("resource accepted token %d at index %d, after the next holder's acquisition at %d", w.token, w.index, created[k+1])
+		}
+	}
+	// Losses: Done within one TTL of the lock key's delete.
+	var lost, stalled int
+	for _, r := range records {
+		if r.paused {
+			stalled++
+			if !errors.Is(r.unlockErr, ErrLeaseNotFound) || r.refusedAfterDone == 0 {
+				t.Fatalf("stalled holder: Unlock %v, %d writes refused after Done", r.unlockErr, r.refusedAfterDone)
+			}
+		}
+		if r.unlockErr == nil {
+			continue
+		}
+		lost++
+		gone, ok := deleted[r.token]
+		if !ok {
+			t.Fatalf("client %d lost token %d (%v) but its delete was never seen", r.client, r.token, r.unlockErr)
+		}
+		if r.doneAt.After(gone.Add(ttl)) {
+			t.Fatalf("client %d: Done closed %v after the lock key's delete (TTL %v)", r.client, r.doneAt.Sub(gone), ttl)
+		}
+	}
+	if stalled != 1 {
+		t.Fatalf("%d stalled holders, want 1", stalled)
+	}
+	t.Logf("%d acquisitions, %d Lock errors, %d locks lost, %d resource writes accepted, in %v",
+		len(records), lockErrs, lost, len(accepted), time.Since(began).Round(time.Millisecond))
 }

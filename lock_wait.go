@@ -2,25 +2,25 @@ package raft
 
 // Taking a lock, and the line of waiters (see lock.go for the held lock).
 //
-// The fast path is one entry: if neither the lock's key nor its gate
+// Every attempt is first one entry: if neither the lock's key nor its gate
 // exists, grant a lease and create the lock's key bound to it (the lease ID
 // and the token are both that entry's index). TryLock stops there
-// (ErrLocked). Lock's entry otherwise grants the lease and sets the gate
-// bound to it, so later callers queue instead of taking the lock past the
-// waiters, and then queues:
+// (ErrLocked). Lock's entry otherwise still grants the lease, and queues:
+// it sets the gate bound to the lease, so later callers queue instead of
+// taking the lock past the waiters, and creates the waiter's key, named by
+// the lease ID (a sequential key: the entry's index), bound to the lease.
+// Then the waiter
 //
-//   - it writes its waiter key, named by its lease ID, bound to its lease;
-//   - it lists the waiters from a replica that has applied its own key, and
-//     watches only its predecessor (the next lower lease ID), waiting for
-//     that key's delete: no thundering herd, each delete wakes one waiter;
+//   - lists the waiters from a replica that has applied its own key, and
+//     watches only its predecessor (the next lower ID), waiting for that
+//     key's delete: no thundering herd, each delete wakes one waiter;
 //   - without a predecessor it is first in line: it creates the lock's key
 //     bound to its lease if the key is absent, or else watches that key
 //     until it is deleted and tries again.
 //
 // A waiter's key stays until its lease ends (Unlock, cancel, expiry), so
 // the next in line wakes once the holder releases and finds the lock free.
-// Two callers whose grant and queueing interleave may both find no
-// predecessor; they then race for the lock's key once (the key decides).
+// Waiters take the lock in the order their entries were applied.
 
 import (
 	"context"
@@ -36,7 +36,8 @@ import (
 
 // lockOps is the fast path: take the lock if its key and gate are absent
 // (granting the lease in the same entry). When queue is set, the else
-// branch grants the lease anyway and sets the gate bound to it.
+// branch grants the lease anyway and queues: the gate and the waiter's key,
+// bound to it.
 func lockOps(name string, ttl time.Duration, nonce []byte, queue bool) []cmdOp {
 	ops := []cmdOp{
 		{kind: opIfAbsent, key: []byte(LockKey(name))},
@@ -47,14 +48,11 @@ func lockOps(name string, ttl time.Duration, nonce []byte, queue bool) []cmdOp {
 	if queue {
 		ops = append(ops, cmdOp{kind: opElse})
 		ops = append(ops, grantOps(ttl)...)
-		ops = append(ops, cmdOp{kind: opSetGrantedLease, key: []byte(lockGateKey(name)), value: nonce})
+		ops = append(ops,
+			cmdOp{kind: opSetGrantedLease, key: []byte(lockGateKey(name)), value: nonce},
+			cmdOp{kind: opSetGrantedSeq, key: []byte(lockWaitersPrefix(name))})
 	}
 	return ops
-}
-
-// queueOps writes a waiter's key bound to its lease.
-func queueOps(name string, id LeaseID) []cmdOp {
-	return []cmdOp{userOp(Op{Key: lockWaiterKey(name, id), Lease: id})}
 }
 
 // acquireOps takes the lock for the first waiter: its key, bound to the
@@ -193,25 +191,19 @@ func writeTimeout(ctx context.Context) (time.Duration, error) {
 	return d, nil
 }
 
-// waitTurn queues a waiter holding lease and waits until it takes the
-// lock. It ends the lease on any failure but a lost lease (errRequeue).
+// waitTurn waits, for a waiter queued with lease, until it takes the
+// lock. It ends the lease on any failure (on errRequeue too: the lease was
+// lost).
 func waitTurn(ctx context.Context, b lockBackend, name string, lease *lockLease) (l Lock, err error) {
 	defer func() {
 		if l == nil {
 			abandon(b, lease, err)
 		}
 	}()
-	timeout, err := writeTimeout(ctx)
-	if err != nil {
-		return nil, err
-	}
-	res, err := b.write(queueOps(name, lease.id), timeout)
-	if err != nil {
-		return nil, err
-	}
-	queued := res.Index
+	queued := uint64(lease.id) // the index of the entry that queued it
 	prefix := lockWaitersPrefix(name)
 	uncertain := false // an acquire's outcome was unknown: the lock may be ours
+	first := false     // known first in line: no need to list again
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -221,24 +213,30 @@ func waitTurn(ctx context.Context, b lockBackend, name string, lease *lockLease)
 			return nil, errRequeue
 		default:
 		}
-		keys, err := b.keys(prefix)
-		if err != nil {
-			pause(ctx, lockRetryPause)
-			continue
+		if !first {
+			keys, err := b.keys(prefix)
+			if err != nil {
+				pause(ctx, lockRetryPause)
+				continue
+			}
+			ids := parseWaiters(prefix, keys)
+			pred, listed := lockPredecessor(ids, lease.id)
+			switch {
+			case !listed:
+				// This replica has not applied our key yet (or the lease
+				// ended and took it: lost closes soon).
+				pause(ctx, lockRetryPause)
+				continue
+			case pred != 0:
+				// Watched from our key's index: it was listed by a replica
+				// that has applied our key, so it stood then. When it was
+				// first in line, nobody else is before us once it is gone
+				// (a waiter's ID is its key's creation index).
+				first = waitDeleted(ctx, b, lease, lockWaiterKey(name, pred), queued) && pred == ids[0]
+				continue
+			}
 		}
-		pred, listed := lockPredecessor(parseWaiters(prefix, keys), lease.id)
-		switch {
-		case !listed:
-			// This replica has not applied our key yet (or the lease
-			// ended and took it: lost closes soon).
-			pause(ctx, lockRetryPause)
-			continue
-		case pred != 0:
-			// Changes of pred after our key was written: it was listed by
-			// a replica that has applied our key, so it stood then.
-			waitDeleted(ctx, b, lease, lockWaiterKey(name, pred), queued)
-			continue
-		}
+		first = false
 		timeout, err := writeTimeout(ctx)
 		if err != nil {
 			return nil, err
@@ -276,10 +274,10 @@ func abandon(b lockBackend, lease *lockLease, why error) {
 	_, _ = b.write(revokeOps(lease.id), lockWriteTimeout)
 }
 
-// waitDeleted returns once key is deleted after index after, or when
-// anything else may have changed the picture: the watch ended or failed,
-// the waiter's lease was lost, ctx ended. The caller looks again.
-func waitDeleted(ctx context.Context, b lockBackend, lease *lockLease, key string, after uint64) {
+// waitDeleted returns true once key is deleted after index after, or false
+// when anything else may have changed the picture: the watch ended or
+// failed, the waiter's lease was lost, ctx ended. The caller looks again.
+func waitDeleted(ctx context.Context, b lockBackend, lease *lockLease, key string, after uint64) bool {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	ch, err := b.watch(wctx, key, after)
@@ -287,14 +285,17 @@ func waitDeleted(ctx context.Context, b lockBackend, lease *lockLease, key strin
 		// The history no longer reaches back to after: the key's ModIndex
 		// is its last change, so watch from there if it still exists.
 		e, ok, rerr := b.entry(key, lockWriteTimeout)
-		if rerr != nil || !ok {
-			return
+		if rerr != nil {
+			return false
+		}
+		if !ok {
+			return true
 		}
 		ch, err = b.watch(wctx, key, max(after, e.ModIndex))
 	}
 	if err != nil {
 		pause(ctx, lockRetryPause)
-		return
+		return false
 	}
 	defer func() {
 		cancel()
@@ -304,14 +305,14 @@ func waitDeleted(ctx context.Context, b lockBackend, lease *lockLease, key strin
 	for {
 		select {
 		case <-lease.lost:
-			return
+			return false
 		case e, ok := <-ch:
 			if !ok {
 				pause(ctx, lockRetryPause)
-				return
+				return false
 			}
 			if e.Key == key && e.Kind == EventDelete {
-				return
+				return true
 			}
 		}
 	}

@@ -101,6 +101,7 @@ var opKinds = [...]*opKind{
 	opIfLease:         ifLeaseKind,
 	opSetLease:        setLeaseKind,
 	opSetGrantedLease: setGrantedLeaseKind,
+	opSetGrantedSeq:   setGrantedSeqKind,
 	opIfEpoch: {
 		name:    "ifEpoch",
 		role:    roleCond,
