@@ -402,11 +402,15 @@ func (h *heldLock) Unlock() error {
 func (h *heldLock) stopRenewing() { h.lease.paused.Store(true) }
 
 // watchKey closes Done when the lock's key is seen deleted or taken over.
-// A watch that ends early is started again from the last change seen; one
-// whose history is gone reads the key instead.
+// It starts one renewal interval after the lock was taken, from the token's
+// index (so it misses no change): a lock held briefly costs no watch
+// stream, and until then the lease's timing bounds Done anyway. A watch
+// that ends early is started again from the last change seen; one whose
+// history is gone reads the key instead.
 func (h *heldLock) watchKey() {
 	defer h.lease.wg.Done()
 	ctx := h.lease.ctx
+	pause(ctx, h.lease.ttl/lockRenewFraction)
 	after := h.token
 	for ctx.Err() == nil {
 		ch, err := h.b.watch(ctx, h.key, after)
