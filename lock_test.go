@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
 )
 
@@ -534,12 +535,26 @@ func TestLockFencedUnderFailures(t *testing.T) {
 		lockErrs int
 		progress atomic.Int64
 		pausedAt = rounds * 3 / 5 // the round at which client 1 stalls
+		// targets lists the members, the leader first (as a Client that
+		// follows the leader would): writes then skip a forwarding hop.
+		targets atomic.Pointer[[]peer.ID]
 	)
+	leaderFirst := func(among ...int) {
+		l := tc.leaderAmong(20*time.Second, among...)
+		ids := []peer.ID{mesh.ID(l)}
+		for _, i := range members {
+			if i != l {
+				ids = append(ids, mesh.ID(i))
+			}
+		}
+		targets.Store(&ids)
+	}
+	leaderFirst(members...)
 	fenced := func(cl *Client, token uint64) (bool, error) {
 		r, err := cl.Txn(Txn{
 			If:   []Cond{IfCreateIndex(LockKey(name), token)},
 			Then: []Op{SetOp(res, binary.BigEndian.AppendUint64(nil, token))},
-		}, 5*time.Second)
+		}, 5*time.Second, *targets.Load()...)
 		return r.OK, err
 	}
 	var wg sync.WaitGroup
@@ -547,7 +562,7 @@ func TestLockFencedUnderFailures(t *testing.T) {
 		cl := cls[c]
 		wg.Go(func() {
 			for round := 0; round < rounds; {
-				lk, err := cl.Lock(ctx, name, ttl)
+				lk, err := cl.Lock(ctx, name, ttl, *targets.Load()...)
 				if err != nil {
 					if ctx.Err() != nil {
 						return
@@ -623,6 +638,8 @@ func TestLockFencedUnderFailures(t *testing.T) {
 		mesh.Isolate(l)
 		tc.stop(l)
 		mesh.Stop(l)
+		rest := slices.DeleteFunc(slices.Clone(members), func(i int) bool { return i == l })
+		leaderFirst(rest...)
 		if !wait(progress.Load() + 100) {
 			return
 		}
@@ -630,6 +647,7 @@ func TestLockFencedUnderFailures(t *testing.T) {
 		mesh.Rejoin(l)
 		mesh.Restart(l)
 		tc.mustStart(l)
+		leaderFirst(members...)
 	}()
 	wg.Wait()
 	<-faults
