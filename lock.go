@@ -116,7 +116,8 @@ type lockBackend interface {
 // and ctx's error returned). The lock is bound to a lease of ttl
 // (MinLeaseTTL to MaxLeaseTTL) that it keeps alive until Unlock; if the
 // holder cannot renew it for ttl, Done closes and the lock goes to the
-// next in line once the lease expires. Any member.
+// next in line once the lease expires. While no leader is known Lock
+// keeps trying; other failures are returned. Any member.
 func (c *cluster) Lock(ctx context.Context, name string, ttl time.Duration) (Lock, error) {
 	return lockWait(ctx, clusterLocks{c}, name, ttl)
 }

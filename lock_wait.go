@@ -158,6 +158,11 @@ func lockWait(ctx context.Context, b lockBackend, name string, ttl time.Duration
 			if h := recoverUnknown(b, name, ttl, nonce, sent, err); h != nil {
 				return h, nil
 			}
+			if mayTryElsewhere(err) {
+				// No leader (an election), nothing applied: Lock waits.
+				pause(ctx, lockRetryPause)
+				continue
+			}
 			return nil, err
 		}
 		lease := startLockLease(b, LeaseID(res.Index), ttl, sent)
