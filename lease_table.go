@@ -331,7 +331,7 @@ func sortedKeys(m map[string]struct{}) []string {
 func (a *applyCtx) checkLeases(branch []cmdOp) error {
 	t := a.f.leases
 	grants := 0
-	granted := map[string]struct{}{} // keys bound to the lease this branch grants
+	var granted map[string]struct{} // keys bound to the lease this branch grants
 	var added map[LeaseID]map[string]struct{}
 	for _, op := range branch {
 		switch op.kind {
@@ -345,6 +345,9 @@ func (a *applyCtx) checkLeases(branch []cmdOp) error {
 				if err := checkSize("sequential key", len(key), MaxKeySize); err != nil {
 					return err
 				}
+			}
+			if granted == nil {
+				granted = map[string]struct{}{}
 			}
 			granted[key] = struct{}{}
 			if len(granted) > MaxLeaseKeys {
