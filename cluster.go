@@ -43,6 +43,14 @@ type Cluster interface {
 	// Revoke ends a lease and deletes the keys bound to it
 	// (ErrLeaseNotFound when it does not exist). Any member.
 	Revoke(id LeaseID, timeout time.Duration) error
+	// Lock takes the lock of name, waiting in line until it is free or ctx
+	// ends. The lock is the key LockKey(name), bound to a lease of ttl
+	// that the returned Lock keeps alive; its Token fences what it guards
+	// (see lock.go). Any member.
+	Lock(ctx context.Context, name string, ttl time.Duration) (Lock, error)
+	// TryLock takes the lock of name if it is free and nobody waits for
+	// it, else fails at once with ErrLocked. Any member.
+	TryLock(name string, ttl time.Duration, timeout time.Duration) (Lock, error)
 	// Apply replicates a command made by EncodeCommand. Leader only.
 	Apply(cmd []byte, timeout time.Duration) (FSMResponse, error)
 	// Barrier waits until the local replica has applied every write the

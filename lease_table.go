@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +41,28 @@ const (
 	// opSetLease sets a key bound to a lease; value: the lease ID (8 bytes)
 	// then the key's value.
 	opSetLease uint8 = 16
+	// opSetGrantedLease sets a key bound to the lease granted by the same
+	// command (whose ID is the entry's index, unknown when it is proposed);
+	// value: the key's value. A grant must come before it in its branch.
+	// It lets a lock be taken in one entry (see lock.go).
+	opSetGrantedLease uint8 = 17
+	// opSetGrantedSeq is opSetGrantedLease for the key made of the
+	// operation's key followed by the lease ID (the entry's index) in
+	// seqDigits decimal digits: a key named and ordered by its creation,
+	// bound to its creator's lease (ZooKeeper's ephemeral sequential
+	// node). Lock waiters queue with it (see lock_wait.go).
+	opSetGrantedSeq uint8 = 18
 )
+
+// seqDigits is the width of the number opSetGrantedSeq appends, so that
+// key order is number order.
+const seqDigits = 20
+
+// seqKey is key followed by n in seqDigits decimal digits.
+func seqKey(key string, n uint64) string {
+	s := strconv.FormatUint(n, 10)
+	return key + strings.Repeat("0", seqDigits-len(s)) + s
+}
 
 // leaseRecordVersion is the first byte of a stored lease record: then the
 // TTL and the touch index as unsigned varints.
@@ -72,6 +94,12 @@ var (
 		}}
 	setLeaseKind = &opKind{name: "setLease", check: checkSetLease,
 		apply: func(a *applyCtx, key, value []byte) error { return a.setWithLease(key, value[8:], leaseOf(value)) }}
+	setGrantedLeaseKind = &opKind{name: "setGrantedLease", check: validateValue,
+		apply: func(a *applyCtx, key, value []byte) error { return a.setWithLease(key, value, LeaseID(a.index)) }}
+	setGrantedSeqKind = &opKind{name: "setGrantedSeq", check: validateValue,
+		apply: func(a *applyCtx, key, value []byte) error {
+			return a.setWithLease([]byte(seqKey(string(key), a.index)), value, LeaseID(a.index))
+		}}
 )
 
 func leaseOf(value []byte) LeaseID { return LeaseID(binary.BigEndian.Uint64(value)) }
@@ -297,14 +325,34 @@ func sortedKeys(m map[string]struct{}) []string {
 
 // checkLeases refuses, before anything of it is applied, a branch that a
 // lease would make fail halfway: a key bound to a lease that does not exist
-// (ErrLeaseNotFound), past MaxLeaseKeys, or a grant past MaxLeases
+// (ErrLeaseNotFound), to the granted lease without a grant before it
+// (ErrInvalidCommand), past MaxLeaseKeys, or a grant past MaxLeases
 // (ErrTooLarge). Every replica decides alike, from the same table.
 func (a *applyCtx) checkLeases(branch []cmdOp) error {
 	t := a.f.leases
 	grants := 0
+	var granted map[string]struct{} // keys bound to the lease this branch grants
 	var added map[LeaseID]map[string]struct{}
 	for _, op := range branch {
 		switch op.kind {
+		case opSetGrantedLease, opSetGrantedSeq:
+			if grants == 0 {
+				return fmt.Errorf("%w: a set bound to the granted lease before any grant", ErrInvalidCommand)
+			}
+			key := string(op.key)
+			if op.kind == opSetGrantedSeq {
+				key = seqKey(key, a.index)
+				if err := checkSize("sequential key", len(key), MaxKeySize); err != nil {
+					return err
+				}
+			}
+			if granted == nil {
+				granted = map[string]struct{}{}
+			}
+			granted[key] = struct{}{}
+			if len(granted) > MaxLeaseKeys {
+				return fmt.Errorf("%w: the granted lease would have over %d keys (MaxLeaseKeys)", ErrTooLarge, MaxLeaseKeys)
+			}
 		case opLeaseGrant:
 			grants++
 			if grants > 1 {

@@ -319,3 +319,50 @@ func TestSnapshotHeaderWithLeases(t *testing.T) {
 		t.Fatalf("written header %v %v", raw, err)
 	}
 }
+
+// A set bound to the lease granted in the same entry (and its sequential
+// form): the key's lease is the entry's index; without a grant before it
+// the whole command is refused; a sequential key too long is refused.
+func TestLeaseGrantedSet(t *testing.T) {
+	f, _ := newTestStore(t)
+	grantSet := func(extra ...cmdOp) []byte {
+		ops := append(grantOps(time.Minute), cmdOp{kind: opSetGrantedLease, key: []byte("k"), value: []byte("v")})
+		return leaseCmd(append(ops, extra...)...)
+	}
+	if res, err := applyAt(t, f, 5, grantSet(cmdOp{kind: opSetGrantedSeq, key: []byte("q/")})); err != nil || !res.OK {
+		t.Fatalf("grant and set: %+v %v", res, err)
+	}
+	for _, key := range []string{"k", seqKey("q/", 5)} {
+		e, ok, err := f.getEntry(key)
+		if err != nil || !ok || e.Lease != 5 || e.CreateIndex != 5 {
+			t.Fatalf("%s: %+v %v %v", key, e, ok, err)
+		}
+	}
+	if got, ok := f.leaseKeys(5); !ok || !reflect.DeepEqual(got, []string{"k", "q/00000000000000000005"}) {
+		t.Fatalf("lease 5 keys %q %v", got, ok)
+	}
+	for k, bad := range []struct {
+		name string
+		cmd  []byte
+		err  error
+	}{
+		{"no grant", leaseCmd(cmdOp{kind: opSetGrantedLease, key: []byte("x")}), ErrInvalidCommand},
+		{"set before the grant", leaseCmd(append([]cmdOp{{kind: opSetGrantedSeq, key: []byte("x")}}, grantOps(time.Minute)...)...), ErrInvalidCommand},
+		{"sequential key too long", leaseCmd(append(grantOps(time.Minute), cmdOp{kind: opSetGrantedSeq, key: bytes.Repeat([]byte("x"), MaxKeySize-seqDigits+1)})...), ErrTooLarge},
+	} {
+		index := uint64(6 + k)
+		if _, err := applyAt(t, f, index, bad.cmd); !errors.Is(err, bad.err) {
+			t.Fatalf("%s: %v, want %v", bad.name, err, bad.err)
+		}
+		if _, ok := f.leases.leases[LeaseID(index)]; ok {
+			t.Fatalf("%s: granted a lease", bad.name)
+		}
+	}
+	// Revoking the lease deletes both keys.
+	if _, err := applyAt(t, f, 9, leaseCmd(leaseIDOps(opLeaseRevoke, 5)...)); err != nil {
+		t.Fatal(err)
+	}
+	if keys, _ := f.keys(""); len(keys) != 0 {
+		t.Fatalf("keys after revoke: %q", keys)
+	}
+}

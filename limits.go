@@ -135,3 +135,7 @@ const (
 	// watchFrameEvents caps the events of one frame.
 	watchFrameEvents = 1024
 )
+
+// MaxLockNameSize is the longest lock name, in bytes: a lock's waiter keys
+// (see lock.go) must fit MaxKeySize.
+const MaxLockNameSize = MaxKeySize - len(lockWaiterSpace) - 1 - lockIDDigits

@@ -3,10 +3,12 @@
 //	tauraft demo [--nodes N]          an in-process cluster walkthrough
 //	tauraft node --data DIR ...       one long-running cluster member
 //	tauraft kv set|get|delete|keys|cas talk to a running cluster
+//	tauraft lock NAME -- CMD [ARGS]    run CMD while holding a cluster lock
 //	tauraft swarm-key [--output FILE] a new private-network swarm key
 //
 // Exit codes: 0 success, 1 failure, 2 usage error, 3 key not found (kv get),
-// 4 condition did not hold (kv cas).
+// 4 condition did not hold (kv cas) or lock held (lock --try); tauraft lock
+// exits with CMD's status when CMD ran to its end.
 package main
 
 import (
@@ -104,6 +106,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newSwarmKeyCmd(stdout))
+	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newLockCmd(stdout, stderr), newSwarmKeyCmd(stdout))
 	return root
 }
