@@ -31,6 +31,8 @@ type Client struct {
 	// random, so two Clients, or one process run twice, never share IDs.
 	identity [clientIDSize]byte
 	seq      atomic.Uint64
+	// claims remembers the leases of the claims made here (queue.go).
+	claims claimLeases
 }
 
 // NewClient returns a client for namespace on node. key is the namespace's

@@ -18,6 +18,8 @@ type kvReader interface {
 	get(key string) ([]byte, bool, error)
 	getEntry(key string) (Entry, bool, error)
 	keys(prefix string) ([]string, error)
+	queueHead(name string) (queueHead, error)
+	waitIndex(idx uint64, wait time.Duration) error
 }
 
 // peerExchanger takes a peer's side of a peer exchange and gives ours (the
@@ -246,6 +248,8 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 		return s.write(req, DeleteOp(req.Key))
 	case cmdTxn:
 		return s.txn(req)
+	case cmdQueueHead:
+		return s.queueHead(req)
 	case cmdJoinVoter:
 		return s.joinVoter(from, req)
 	case cmdReadIndex:

@@ -31,6 +31,9 @@ const (
 	cmdGetEntry      = "getEntry"
 	cmdTxn           = "txn"
 	cmdWatch         = "watch" // a stream of frames: watch_wire.go
+	// cmdQueueHead reads a queue's lowest unclaimed item (queue.go): Key
+	// is the queue, After the index the member must have applied first.
+	cmdQueueHead = "queueHead"
 )
 
 // Envelope bytes: the first byte of every frame says whether the rest is
@@ -102,6 +105,10 @@ type response struct {
 	// index up to which every matching change has been sent.
 	Events  []wireEvent `cbor:"20,keyasint,omitempty"`
 	Through uint64      `cbor:"21,keyasint,omitempty"`
+	// queueHead (keys 30-39): the item found (Found, Value) and its ID,
+	// and the member's applied index before it read.
+	Item    uint64 `cbor:"30,keyasint,omitempty"`
+	Applied uint64 `cbor:"31,keyasint,omitempty"`
 }
 
 // entry is the Entry a getEntry answer carries.
