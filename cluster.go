@@ -184,8 +184,8 @@ type cluster struct {
 	// leaderMon follows this member's leadership and its epochs
 	// (leadership.go).
 	leaderMon *leaderMonitor
-	// claims remembers the leases of the claims made here (queue.go).
-	claims claimLeases
+	// queues remembers this member's claims and their leases (queue.go).
+	queues queueMemo
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed

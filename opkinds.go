@@ -111,6 +111,7 @@ var opKinds = [...]*opKind{
 		holds:   holdsEpoch,
 	},
 	opEnqueue: enqueueKind,
+	opClaim:   claimKind,
 	opEpoch: {
 		name:     "epoch",
 		keyless:  true,

@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -55,30 +56,37 @@ const (
 // queueBackend is what a Claim or an Ack needs from the cluster: a Cluster
 // member serves it locally, a Client through members.
 type queueBackend interface {
-	// head reads the queue's lowest unclaimed item from a replica that has
-	// applied index after (0: any).
-	head(queue string, after uint64) (queueHead, error)
+	// claim proposes a claim's operations and returns the result and what
+	// the claim found (nil when the answer does not say: a retried Client
+	// write gets its first result only).
+	claim(ops []cmdOp, timeout time.Duration) (TxnResult, *claimedItem, error)
 	// write proposes operations as Txn does.
 	write(ops []cmdOp, timeout time.Duration) (TxnResult, error)
 	grant(ttl, timeout time.Duration) (LeaseID, error)
 	revoke(id LeaseID, timeout time.Duration) error
 	watch(ctx context.Context, prefix string, after uint64) (<-chan Event, error)
-	// entry reads a key, current (linearizable) or not.
-	entry(key string, current bool) (Entry, bool, error)
+	// claimOf finds the queue's claim bound to lease, and its token, on a
+	// replica that has applied index min; with min 0, a linearizable read.
+	claimOf(queue string, lease LeaseID, min uint64) (claimedItem, uint64, error)
+	// entry reads a key from a replica, which may be stale.
+	entry(key string) (Entry, bool, error)
 	// done is non-nil once the Cluster or Client is closed.
 	done() error
-	// leases remembers the lease of each claim made here, for Ack.
-	leases() *claimLeases
+	// memo is the queue state of this Cluster or Client.
+	memo() *queueMemo
 }
 
-// claimLeases remembers the lease of the latest claims made through one
-// Cluster or Client, so that an Ack there revokes it without reading the
-// claim first (an Ack elsewhere reads it). Bounded: past maxRemembered
-// claims the oldest are forgotten.
-type claimLeases struct {
-	mu    sync.Mutex
-	m     map[claimRef]LeaseID
-	order []claimRef
+// queueMemo is what one Cluster or Client remembers of its queue calls:
+// the lease of each claim it made, so that an Ack there finds it without
+// a read (an Ack elsewhere reads the claim), and the leases its acked
+// claims left, which its next claims reuse instead of granting new ones
+// (a claim renews its lease in the same entry, so its visibility timeout
+// runs from the claim). Both are bounded.
+type queueMemo struct {
+	mu     sync.Mutex
+	claims map[claimRef]heldLease
+	order  []claimRef
+	free   []heldLease
 }
 
 type claimRef struct {
@@ -87,32 +95,81 @@ type claimRef struct {
 	token uint64
 }
 
-// maxRemembered bounds claimLeases.
-const maxRemembered = 4096
-
-func (l *claimLeases) put(r claimRef, lease LeaseID) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.m == nil {
-		l.m = map[claimRef]LeaseID{}
-	}
-	if len(l.order) >= maxRemembered {
-		delete(l.m, l.order[0])
-		l.order = l.order[1:]
-	}
-	l.m[r] = lease
-	l.order = append(l.order, r)
+// heldLease is a lease this Cluster or Client holds: its TTL, and when
+// (local clock) it was last renewed, at the latest.
+type heldLease struct {
+	id      LeaseID
+	ttl     time.Duration
+	renewed time.Time
 }
 
-// take returns and forgets a claim's lease (0 when unknown).
-func (l *claimLeases) take(r claimRef) LeaseID {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	lease, ok := l.m[r]
-	if ok {
-		delete(l.m, r) // its order slot goes when it reaches the front
+// fresh tells whether a lease has most of its TTL left: only such a lease
+// is reused (a claim renews it, so this only bounds the chance that it ran
+// out meanwhile, which costs a retry).
+func (l heldLease) fresh(now time.Time) bool { return now.Sub(l.renewed) < l.ttl/2 }
+
+const (
+	// maxRemembered bounds the claims a memo remembers; past it the
+	// oldest are forgotten (their Ack reads the claim).
+	maxRemembered = 4096
+	// maxFreeLeases bounds the leases a memo keeps for reuse; past it an
+	// Ack revokes its claim's lease.
+	maxFreeLeases = 64
+)
+
+func (m *queueMemo) putClaim(r claimRef, l heldLease) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.claims == nil {
+		m.claims = map[claimRef]heldLease{}
 	}
-	return lease
+	if len(m.order) >= maxRemembered {
+		delete(m.claims, m.order[0])
+		m.order = m.order[1:]
+	}
+	m.claims[r] = l
+	m.order = append(m.order, r)
+}
+
+// takeClaim returns and forgets a claim's lease.
+func (m *queueMemo) takeClaim(r claimRef) (heldLease, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l, ok := m.claims[r]
+	if ok {
+		delete(m.claims, r) // its order slot goes when it reaches the front
+	}
+	return l, ok
+}
+
+// getFree takes a fresh free lease of ttl, if any.
+func (m *queueMemo) getFree(ttl time.Duration, now time.Time) (heldLease, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := len(m.free) - 1; i >= 0; i-- {
+		l := m.free[i]
+		if !l.fresh(now) {
+			// Older ones are older still: they run out by themselves.
+			m.free = slices.Delete(m.free, 0, i+1)
+			return heldLease{}, false
+		}
+		if l.ttl == ttl {
+			m.free = slices.Delete(m.free, i, i+1)
+			return l, true
+		}
+	}
+	return heldLease{}, false
+}
+
+// putFree keeps a lease for reuse; false when the memo is full.
+func (m *queueMemo) putFree(l heldLease) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.free) >= maxFreeLeases {
+		return false
+	}
+	m.free = append(m.free, l)
+	return true
 }
 
 // enqueueOps is an Enqueue's command.
@@ -130,13 +187,13 @@ func enqueueOps(queue string, value []byte) ([]cmdOp, error) {
 	return []cmdOp{{kind: opEnqueue, key: []byte(queueItemsPrefix(queue)), value: v}}, nil
 }
 
-// claimOps is the transaction that claims item id under lease.
-func claimOps(queue string, id uint64, lease LeaseID) []cmdOp {
-	claim := queueClaimKey(queue, id)
+// claimOps is the command that claims the queue's lowest unclaimed item
+// under lease, renewing the lease in the same entry.
+func claimOps(queue string, lease LeaseID) []cmdOp {
+	v := indexBytes(uint64(lease))
 	return []cmdOp{
-		{kind: opIfCreateIndex, key: []byte(queueItemKey(queue, id)), value: indexBytes(id)},
-		{kind: opIfAbsent, key: []byte(claim)},
-		userOp(Op{Key: claim, Value: []byte{}, Lease: lease}),
+		{kind: opClaim, key: []byte(queueItemsPrefix(queue)), value: v},
+		{kind: opLeaseKeepAlive, value: v},
 	}
 }
 
@@ -207,11 +264,10 @@ type claimer struct {
 	queue string
 	ttl   time.Duration
 
-	lease   LeaseID // granted for this call and not (yet) bound
-	leaseAt time.Time
-	pause   time.Duration
-	events  <-chan Event
-	stopW   context.CancelFunc
+	lease  heldLease // held for this call, not bound to a claim (id 0: none)
+	pause  time.Duration
+	events <-chan Event
+	stopW  context.CancelFunc
 }
 
 // claim runs a Claim: it returns the queue's lowest unclaimed item, claimed
@@ -228,40 +284,27 @@ func claim(ctx context.Context, b queueBackend, queue string, ttl time.Duration)
 	}
 	c := &claimer{ctx: ctx, b: b, queue: queue, ttl: ttl}
 	defer c.finish()
-	var after uint64
 	for {
 		if err := c.stopped(); err != nil {
 			return Item{}, err
 		}
-		h, err := b.head(queue, after)
-		after = 0
-		if err != nil {
-			if err := c.failed(err); err != nil {
-				return Item{}, err
-			}
-			continue
-		}
-		if !h.found {
-			if err := c.wait(h.applied); err != nil {
-				return Item{}, err
-			}
-			continue
-		}
-		item, lost, err := c.try(h)
+		item, empty, err := c.try()
 		switch {
 		case err != nil:
 			if err := c.failed(err); err != nil {
 				return Item{}, err
 			}
-		case lost != 0:
-			after = lost // read what won the race, not the same head again
+		case empty != 0:
+			if err := c.wait(empty); err != nil {
+				return Item{}, err
+			}
 		default:
 			return item, nil
 		}
 	}
 }
 
-// stopped is the reason to stop waiting, if any.
+// stopped is the reason to stop, if any.
 func (c *claimer) stopped() error {
 	if err := c.b.done(); err != nil {
 		return err
@@ -286,94 +329,116 @@ func (c *claimer) failed(err error) error {
 	return c.stopped()
 }
 
-// try claims the item h found. It returns the item, or the index of the
-// claim that lost a race (the item was taken or acked), or an error.
-func (c *claimer) try(h queueHead) (Item, uint64, error) {
-	// A lease granted for an earlier attempt serves while most of its TTL
-	// is left (the claim's visibility timeout runs from its grant).
-	if c.lease != 0 && time.Since(c.leaseAt) > c.ttl/2 {
-		c.dropLease()
+// try proposes one claim. It returns the item claimed, or the index of a
+// claim that found the queue empty, or an error.
+func (c *claimer) try() (Item, uint64, error) {
+	now := time.Now()
+	if c.lease.id != 0 && !c.lease.fresh(now) {
+		c.lease = heldLease{} // unbound: it runs out by itself
 	}
-	if c.lease == 0 {
-		at := time.Now()
-		id, err := c.b.grant(c.ttl, stepTimeout(c.ctx))
-		if err != nil {
-			return Item{}, 0, err
+	if c.lease.id == 0 {
+		if l, ok := c.b.memo().getFree(c.ttl, now); ok {
+			c.lease = l
+		} else {
+			id, err := c.b.grant(c.ttl, stepTimeout(c.ctx))
+			if err != nil {
+				return Item{}, 0, err
+			}
+			c.lease = heldLease{id: id, ttl: c.ttl, renewed: now}
 		}
-		c.lease, c.leaseAt = id, at
 	}
-	res, err := c.b.write(claimOps(c.queue, h.id, c.lease), stepTimeout(c.ctx))
+	at := time.Now()
+	res, got, err := c.b.claim(claimOps(c.queue, c.lease.id), stepTimeout(c.ctx))
 	switch {
 	case errors.Is(err, ErrLeaseNotFound):
-		c.lease = 0 // it ran out while this Claim waited: grant another
+		c.lease = heldLease{} // it ran out: take another
 		return Item{}, 0, err
 	case err != nil && !IsNotApplied(err):
-		return c.settle(h, err)
+		return c.settle(err)
 	case err != nil:
 		return Item{}, 0, err
-	case !res.OK:
+	}
+	c.lease.renewed = at // the claim renewed it
+	if got == nil {
+		// A retried write's first answer, which does not say what it
+		// claimed: the claim bound to the lease, if any, is it.
+		found, token, err := c.b.claimOf(c.queue, c.lease.id, res.Index)
+		if err != nil {
+			return c.settle(err)
+		}
+		if !found.found || token != res.Index {
+			return Item{}, res.Index, nil
+		}
+		return c.won(found, token), 0, nil
+	}
+	if !got.found {
 		return Item{}, res.Index, nil
 	}
-	return c.won(h, res.Index), 0, nil
+	return c.won(*got, res.Index), 0, nil
 }
 
-// won records a claim made under the call's lease and returns its item.
-func (c *claimer) won(h queueHead, token uint64) Item {
-	c.b.leases().put(claimRef{queue: c.queue, id: h.id, token: token}, c.lease)
-	c.lease = 0 // the claim's now: not revoked when the call ends
-	return Item{ID: h.id, Value: h.value, Token: token}
+// won hands the call's lease to its claim and returns the item.
+func (c *claimer) won(got claimedItem, token uint64) Item {
+	c.b.memo().putClaim(claimRef{queue: c.queue, id: got.id, token: token}, c.lease)
+	c.lease = heldLease{}
+	v := got.value
+	if v == nil {
+		v = []byte{}
+	}
+	return Item{ID: got.id, Value: v, Token: token}
 }
 
-// settle finds out whether a claim whose answer was lost was applied: the
-// claim key exists bound to this call's lease. Until it knows, it does not
-// claim another item (a later item delivered first would break the order
-// items are first delivered in). When it cannot tell before ctx ends, the
-// lease is revoked, which ends such a claim.
-func (c *claimer) settle(h queueHead, cause error) (Item, uint64, error) {
+// settle finds out whether a claim whose outcome is unknown was applied:
+// then a claim is bound to the call's lease (a linearizable read). Until
+// it knows it claims nothing else: a later item delivered first would break
+// the order items are first delivered in. A claim that did not apply is
+// given up with its lease (revoked, in case the claim is only late), and
+// Claim tries again.
+func (c *claimer) settle(cause error) (Item, uint64, error) {
 	for {
-		e, ok, err := c.b.entry(queueClaimKey(c.queue, h.id), true)
+		got, token, err := c.b.claimOf(c.queue, c.lease.id, 0)
 		switch {
-		case err == nil && ok && e.Lease == c.lease:
-			return c.won(h, e.CreateIndex), 0, nil
+		case err == nil && got.found:
+			return c.won(got, token), 0, nil
 		case err == nil:
-			return Item{}, 0, cause // not applied: try again
+			c.dropLease()
+			return Item{}, 0, cause
 		}
 		if ferr := c.failed(err); ferr != nil {
+			c.dropLease()
 			return Item{}, 0, ferr
 		}
 	}
 }
 
-// wait waits for a change of the queue that can make an item claimable,
-// from the index the empty read started at.
-func (c *claimer) wait(applied uint64) error {
+// wait waits for a change of the queue after index from that can make an
+// item claimable: a new item, or a claim gone.
+func (c *claimer) wait(from uint64) error {
 	if c.events == nil {
 		wctx, cancel := context.WithCancel(c.ctx)
-		ch, err := c.b.watch(wctx, queueWatchPrefix(c.queue), applied)
+		ch, err := c.b.watch(wctx, queueWatchPrefix(c.queue), from)
 		if err != nil {
 			cancel()
 			if errors.Is(err, ErrCompacted) {
-				return nil // the read is older than the history: read again
+				return nil // claim again: its index starts a new watch
 			}
 			return c.failed(err)
 		}
 		c.events, c.stopW = ch, cancel
 	}
-	// A lease must not run out while nothing comes: give it back now.
-	c.dropLease()
 	for {
 		select {
 		case <-c.ctx.Done():
 			return c.ctx.Err()
 		case e, ok := <-c.events:
 			if !ok {
-				c.closeWatch() // its member went away: watch anew
+				c.closeWatch() // its member went away: claim and watch anew
 				return c.stopped()
 			}
 			if !relevantEvent(c.queue, e) {
 				continue
 			}
-			// Several changes at once need one read, not one each.
+			// Several changes at once need one claim, not one each.
 			for {
 				select {
 				case _, ok := <-c.events:
@@ -396,19 +461,23 @@ func (c *claimer) closeWatch() {
 	c.events, c.stopW = nil, nil
 }
 
-// dropLease revokes the call's unbound lease, if any, without waiting long:
-// if the revoke fails the lease just runs out.
+// dropLease revokes the call's lease without waiting long: if the revoke
+// fails the lease runs out by itself.
 func (c *claimer) dropLease() {
-	if c.lease == 0 {
-		return
+	if c.lease.id != 0 {
+		_ = c.b.revoke(c.lease.id, time.Second)
 	}
-	_ = c.b.revoke(c.lease, time.Second)
-	c.lease = 0
+	c.lease = heldLease{}
 }
 
-// finish ends the call: its watch, and its lease if no claim took it.
+// finish ends the call: its watch, and its lease, kept for reuse.
 func (c *claimer) finish() {
 	c.closeWatch()
+	if c.lease.id != 0 && c.lease.fresh(time.Now()) && c.b.done() == nil {
+		if c.b.memo().putFree(c.lease) {
+			c.lease = heldLease{}
+		}
+	}
 	c.dropLease()
 }
 
@@ -423,22 +492,30 @@ func ack(b queueBackend, queue string, item Item, timeout time.Duration) error {
 	if item.ID == 0 || item.Token == 0 {
 		return fmt.Errorf("%w: an item without ID or token", ErrInvalidKey)
 	}
-	ref := claimRef{queue: queue, id: item.ID, token: item.Token}
-	lease := b.leases().take(ref)
-	if lease == 0 {
+	// The claim's lease: kept for the next claims here when it was made
+	// here and is fresh, revoked otherwise.
+	var revoke LeaseID
+	held, keep := b.memo().takeClaim(claimRef{queue: queue, id: item.ID, token: item.Token})
+	switch {
+	case keep && !held.fresh(time.Now()):
+		keep, revoke = false, held.id
+	case !keep:
 		// Claimed elsewhere: the claim's entry names its lease (a stale
-		// read at worst misses it, and the lease then runs out by itself).
-		if e, ok, err := b.entry(queueClaimKey(queue, item.ID), false); err == nil && ok && e.CreateIndex == item.Token {
-			lease = e.Lease
+		// read at worst misses it, and the lease then runs out).
+		if e, ok, err := b.entry(queueClaimKey(queue, item.ID)); err == nil && ok && e.CreateIndex == item.Token {
+			revoke = e.Lease
 		}
 	}
-	res, err := b.write(ackOps(queue, item, lease), timeout)
+	res, err := b.write(ackOps(queue, item, revoke), timeout)
 	if err != nil {
 		return err
 	}
 	if !res.OK {
 		return fmt.Errorf("%w: the claim of item %d (token %d) in queue %q lapsed, or was taken over",
 			ErrLeaseNotFound, item.ID, item.Token, queue)
+	}
+	if keep && !b.memo().putFree(held) {
+		_ = b.revoke(held.id, time.Second)
 	}
 	return nil
 }
@@ -472,16 +549,21 @@ func (c *cluster) Ack(queue string, item Item, timeout time.Duration) error {
 // clusterQueue serves queues on a member.
 type clusterQueue struct{ c *cluster }
 
-func (q clusterQueue) head(queue string, after uint64) (queueHead, error) {
+func (q clusterQueue) claim(ops []cmdOp, timeout time.Duration) (TxnResult, *claimedItem, error) {
+	if err := validateTimeout(timeout); err != nil {
+		return TxnResult{}, nil, err
+	}
+	if q.c.IsLeader() {
+		return q.c.proposeAnswer(ops, nil, timeout)
+	}
 	if _, err := q.c.r(); err != nil {
-		return queueHead{}, err
+		return TxnResult{}, nil, err
 	}
-	if after > 0 {
-		// A replica that lags reads what it has; the claim's condition
-		// keeps that safe.
-		_ = q.c.fsm.waitIndex(after, queueHeadWait)
+	resp := q.c.svc.txn(&request{Cmd: cmdTxn, Command: encodeOps(ops), Timeout: int64(timeout)})
+	if err := resp.err(); err != nil {
+		return TxnResult{}, nil, err
 	}
-	return q.c.fsm.queueHead(queue)
+	return TxnResult{OK: resp.OK, Index: resp.Index}, resp.claimed(), nil
 }
 
 func (q clusterQueue) write(ops []cmdOp, timeout time.Duration) (TxnResult, error) {
@@ -500,14 +582,18 @@ func (q clusterQueue) watch(ctx context.Context, prefix string, after uint64) (<
 	return q.c.Watch(ctx, prefix, after)
 }
 
-func (q clusterQueue) entry(key string, current bool) (Entry, bool, error) {
-	if current {
+func (q clusterQueue) claimOf(queue string, lease LeaseID, min uint64) (claimedItem, uint64, error) {
+	if min == 0 {
 		if err := q.c.Barrier(queueCheckBarrier); err != nil {
-			return Entry{}, false, err
+			return claimedItem{}, 0, err
 		}
+	} else if err := q.c.waitApplied(min, time.Now().Add(queueReadWait)); err != nil {
+		return claimedItem{}, 0, err
 	}
-	return q.c.GetEntry(key)
+	return q.c.fsm.claimOfLease(queue, lease)
 }
+
+func (q clusterQueue) entry(key string) (Entry, bool, error) { return q.c.GetEntry(key) }
 
 func (q clusterQueue) done() error {
 	if q.c.closed.Load() {
@@ -519,7 +605,7 @@ func (q clusterQueue) done() error {
 	return nil
 }
 
-func (q clusterQueue) leases() *claimLeases { return &q.c.claims }
+func (q clusterQueue) memo() *queueMemo { return &q.c.queues }
 
 // ---- Client ----
 
@@ -528,9 +614,6 @@ func (q clusterQueue) leases() *claimLeases { return &q.c.claims }
 func (c *Client) Enqueue(queue string, value []byte, timeout time.Duration, peers ...peer.ID) (uint64, error) {
 	ops, err := enqueueOps(queue, value)
 	if err != nil {
-		return 0, err
-	}
-	if err := validateTimeout(timeout); err != nil {
 		return 0, err
 	}
 	res, err := clientQueue{c, peers}.write(ops, timeout)
@@ -554,19 +637,21 @@ type clientQueue struct {
 	peers []peer.ID
 }
 
-func (q clientQueue) head(queue string, after uint64) (queueHead, error) {
-	resp, err := q.c.call(&request{Cmd: cmdQueueHead, Key: queue, After: after}, defaultCallTimeout, true, q.peers)
+func (q clientQueue) claim(ops []cmdOp, timeout time.Duration) (TxnResult, *claimedItem, error) {
+	if err := validateTimeout(timeout); err != nil {
+		return TxnResult{}, nil, err
+	}
+	resp, err := q.c.write(&request{Cmd: cmdTxn, Command: encodeOps(ops), Timeout: int64(timeout)}, timeout, q.peers)
 	if err != nil {
-		return queueHead{}, err
+		return TxnResult{}, nil, err
 	}
-	h := queueHead{found: resp.Found, id: resp.Item, applied: resp.Applied, value: resp.Value}
-	if h.found && h.value == nil {
-		h.value = []byte{}
-	}
-	return h, nil
+	return TxnResult{OK: resp.OK, Index: resp.Index}, resp.claimed(), nil
 }
 
 func (q clientQueue) write(ops []cmdOp, timeout time.Duration) (TxnResult, error) {
+	if err := validateTimeout(timeout); err != nil {
+		return TxnResult{}, err
+	}
 	resp, err := q.c.write(&request{Cmd: cmdTxn, Command: encodeOps(ops), Timeout: int64(timeout)}, timeout, q.peers)
 	if err != nil {
 		return TxnResult{}, err
@@ -586,13 +671,21 @@ func (q clientQueue) watch(ctx context.Context, prefix string, after uint64) (<-
 	return q.c.Watch(ctx, prefix, after, q.peers...)
 }
 
-func (q clientQueue) entry(key string, current bool) (Entry, bool, error) {
-	var barrier int64
-	if current {
-		barrier = int64(queueCheckBarrier)
+func (q clientQueue) claimOf(queue string, lease LeaseID, min uint64) (claimedItem, uint64, error) {
+	req := &request{Cmd: cmdClaimOf, Key: queue, Lease: uint64(lease), After: min}
+	wait := defaultCallTimeout
+	if min == 0 {
+		req.Barrier = int64(queueCheckBarrier)
+		wait = max(wait, queueCheckBarrier)
 	}
-	return q.c.GetEntry(key, barrier, q.peers...)
+	resp, err := q.c.call(req, wait, true, q.peers)
+	if err != nil {
+		return claimedItem{}, 0, err
+	}
+	return claimedItem{found: resp.Found, id: resp.Item, value: resp.Value}, resp.Index, nil
 }
+
+func (q clientQueue) entry(key string) (Entry, bool, error) { return q.c.GetEntry(key, 0, q.peers...) }
 
 func (q clientQueue) done() error {
 	if q.c.closed.Load() {
@@ -601,24 +694,41 @@ func (q clientQueue) done() error {
 	return nil
 }
 
-func (q clientQueue) leases() *claimLeases { return &q.c.claims }
+func (q clientQueue) memo() *queueMemo { return &q.c.queues }
 
 // ---- the command service ----
 
-// queueHead answers a Client's head read from the local replica, once it
-// has applied the index asked for (or says it is behind).
-func (s *commandService) queueHead(req *request) *response {
+// claimOf answers a Client's lookup of the claim bound to a lease: on the
+// leader after a read index (Barrier set), or from the local replica once
+// it has applied After.
+func (s *commandService) claimOf(req *request) *response {
 	if err := validateQueueName(req.Key); err != nil {
 		return errorResponse(err)
 	}
-	if req.After > 0 {
-		if err := s.kv.waitIndex(req.After, queueHeadWait); err != nil {
-			return errorResponse(err)
-		}
-	}
-	h, err := s.kv.queueHead(req.Key)
-	if err != nil {
+	if err := validateBarrier(req.Barrier); err != nil {
 		return errorResponse(err)
 	}
-	return &response{Found: h.found, Item: h.id, Value: h.value, Applied: h.applied}
+	if req.Lease == 0 {
+		return errorResponse(fmt.Errorf("%w: claim lookup without a lease", ErrInvalidCommand))
+	}
+	local := func() *response {
+		got, token, err := s.kv.claimOfLease(req.Key, LeaseID(req.Lease))
+		if err != nil {
+			return errorResponse(err)
+		}
+		return &response{Found: got.found, Item: got.id, Value: got.value, Index: token}
+	}
+	if req.Barrier > 0 {
+		barrier := time.Duration(req.Barrier)
+		return s.fwd.onLeader(req, barrier, func() *response {
+			if _, err := s.leader.readIndex(barrier); err != nil {
+				return errorResponse(err)
+			}
+			return local()
+		})
+	}
+	if err := s.kv.waitIndex(req.After, queueReadWait); err != nil {
+		return errorResponse(err)
+	}
+	return local()
 }

@@ -57,16 +57,33 @@ const (
 	// the entry's index, so items are ordered by the order the log commits
 	// them. Value: the item's payload.
 	opEnqueue uint8 = 20
+	// opClaim claims the lowest item of the queue whose items prefix is
+	// its key that has no claim: it sets the item's claim key bound to
+	// the lease its value names (8 bytes), and the command's answer says
+	// which item (see claimedItem); with no such item it changes nothing.
+	opClaim uint8 = 21
 )
 
-var enqueueKind = &opKind{
-	name:     "enqueue",
-	check:    validateValue,
-	checkKey: checkItemsPrefix,
-	apply: func(a *applyCtx, key, value []byte) error {
-		return a.set(binary.BigEndian.AppendUint64(key, a.index), value)
-	},
-}
+var (
+	enqueueKind = &opKind{
+		name:     "enqueue",
+		check:    validateValue,
+		checkKey: checkItemsPrefix,
+		apply: func(a *applyCtx, key, value []byte) error {
+			k := binary.BigEndian.AppendUint64(key, a.index)
+			a.enqueued = append(a.enqueued, string(k))
+			return a.set(k, value)
+		},
+	}
+	claimKind = &opKind{
+		name:     "queueClaim",
+		check:    leaseIDValue,
+		checkKey: checkItemsPrefix,
+		apply: func(a *applyCtx, key, value []byte) error {
+			return a.claimNext(key, leaseOf(value))
+		},
+	}
+)
 
 // MaxQueueNameSize is the longest queue name, in bytes. A name is any
 // non-empty string without a NUL byte.
@@ -197,70 +214,135 @@ func (f *kvStore) scanNested(keysOnly bool, fn func(key string, value []byte) er
 	return nil
 }
 
-// queueHead is what a head read found: the queue's lowest item without a
-// claim (when found), and the applied index the read started from (a
-// watch from it misses no later change).
-type queueHead struct {
-	found   bool
-	id      uint64
-	value   []byte
-	applied uint64
-}
-
-// maxClaimedAhead bounds the claimed items a head read steps over before
-// the first unclaimed one. Each claim holds a lease, so MaxLeases bounds
-// them in normal use; past it the read fails with ErrTooLarge rather than
-// walk on.
+// maxClaimedAhead bounds the claimed items a claim steps over before the
+// first unclaimed one. Each claim holds a lease, so MaxLeases bounds them
+// in normal use; past it the claim finds nothing (deterministically, on
+// every replica) rather than walk on while holding up the log.
 const maxClaimedAhead = MaxLeases + 64
 
-// queueHead reads the lowest item of queue name without a claim. It costs
-// one ordered prefix read of the items and one of the claims, each walking
-// only the claimed items before the answer: O(log n + claimed), whatever
-// the queue's length. No lock is held: the items are read from one
-// datastore query, then the claims, so a claim seen is one that was made
-// (the item was delivered), and a claim made after the read is caught by
-// the claim's own condition.
-func (f *kvStore) queueHead(name string) (queueHead, error) {
-	h := queueHead{applied: f.appliedIndex()}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	items, err := f.queueIDs(ctx, queueItemsPrefix(name))
+// claimedItem is what a claim operation found: the item it claimed, or
+// none (found false: nothing to claim).
+type claimedItem struct {
+	found bool
+	id    uint64
+	value []byte
+}
+
+// claimNext applies a claim: the lowest item of the queue whose items
+// prefix is key, without a claim as of this entry, gets a claim bound to
+// lease. It costs one ordered prefix read of the queue's items and one of
+// its claims, each walking only the claimed items before the answer (O(log
+// n + claimed ahead) whatever the queue's length), with this batch's own
+// changes laid over what the datastore holds.
+func (a *applyCtx) claimNext(key []byte, lease LeaseID) error {
+	name := string(key[len(queueKeyPrefix) : len(key)-len(queueItemTag)])
+	id, e, found, err := a.lowestUnclaimed(name)
 	if err != nil {
-		return h, err
+		return err
+	}
+	a.claimed = &claimedItem{found: found}
+	if !found {
+		return nil
+	}
+	a.claimed.id, a.claimed.value = id, e.Value
+	return a.setWithLease([]byte(queueClaimKey(name, id)), nil, lease)
+}
+
+// lowestUnclaimed finds the queue's lowest item without a claim: first
+// among the items the datastore holds, then among those this batch
+// enqueued (whose IDs are all larger).
+func (a *applyCtx) lowestUnclaimed(name string) (uint64, Entry, bool, error) {
+	ctx, cancel := context.WithCancel(a.ctx)
+	defer cancel()
+	items, err := a.f.queueIDs(ctx, queueItemsPrefix(name))
+	if err != nil {
+		return 0, Entry{}, false, err
 	}
 	defer items.close()
-	claims, err := f.queueIDs(ctx, queueClaimsPrefix(name))
+	claims, err := a.f.queueIDs(ctx, queueClaimsPrefix(name))
 	if err != nil {
-		return h, err
+		return 0, Entry{}, false, err
 	}
 	defer claims.close()
 	claim, haveClaim, err := claims.next()
-	for skipped := 0; err == nil; skipped++ {
-		if skipped > maxClaimedAhead {
-			return h, fmt.Errorf("%w: over %d claimed items ahead in queue %q", ErrTooLarge, maxClaimedAhead, name)
-		}
-		var id uint64
-		var ok bool
-		if id, ok, err = items.next(); err != nil || !ok {
+	for skipped := 0; err == nil && skipped <= maxClaimedAhead; skipped++ {
+		id, ok, ierr := items.next()
+		if ierr != nil || !ok {
+			err = ierr
 			break
 		}
-		for err == nil && haveClaim && claim < id {
-			claim, haveClaim, err = claims.next()
+		ik, ck := queueItemKey(name, id), queueClaimKey(name, id)
+		if p, ok := a.pending[ik]; ok && !p.exists {
+			continue // acked earlier in this batch
 		}
-		if err != nil || (haveClaim && claim == id) {
+		var claimed bool
+		if p, ok := a.pending[ck]; ok {
+			claimed = p.exists // claimed, or its claim ended, in this batch
+		} else {
+			for err == nil && haveClaim && claim < id {
+				claim, haveClaim, err = claims.next()
+			}
+			claimed = haveClaim && claim == id
+		}
+		if err != nil || claimed {
 			continue
 		}
-		e, exists, rerr := f.getEntry(queueItemKey(name, id))
-		if rerr != nil {
-			return h, rerr
+		e, exists, lerr := a.lookup([]byte(ik))
+		if lerr != nil || exists {
+			return id, e, exists && lerr == nil, lerr
 		}
-		if !exists {
-			continue // acked since the query began
-		}
-		h.found, h.id, h.value = true, id, e.Value
-		return h, nil
 	}
-	return h, err
+	if err != nil {
+		return 0, Entry{}, false, err
+	}
+	prefix := queueItemsPrefix(name)
+	for _, ik := range a.enqueued {
+		id, ok := queueKeyID(ik, prefix)
+		if !ok {
+			continue
+		}
+		p := a.pending[ik]
+		if !p.exists {
+			continue
+		}
+		if c, ok := a.pending[queueClaimKey(name, id)]; ok && c.exists {
+			continue
+		}
+		return id, p.e, true, nil
+	}
+	return 0, Entry{}, false, nil
+}
+
+// claimOfLease finds the claim of queue name bound to lease (a claimer's
+// own lease holds at most one claim): its item, the claim's token, and the
+// item's value. It settles a claim whose answer was lost.
+func (f *kvStore) claimOfLease(name string, lease LeaseID) (claimedItem, uint64, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	claims, err := f.queueIDs(ctx, queueClaimsPrefix(name))
+	if err != nil {
+		return claimedItem{}, 0, err
+	}
+	defer claims.close()
+	for n := 0; n <= maxClaimedAhead; n++ {
+		id, ok, err := claims.next()
+		if err != nil || !ok {
+			return claimedItem{}, 0, err
+		}
+		e, exists, err := f.getEntry(queueClaimKey(name, id))
+		if err != nil {
+			return claimedItem{}, 0, err
+		}
+		if !exists || e.Lease != lease {
+			continue
+		}
+		item, exists, err := f.getEntry(queueItemKey(name, id))
+		if err != nil || !exists {
+			return claimedItem{}, 0, err
+		}
+		return claimedItem{found: true, id: id, value: item.Value}, e.CreateIndex, nil
+	}
+	return claimedItem{}, 0, nil
 }
 
 // idCursor walks the IDs of one queue key prefix in order.
@@ -302,10 +384,9 @@ func (c *idCursor) next() (uint64, bool, error) {
 
 func (c *idCursor) close() { _ = c.res.Close() }
 
-// queueHeadWait bounds how long a member waits to apply the index a head
-// read asks for (the index of a claim that just lost a race, so the next
-// read sees what won it) before answering that it is behind.
-const queueHeadWait = time.Second
+// queueReadWait bounds how long a member waits to apply the index a
+// claim lookup asks for before answering that it is behind.
+const queueReadWait = 2 * time.Second
 
 // waitIndex waits until the store has applied idx, for at most wait.
 func (f *kvStore) waitIndex(idx uint64, wait time.Duration) error {

@@ -122,27 +122,23 @@ func TestQueueClaimWaits(t *testing.T) {
 		err  error
 	}
 	results := make(chan got, 2)
-	heads := atomic.Int64{}
-	prev := cl.caller.afterWrite
+	writes := atomic.Int64{} // the Client's writes: its lease, its claims
 	cl.caller.afterWrite = func(id peer.ID, req *request) {
-		if req.Cmd == cmdQueueHead {
-			heads.Add(1)
-		}
-		if prev != nil {
-			prev(id, req)
+		if req.Cmd == cmdTxn {
+			writes.Add(1)
 		}
 	}
 	go func() { it, err := cl.Claim(ctx, q, 5*time.Second); results <- got{it, err} }()
 	go func() { it, err := m.Claim(ctx, q, 5*time.Second); results <- got{it, err} }()
-	tc.waitFor(10*time.Second, "the Client's Claim to read the empty queue", func() bool { return heads.Load() > 0 })
+	tc.waitFor(10*time.Second, "the Client's Claim to find the queue empty", func() bool { return writes.Load() >= 2 })
 	// Waiting: nothing returns, and the Client does not poll.
 	select {
 	case r := <-results:
 		t.Fatalf("Claim returned on an empty queue: %+v %v", r.item, r.err)
 	case <-time.After(500 * time.Millisecond):
 	}
-	if n := heads.Load(); n > 2 {
-		t.Fatalf("the waiting Client read the queue %d times", n)
+	if n := writes.Load(); n > 2 {
+		t.Fatalf("the waiting Client wrote %d times (a lease and a claim expected)", n)
 	}
 	var ids []uint64
 	for _, v := range []string{"a", "b"} {
@@ -201,9 +197,13 @@ func TestQueueClaimWaits(t *testing.T) {
 	}
 	// A request the Client's checks would stop, sent as is: the member
 	// refuses it with the same sentinel.
-	resp, err := cl.call(&request{Cmd: cmdQueueHead, Key: "a\x00b"}, 5*time.Second, true, []peer.ID{mesh.ID(l)})
+	resp, err := cl.call(&request{Cmd: cmdClaimOf, Key: "a\x00b", Lease: 1}, 5*time.Second, true, []peer.ID{mesh.ID(l)})
 	if !errors.Is(err, ErrInvalidKey) {
-		t.Fatalf("head read of a bad name: %+v %v", resp, err)
+		t.Fatalf("claim lookup with a bad name: %+v %v", resp, err)
+	}
+	bad := encodeOps([]cmdOp{{kind: opClaim, key: []byte(queueClaimsPrefix(q)), value: indexBytes(1)}})
+	if _, err := cl.write(&request{Cmd: cmdTxn, Command: bad, Timeout: int64(time.Second)}, time.Second, nil); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("a claim of a key that is no queue's: %v", err)
 	}
 }
 
@@ -402,6 +402,23 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		}()
 	}
 
+	// Progress, for the log.
+	go func() {
+		tick := time.NewTicker(5 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				mu.Lock()
+				n := len(enqueued[0]) + len(enqueued[1]) + len(enqueued[2])
+				mu.Unlock()
+				t.Logf("progress: %d enqueued, %d acked", n, progress.Load())
+			}
+		}
+	}()
+
 	// The leader is killed twice: cut off, closed, its node stopped; later
 	// restarted.
 	killLeader := func(at int64) {
@@ -561,23 +578,55 @@ func TestNextPause(t *testing.T) {
 	}
 }
 
-// The claim lease memo is bounded and forgets what it hands out.
-func TestClaimLeases(t *testing.T) {
-	var l claimLeases
+// The memo is bounded, forgets what it hands out, and reuses only fresh
+// leases of the same TTL.
+func TestQueueMemo(t *testing.T) {
+	var m queueMemo
+	now := time.Now()
 	for i := range maxRemembered + 10 {
-		l.put(claimRef{queue: "q", id: uint64(i + 1), token: uint64(i + 1)}, LeaseID(i+1))
+		m.putClaim(claimRef{queue: "q", id: uint64(i + 1), token: uint64(i + 1)}, heldLease{id: LeaseID(i + 1)})
 	}
-	if len(l.m) != maxRemembered || len(l.order) != maxRemembered {
-		t.Fatalf("%d remembered, %d in order", len(l.m), len(l.order))
+	if len(m.claims) != maxRemembered || len(m.order) != maxRemembered {
+		t.Fatalf("%d remembered, %d in order", len(m.claims), len(m.order))
 	}
-	if got := l.take(claimRef{queue: "q", id: 1, token: 1}); got != 0 {
-		t.Fatalf("the oldest claim was kept: %d", got)
+	if _, ok := m.takeClaim(claimRef{queue: "q", id: 1, token: 1}); ok {
+		t.Fatal("the oldest claim was kept")
 	}
 	r := claimRef{queue: "q", id: maxRemembered + 10, token: maxRemembered + 10}
-	if got := l.take(r); got != maxRemembered+10 {
-		t.Fatalf("take: %d", got)
+	if l, ok := m.takeClaim(r); !ok || l.id != maxRemembered+10 {
+		t.Fatalf("takeClaim: %+v %v", l, ok)
 	}
-	if got := l.take(r); got != 0 {
-		t.Fatalf("take twice: %d", got)
+	if _, ok := m.takeClaim(r); ok {
+		t.Fatal("takeClaim twice")
+	}
+
+	for _, tc := range []struct {
+		name    string
+		free    []heldLease
+		ttl     time.Duration
+		want    LeaseID
+		restLen int
+	}{
+		{"empty", nil, time.Second, 0, 0},
+		{"fresh, same ttl", []heldLease{{1, time.Second, now}}, time.Second, 1, 0},
+		{"other ttl", []heldLease{{1, 2 * time.Second, now}}, time.Second, 0, 1},
+		{"stale", []heldLease{{1, time.Second, now.Add(-600 * time.Millisecond)}}, time.Second, 0, 0},
+		{"newest first", []heldLease{{1, time.Second, now.Add(-100 * time.Millisecond)}, {2, time.Second, now}}, time.Second, 2, 1},
+		{"stale ones dropped", []heldLease{{1, time.Second, now.Add(-time.Second)}, {2, 3 * time.Second, now}}, time.Second, 0, 1},
+	} {
+		m := queueMemo{free: slices.Clone(tc.free)}
+		l, ok := m.getFree(tc.ttl, now)
+		if l.id != tc.want || ok != (tc.want != 0) || len(m.free) != tc.restLen {
+			t.Errorf("%s: got %+v %v, %d left; want %d, %d left", tc.name, l, ok, len(m.free), tc.want, tc.restLen)
+		}
+	}
+	var full queueMemo
+	for i := range maxFreeLeases {
+		if !full.putFree(heldLease{id: LeaseID(i + 1)}) {
+			t.Fatalf("putFree refused lease %d", i+1)
+		}
+	}
+	if full.putFree(heldLease{id: 99}) {
+		t.Fatal("putFree past maxFreeLeases")
 	}
 }
