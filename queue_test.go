@@ -18,9 +18,9 @@ import (
 )
 
 // queueCluster starts three members on nodes 0-2 of a mesh of n nodes.
-func queueCluster(t *testing.T, ns string, n int) (*rafttest.Mesh, *testCluster) {
+func queueCluster(t *testing.T, ns string, n int, opts ...rafttest.MeshOption) (*rafttest.Mesh, *testCluster) {
 	t.Helper()
-	mesh := rafttest.NewMesh(t, n, rafttest.Connected())
+	mesh := rafttest.NewMesh(t, n, append([]rafttest.MeshOption{rafttest.Connected()}, opts...)...)
 	tc := newTestCluster(t, mesh, ns)
 	if err := tc.startEach([]int{0, 1, 2}, func(i int) []Option { return forceFirst(i) }); err != nil {
 		t.Fatal(err)
@@ -222,7 +222,10 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		ttl      = 2 * time.Second
 		dieEvery = 150 // a consumer dies holding about one claim in this many
 	)
-	mesh, tc := queueCluster(t, ns, 6)
+	// On pebble, as in production: the claims' ordered reads are range
+	// reads there (the in-memory test store answers any read by copying
+	// every record it holds).
+	mesh, tc := queueCluster(t, ns, 6, rafttest.WithPebble())
 	members := []int{0, 1, 2}
 	anyMember := func(n int) Cluster {
 		for k := range 3 {
@@ -246,7 +249,7 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		failf     = func(format string, a ...any) { mu.Lock(); errs = append(errs, fmt.Sprintf(format, a...)); mu.Unlock() }
 		abandoned atomic.Int64
 	)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 
 	// Producers: item values say who made them, and their number.
@@ -328,6 +331,7 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		}
 	}
 	done := make(chan struct{})
+	var phases [3]atomic.Value // what each consumer is doing, for a failure's dump
 	var cwg sync.WaitGroup
 	for k := range 3 {
 		cwg.Add(1)
@@ -345,8 +349,10 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 					}
 					ccancel()
 				}()
+				phases[k].Store("claiming")
 				it, err := b.claim(cctx)
 				ccancel()
+				phases[k].Store(fmt.Sprintf("claimed %d (%v)", it.ID, err))
 				if err != nil {
 					select {
 					case <-done:
@@ -380,6 +386,7 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 				}
 				for {
 					err := b.ack(it)
+					phases[k].Store(fmt.Sprintf("acked %d: %v", it.ID, err))
 					mu.Lock()
 					switch {
 					case err == nil:
@@ -439,7 +446,12 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 	pwg.Wait()
 
 	// Every item acked: the queue drains.
-	tc.waitFor(90*time.Second, "the queue to drain", func() bool {
+	drainBy := time.Now().Add(150 * time.Second)
+	tc.waitFor(155*time.Second, "the queue to drain", func() bool {
+		if time.Now().After(drainBy) {
+			dumpQueue(t, tc, q, phases[:])
+			drainBy = time.Now().Add(time.Hour)
+		}
 		mu.Lock()
 		defer mu.Unlock()
 		n := 0
@@ -516,6 +528,33 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 	if deaths.Load() == 0 {
 		t.Log("no consumer died this run (random)")
 	}
+}
+
+// dumpQueue logs a queue's claims and items on a member, and what each
+// consumer is doing, for a test that failed to drain it.
+func dumpQueue(t *testing.T, tc *testCluster, q string, phases []atomic.Value) {
+	for k := range phases {
+		t.Logf("consumer %d: %v", k, phases[k].Load())
+	}
+	l := tc.leader(10 * time.Second)
+	c := tc.get(l).(*cluster)
+	keys := c.Keys(queueWatchPrefix(q))
+	t.Logf("%d keys of queue %q on the leader (node %d); %d leases", len(keys), q, l, len(c.fsm.leaseList()))
+	for i, k := range keys {
+		if i == 10 {
+			break
+		}
+		e, _, _ := c.GetEntry(k)
+		t.Logf("  %q: create %d mod %d lease %d", k[len(queueKeyPrefix):], e.CreateIndex, e.ModIndex, e.Lease)
+	}
+	for _, l := range c.fsm.leaseList() {
+		keys, _ := c.fsm.leaseKeys(l.id)
+		t.Logf("  lease %d ttl %v touch %d keys %d", l.id, l.ttl, l.touch, len(keys))
+	}
+	ctx, cancel := ctxTimeout(3 * time.Second)
+	defer cancel()
+	it, err := c.Claim(ctx, q, 5*time.Second)
+	t.Logf("a Claim on the leader now: item %d token %d: %v", it.ID, it.Token, err)
 }
 
 // ---- pure rules ----
