@@ -104,6 +104,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newSwarmKeyCmd(stdout))
+	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newQueueCmd(stdout, stderr), newSwarmKeyCmd(stdout))
 	return root
 }
