@@ -114,6 +114,12 @@ func queueItemKey(name string, id uint64) string {
 	return string(binary.BigEndian.AppendUint64([]byte(queueItemsPrefix(name)), id))
 }
 
+// QueueClaimKey is the key of the claim of item id in queue: it exists
+// while the item is claimed, created at the claim's Item.Token. A write
+// conditioned on IfCreateIndex(QueueClaimKey(queue, item.ID), item.Token)
+// applies only while that claim still holds the item.
+func QueueClaimKey(queue string, id uint64) string { return queueClaimKey(queue, id) }
+
 // queueClaimKey is the key of item id's claim.
 func queueClaimKey(name string, id uint64) string {
 	return string(binary.BigEndian.AppendUint64([]byte(queueClaimsPrefix(name)), id))
