@@ -31,6 +31,11 @@ type applyCtx struct {
 	// events tells whether to collect eventList (someone consumes them).
 	events    bool
 	eventList []Event
+	// enqueued lists the item keys this batch enqueued, in index order,
+	// and claimed is what the command being applied claimed, if it holds
+	// a claim (queue_store.go).
+	enqueued []string
+	claimed  *claimedItem
 }
 
 type pendingEntry struct {
@@ -171,6 +176,7 @@ func (a *applyCtx) delete(key []byte) error {
 // storage failure (the store stops).
 func (a *applyCtx) exec(ops []cmdOp) (FSMResponse, error) {
 	f := a.f
+	a.claimed = nil
 	var id *requestID
 	if len(ops) > 0 && ops[0].kind == opMeta {
 		var stamp uint64
@@ -233,6 +239,9 @@ func (a *applyCtx) exec(ops []cmdOp) (FSMResponse, error) {
 	if id != nil {
 		f.requests.record(*id, reqResult{ok: ok, index: a.index}, a.index)
 	}
+	if a.claimed != nil {
+		return FSMResponse{Data: appendClaimed(resultData(ok, a.index), a.claimed)}, nil
+	}
 	return FSMResponse{Data: a.result(ok, a.index)}, nil
 }
 
@@ -267,10 +276,42 @@ func putResult(b []byte, ok bool, index uint64) {
 	binary.BigEndian.PutUint64(b[1:], index)
 }
 
-// parseResult reads resultData; anything else reads as not applied.
+// parseResult reads resultData (and ignores what a claim adds to it);
+// anything else reads as not applied.
 func parseResult(b []byte) (TxnResult, bool) {
-	if len(b) != resultSize {
-		return TxnResult{}, false
+	res, _, ok := parseClaimResult(b)
+	return res, ok
+}
+
+// appendClaimed adds what a claim found to a result: a byte for whether
+// it found an item, then its ID and value.
+func appendClaimed(b []byte, c *claimedItem) []byte {
+	switch {
+	case c == nil:
+		return b
+	case !c.found:
+		return append(b, 0)
 	}
-	return TxnResult{OK: b[0] == 1, Index: binary.BigEndian.Uint64(b[1:])}, true
+	b = append(b, 1)
+	b = binary.BigEndian.AppendUint64(b, c.id)
+	return append(b, c.value...)
+}
+
+// parseClaimResult reads a result and what a claim added to it (nil when
+// the command held no claim, or when the answer is a retried Client
+// write's, which keeps only the result).
+func parseClaimResult(b []byte) (TxnResult, *claimedItem, bool) {
+	if len(b) < resultSize {
+		return TxnResult{}, nil, false
+	}
+	res := TxnResult{OK: b[0] == 1, Index: binary.BigEndian.Uint64(b[1:resultSize])}
+	switch rest := b[resultSize:]; {
+	case len(rest) == 0:
+		return res, nil, true
+	case len(rest) == 1 && rest[0] == 0:
+		return res, &claimedItem{}, true
+	case len(rest) >= 9 && rest[0] == 1:
+		return res, &claimedItem{found: true, id: binary.BigEndian.Uint64(rest[1:9]), value: rest[9:]}, true
+	}
+	return TxnResult{}, nil, false
 }

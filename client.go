@@ -31,6 +31,8 @@ type Client struct {
 	// random, so two Clients, or one process run twice, never share IDs.
 	identity [clientIDSize]byte
 	seq      atomic.Uint64
+	// queues remembers this Client's claims and their leases (queue.go).
+	queues queueMemo
 }
 
 // NewClient returns a client for namespace on node. key is the namespace's

@@ -107,6 +107,21 @@ type Cluster interface {
 	// rolling upgrade in progress), RunAsLeader returns an error wrapping
 	// ErrInvalidCommand rather than run fn unfenced.
 	RunAsLeader(ctx context.Context, fn func(ctx context.Context, epoch uint64) error) error
+	// Enqueue adds value (at most MaxValueSize bytes) to the end of queue
+	// and returns the item's ID: the log index of its write, so IDs grow in
+	// the order items were enqueued. Any member.
+	Enqueue(queue string, value []byte, timeout time.Duration) (uint64, error)
+	// Claim claims the queue's lowest unclaimed item for ttl, its
+	// visibility timeout (a lease: MinLeaseTTL to MaxLeaseTTL), and waits
+	// for one until ctx ends. An item not acked within ttl is claimable
+	// again, by a later Claim anywhere, before any later item: delivery is
+	// at-least-once, and each item is first delivered in ID order. Any
+	// member.
+	Claim(ctx context.Context, queue string, ttl time.Duration) (Item, error)
+	// Ack removes a claimed item, fenced by item.Token: ErrLeaseNotFound
+	// when the claim lapsed (the item may have been claimed again, and only
+	// that claim can ack it now). Any member.
+	Ack(queue string, item Item, timeout time.Duration) error
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A
 	// leader first hands leadership to the most up-to-date voter (waiting at
@@ -177,6 +192,8 @@ type cluster struct {
 	// leaderMon follows this member's leadership and its epochs
 	// (leadership.go).
 	leaderMon *leaderMonitor
+	// queues remembers this member's claims and their leases (queue.go).
+	queues queueMemo
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed

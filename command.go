@@ -204,6 +204,9 @@ func walkCommand(b []byte, fn func(kind uint8, key, value []byte)) bool {
 		if op.check(value) != nil || sh.next(op) != nil {
 			return false
 		}
+		if op.checkKey != nil && op.checkKey(string(key)) != nil {
+			return false // the full decoder says why
+		}
 		if fn != nil {
 			fn(uint8(kind), key, value)
 		}

@@ -20,9 +20,12 @@ const entryRecordVersion = 1
 
 // dataFormat is the layout of the data records, kept under formatSegment.
 // A store without the record is from before entries (raw values), and is
-// upgraded when it is opened (see migrateLegacy).
+// upgraded when it is opened (see migrateLegacy). Format 3 keeps queue keys
+// in their own subspace (see queue_store.go); a format 2 store is upgraded
+// by moving any such key there (see migrateQueueKeys), and a build of
+// format 2 refuses a format 3 store rather than miss its queue keys.
 const (
-	dataFormat    = 2
+	dataFormat    = 3
 	formatSegment = "_format"
 )
 
@@ -69,11 +72,12 @@ func (f *kvStore) checkFormat() error {
 	ctx := context.Background()
 	b, err := f.ds.Get(ctx, f.formatKey)
 	switch {
-	case err == nil:
-		if len(b) != 1 || b[0] != dataFormat {
-			return fmt.Errorf("raft: data format %x not supported by this build", b)
-		}
+	case err == nil && len(b) == 1 && b[0] == dataFormat:
 		return nil
+	case err == nil && len(b) == 1 && b[0] == 2:
+		return f.migrateQueueKeys(ctx)
+	case err == nil:
+		return fmt.Errorf("raft: data format %x not supported by this build", b)
 	case !errors.Is(err, datastore.ErrNotFound):
 		return fmt.Errorf("raft: reading data format: %w", err)
 	}
@@ -82,15 +86,41 @@ func (f *kvStore) checkFormat() error {
 
 // migrateLegacy rewrites raw values as entries and records the format.
 func (f *kvStore) migrateLegacy(ctx context.Context) error {
+	idx := max(f.applied, 1)
+	return f.rewriteFlat(ctx, func(key string, value []byte) ([]byte, bool) {
+		return encodeEntry(Entry{Value: value, CreateIndex: idx, ModIndex: idx}), true
+	})
+}
+
+// migrateQueueKeys moves the keys that format 3 keeps in the queue
+// subspace (written as plain keys by an older build) there.
+func (f *kvStore) migrateQueueKeys(ctx context.Context) error {
+	return f.rewriteFlat(ctx, func(key string, value []byte) ([]byte, bool) {
+		_, _, nested := nestedSplit([]byte(key))
+		return value, nested
+	})
+}
+
+// rewriteFlat puts every flat record that rewrite selects, as rewrite
+// returns it, where the current format keeps its key (deleting the flat
+// record when that is elsewhere), and records the format: one batch.
+func (f *kvStore) rewriteFlat(ctx context.Context, rewrite func(key string, value []byte) ([]byte, bool)) error {
 	batch, err := f.ds.Batch(ctx)
 	if err != nil {
 		return err
 	}
-	idx := max(f.applied, 1)
-	n := 0
-	err = f.scan(false, func(key string, value []byte) error {
-		n++
-		return batch.Put(ctx, f.dataKey(key), encodeEntry(Entry{Value: value, CreateIndex: idx, ModIndex: idx}))
+	err = f.scanFlat(false, func(key string, value []byte) error {
+		rec, ok := rewrite(key, value)
+		if !ok {
+			return nil
+		}
+		flat, dk := f.flatKey([]byte(key)), f.dataKey(key)
+		if dk != flat {
+			if err := batch.Delete(ctx, flat); err != nil {
+				return err
+			}
+		}
+		return batch.Put(ctx, dk, rec)
 	})
 	if err != nil {
 		return fmt.Errorf("raft: upgrading data: %w", err)

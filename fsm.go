@@ -209,23 +209,13 @@ func (f *kvStore) dataKey(key string) datastore.Key {
 	return f.dataKeyBytes([]byte(key))
 }
 
-// dataKeyBytes is dataKey in one allocation.
+// dataKeyBytes is where key lives in the datastore: a queue's key in the
+// queue subspace (see queue_store.go), any other key flat under the prefix.
 func (f *kvStore) dataKeyBytes(key []byte) datastore.Key {
-	n := keyEncoding.EncodedLen(len(key))
-	var stack [256]byte
-	enc := stack[:0]
-	if n <= len(stack) {
-		enc = stack[:n]
-	} else {
-		enc = make([]byte, n)
+	if dir, leaf, ok := nestedSplit(key); ok {
+		return f.nestedKey(dir, leaf)
 	}
-	keyEncoding.Encode(enc, key)
-	var sb strings.Builder
-	sb.Grow(len(f.prefix) + 1 + n)
-	sb.WriteString(f.prefix)
-	sb.WriteByte('/')
-	sb.Write(enc)
-	return datastore.RawKey(sb.String())
+	return f.flatKey(key)
 }
 
 // Apply applies one committed entry.
@@ -447,10 +437,19 @@ func (f *kvStore) keys(prefix string) ([]string, error) {
 	return out, err
 }
 
-// scan calls fn for every key (and value, unless keysOnly) of the store. Only
+// scan calls fn for every key (and value, unless keysOnly) of the store:
+// the flat keys, then the queue subspace's (see queue_store.go).
+func (f *kvStore) scan(keysOnly bool, fn func(key string, value []byte) error) error {
+	if err := f.scanFlat(keysOnly, fn); err != nil {
+		return err
+	}
+	return f.scanNested(keysOnly, fn)
+}
+
+// scanFlat calls fn for every key stored flat under the prefix. Only
 // entries exactly one valid segment below the prefix are ours: a nested
 // namespace keeps its own entries deeper down.
-func (f *kvStore) scan(keysOnly bool, fn func(key string, value []byte) error) error {
+func (f *kvStore) scanFlat(keysOnly bool, fn func(key string, value []byte) error) error {
 	res, err := f.ds.Query(context.Background(), query.Query{Prefix: f.prefix, KeysOnly: keysOnly})
 	if err != nil {
 		return err

@@ -633,3 +633,6 @@ func startSubprocess(t testing.TB, cmd *exec.Cmd, stderr *syncBuffer) (io.WriteC
 	}
 	return stdin, stdout
 }
+
+// leaseCount is the number of leases on member i's replica.
+func leaseCount(tc *testCluster, i int) int { return len(tc.get(i).(*cluster).fsm.leaseList()) }

@@ -40,18 +40,25 @@ func (c *cluster) applyOps(timeout time.Duration, ops ...Op) error {
 // upgrade.go); before that, or when the command would not fit, it proposes
 // the operations as they are.
 func (c *cluster) propose(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, error) {
+	res, _, err := c.proposeAnswer(ops, id, timeout)
+	return res, err
+}
+
+// proposeAnswer is propose returning what a queue claim among the
+// operations found too (nil: none, or a retried Client write's answer).
+func (c *cluster) proposeAnswer(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, *claimedItem, error) {
 	resp, err := c.proposeRaw(ops, id, timeout)
 	if err != nil {
-		return TxnResult{}, err
+		return TxnResult{}, nil, err
 	}
 	if resp.Error != nil {
-		return TxnResult{}, resp.Error
+		return TxnResult{}, nil, resp.Error
 	}
-	res, ok := parseResult(resp.Data)
+	res, claimed, ok := parseClaimResult(resp.Data)
 	if !ok {
-		return TxnResult{}, fmt.Errorf("raft: unexpected state machine answer of %d bytes", len(resp.Data))
+		return TxnResult{}, nil, fmt.Errorf("raft: unexpected state machine answer of %d bytes", len(resp.Data))
 	}
-	return res, nil
+	return res, claimed, nil
 }
 
 // proposeRaw is propose returning the state machine's answer as it is.

@@ -330,11 +330,25 @@ func sortedKeys(m map[string]struct{}) []string {
 // (ErrTooLarge). Every replica decides alike, from the same table.
 func (a *applyCtx) checkLeases(branch []cmdOp) error {
 	t := a.f.leases
-	grants := 0
+	grants, claims := 0, 0
 	var granted map[string]struct{} // keys bound to the lease this branch grants
 	var added map[LeaseID]map[string]struct{}
 	for _, op := range branch {
 		switch op.kind {
+		case opClaim:
+			// Which key it binds is known only once applied: one claim per
+			// command, and room for one more key.
+			if claims++; claims > 1 {
+				return fmt.Errorf("%w: two queue claims in one command", ErrInvalidCommand)
+			}
+			id := leaseOf(op.value)
+			l, ok := t.leases[id]
+			if !ok {
+				return fmt.Errorf("%w: lease %d", ErrLeaseNotFound, id)
+			}
+			if len(l.keys)+len(added[id])+1 > MaxLeaseKeys {
+				return fmt.Errorf("%w: lease %d would have over %d keys (MaxLeaseKeys)", ErrTooLarge, id, MaxLeaseKeys)
+			}
 		case opSetGrantedLease, opSetGrantedSeq:
 			if grants == 0 {
 				return fmt.Errorf("%w: a set bound to the granted lease before any grant", ErrInvalidCommand)

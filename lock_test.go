@@ -116,9 +116,6 @@ func lockMesh(t *testing.T, ns string, nClients int) (*testCluster, []*Client) {
 	return tc, clients
 }
 
-// leaseCount is the number of leases on node i's replica.
-func leaseCount(tc *testCluster, i int) int { return len(tc.get(i).(*cluster).fsm.leaseList()) }
-
 // lockKeysOn lists node i's keys of the lock space (holder, gate, waiters).
 func lockKeysOn(tc *testCluster, i int) []string { return tc.get(i).Keys(lockPrefix) }
 

@@ -35,6 +35,9 @@ type opKind struct {
 	// check validates an operation's value (its key is checked for every
 	// kind alike). Every replica runs it on the same bytes.
 	check func(value []byte) error
+	// checkKey, when set, validates a keyed kind's key further than every
+	// key is (enqueue takes only a queue's item prefix).
+	checkKey func(key string) error
 	// apply makes a write's change in the entry being applied.
 	apply func(a *applyCtx, key, value []byte) error
 	// holds evaluates a condition.
@@ -109,6 +112,8 @@ var opKinds = [...]*opKind{
 		check:   indexValue,
 		holds:   holdsEpoch,
 	},
+	opEnqueue: enqueueKind,
+	opClaim:   claimKind,
 	opEpoch: {
 		name:     "epoch",
 		keyless:  true,
@@ -148,6 +153,10 @@ func checkOp(kind uint8, key string, value []byte) error {
 		}
 	} else if err := validateKey(key); err != nil {
 		return err
+	} else if k.checkKey != nil {
+		if err := k.checkKey(key); err != nil {
+			return err
+		}
 	}
 	return k.check(value)
 }

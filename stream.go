@@ -18,6 +18,8 @@ type kvReader interface {
 	get(key string) ([]byte, bool, error)
 	getEntry(key string) (Entry, bool, error)
 	keys(prefix string) ([]string, error)
+	claimOfLease(name string, lease LeaseID) (claimedItem, uint64, error)
+	waitIndex(idx uint64, wait time.Duration) error
 }
 
 // peerExchanger takes a peer's side of a peer exchange and gives ours (the
@@ -34,6 +36,9 @@ type leaderCalls interface {
 	// Client write (nil for none), and returns their result (Cluster.Set,
 	// Delete, Txn).
 	propose(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, error)
+	// proposeAnswer is propose returning what a queue claim among the
+	// operations found too (nil: none).
+	proposeAnswer(ops []cmdOp, id *requestID, timeout time.Duration) (TxnResult, *claimedItem, error)
 	// readIndex returns an index covering every acknowledged write
 	// (Cluster.Barrier).
 	readIndex(timeout time.Duration) (uint64, error)
@@ -246,6 +251,8 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 		return s.write(req, DeleteOp(req.Key))
 	case cmdTxn:
 		return s.txn(req)
+	case cmdClaimOf:
+		return s.claimOf(req)
 	case cmdJoinVoter:
 		return s.joinVoter(from, req)
 	case cmdReadIndex:
@@ -331,11 +338,15 @@ func (s *commandService) propose(req *request, ops []cmdOp, timeout time.Duratio
 		return errorResponse(err)
 	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		res, err := s.leader.propose(ops, id, timeout)
+		res, claimed, err := s.leader.proposeAnswer(ops, id, timeout)
 		if err != nil {
 			return errorResponse(err)
 		}
-		return &response{OK: res.OK, Index: res.Index}
+		resp := &response{OK: res.OK, Index: res.Index}
+		if claimed != nil {
+			resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
+		}
+		return resp
 	})
 }
 

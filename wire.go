@@ -31,6 +31,10 @@ const (
 	cmdGetEntry      = "getEntry"
 	cmdTxn           = "txn"
 	cmdWatch         = "watch" // a stream of frames: watch_wire.go
+	// cmdClaimOf finds a queue's claim bound to a lease (queue.go): Key is
+	// the queue, Lease the lease, and Barrier (linearizable) or After (the
+	// index the member must have applied first) how current the read is.
+	cmdClaimOf = "claimOf"
 )
 
 // Envelope bytes: the first byte of every frame says whether the rest is
@@ -78,6 +82,8 @@ type request struct {
 	// sealed for the stream WatchID names.
 	After   uint64 `cbor:"20,keyasint,omitempty"`
 	WatchID []byte `cbor:"21,keyasint,omitempty"`
+	// claimOf (keys 30-39; queue.go): the lease whose claim is looked up.
+	Lease uint64 `cbor:"30,keyasint,omitempty"`
 }
 
 // response answers a request. Code 0 is success; otherwise Code names the
@@ -102,6 +108,24 @@ type response struct {
 	// index up to which every matching change has been sent.
 	Events  []wireEvent `cbor:"20,keyasint,omitempty"`
 	Through uint64      `cbor:"21,keyasint,omitempty"`
+	// A queue claim's answer (keys 30-39; queue.go): Claimed says a claim
+	// ran and its answer is here: Found, the item's ID and Value. claimOf
+	// answers with Found, Item, Value and the claim's token in Index.
+	Item    uint64 `cbor:"30,keyasint,omitempty"`
+	Claimed bool   `cbor:"31,keyasint,omitempty"`
+}
+
+// claimed is what a transaction's queue claim found, nil when it held
+// none (or the answer does not say: a retried Client write's).
+func (r *response) claimed() *claimedItem {
+	if !r.Claimed {
+		return nil
+	}
+	v := r.Value
+	if r.Found && v == nil {
+		v = []byte{}
+	}
+	return &claimedItem{found: r.Found, id: r.Item, value: v}
 }
 
 // entry is the Entry a getEntry answer carries.
