@@ -6,8 +6,10 @@ package raft
 // write with its first result (see requests.go).
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -27,21 +29,27 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
-	req.Client = c.identity[:]
-	req.Seq = c.seq.Add(1)
-	targets := peers
-	if len(targets) == 0 {
-		targets = c.findMembers()
-	}
-	if len(targets) == 0 {
-		return nil, fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
-	}
 	deadline := time.Now().Add(timeout)
+	seq, err := c.seqs.acquire(c.ctx, deadline)
+	if err != nil {
+		if c.ctx.Err() != nil {
+			return nil, errAfterClose
+		}
+		return nil, err
+	}
+	defer c.seqs.release(seq)
+	req.Client = c.identity[:]
+	req.Seq = seq
+	targets := c.targets(peers)
 	var lastErr, unknown error
 	for {
 		// served tells whether any target still serves the namespace.
 		served := false
-		for _, id := range targets {
+		for i := 0; ; i++ {
+			id, ok := targets.at(i)
+			if !ok {
+				break
+			}
 			if c.ctx.Err() != nil {
 				return nil, c.writeFailed(ErrShutdown, unknown)
 			}
@@ -55,7 +63,7 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 			c.ensureAddrs(id)
 			attempt := *req
 			attempt.Timeout = int64(left)
-			resp, err := c.caller.call(c.ctx, id, &attempt, deadline.Add(callMargin))
+			resp, err := c.sessions.call(c.ctx, id, &attempt, deadline.Add(callMargin))
 			if err == nil {
 				err = resp.err()
 			}
@@ -145,4 +153,76 @@ func (e *unknownOutcome) Unwrap() error { return e.err }
 func notServed(err error) bool {
 	var ns msmux.ErrNotSupported[protocol.ID]
 	return errors.As(err, &ns)
+}
+
+// seqWindowSize bounds how far apart in sequence numbers a Client's writes
+// in flight may be: a write gets number s only once every write numbered
+// s-seqWindowSize or below has ended. The request table keeps a client's
+// latest maxRequestsPerClient results and calls a request older than the
+// ones it dropped stale (requests.go); with the window, while write s is in
+// flight every other write that can be applied before it is numbered within
+// (s-seqWindowSize, s+seqWindowSize), at most 2*seqWindowSize-2 of them, so
+// for 32 no result numbered s or above is dropped before s is applied, and
+// a first attempt is never taken for a stale retry however the writes are
+// reordered on their way (goroutines, followers, sessions).
+const seqWindowSize = maxRequestsPerClient / 2
+
+// seqWindow hands out a Client's request sequence numbers within the
+// window.
+type seqWindow struct {
+	mu       sync.Mutex
+	last     uint64              // last number handed out
+	inflight map[uint64]struct{} // numbers of writes not ended
+	changed  chan struct{}       // closed and replaced at each release
+}
+
+func (w *seqWindow) init() {
+	w.inflight = map[uint64]struct{}{}
+	w.changed = make(chan struct{})
+}
+
+// acquire returns the next number once the window has room for it, or
+// fails (nothing was sent) at the deadline or when ctx ends.
+func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (uint64, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		next := w.last + 1
+		lowest := next
+		for s := range w.inflight {
+			lowest = min(lowest, s)
+		}
+		if next-lowest < seqWindowSize {
+			w.last = next
+			w.inflight[next] = struct{}{}
+			w.mu.Unlock()
+			return next, nil
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %w", errNotSent, ErrShutdown)
+		case <-timer.C:
+			return 0, fmt.Errorf("%w: %w: waiting for earlier writes of this Client to end", errNotSent, ErrTimeout)
+		}
+	}
+}
+
+// release ends write seq.
+func (w *seqWindow) release(seq uint64) {
+	w.mu.Lock()
+	delete(w.inflight, seq)
+	close(w.changed)
+	w.changed = make(chan struct{})
+	w.mu.Unlock()
 }

@@ -1,0 +1,357 @@
+package raft
+
+// The member's side of command sessions (session_wire.go). A session costs
+// the member what the streams it replaces would: it holds one command
+// stream slot for its life (under the same per-peer and total caps), and
+// every request in flight on it holds one more, so a peer gets no more
+// goroutines through sessions than through streams. Past a cap a request is
+// answered "busy" (never handled: the caller may go elsewhere), as an
+// over-cap stream is reset. Before its hello authenticates, a session is a
+// command stream like any other: the same read timeout, read budget and
+// refusals, so a peer without the key gets nothing more.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// sessionsPerPeer caps the sessions one peer holds open at a member: a
+// Client keeps one, so this leaves room for several Clients on one node, a
+// member's forwarder and sessions being replaced.
+const sessionsPerPeer = 8
+
+// sessionProtocolOf is the session protocol beside a command protocol.
+func sessionProtocolOf(proto protocol.ID) protocol.ID {
+	return sessionProtocol(strings.TrimPrefix(string(proto), "/raft/v1"))
+}
+
+// serverSession is one session a member serves.
+type serverSession struct {
+	svc  *commandService
+	st   network.Stream
+	from peer.ID
+	w    frameWriter
+	recv *frameCipher
+	// inflight counts its requests being served (under svc.mu).
+	inflight int
+	handlers sync.WaitGroup
+	// stop is closed by close: the reader stops at the next frame.
+	stop     chan struct{}
+	stopOnce sync.Once
+}
+
+func (s *commandService) handleSession(st network.Stream) {
+	from := st.Conn().RemotePeer()
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		_ = st.Reset()
+		return
+	}
+	if s.perPeer[from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal || s.sessPerPeer[from] >= sessionsPerPeer {
+		s.mu.Unlock()
+		_ = st.ResetWithError(network.StreamResourceLimitExceeded)
+		return
+	}
+	s.wg.Add(1)
+	s.streams[st] = struct{}{}
+	s.perPeer[from]++
+	s.total++
+	s.sessPerPeer[from]++
+	s.mu.Unlock()
+	ss := &serverSession{svc: s, st: st, from: from, stop: make(chan struct{})}
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		delete(s.sessions, ss)
+		if s.perPeer[from]--; s.perPeer[from] <= 0 {
+			delete(s.perPeer, from)
+		}
+		s.total--
+		if s.sessPerPeer[from]--; s.sessPerPeer[from] <= 0 {
+			delete(s.sessPerPeer, from)
+		}
+		s.mu.Unlock()
+		s.wg.Done()
+	}()
+	if !ss.hello() {
+		return
+	}
+	s.mu.Lock()
+	delete(s.streams, st) // from here on close stops it gracefully
+	if s.done {
+		s.mu.Unlock()
+		_ = st.Reset()
+		return
+	}
+	s.sessions[ss] = struct{}{}
+	s.mu.Unlock()
+	ss.serve()
+}
+
+// hello reads the caller's hello and answers it; false when the session
+// ends there (refused, or broken).
+func (ss *serverSession) hello() bool {
+	s, st := ss.svc, ss.st
+	_ = st.SetReadDeadline(time.Now().Add(requestReadTimeout))
+	payload, _, release, err := s.codec.readMessage(st, false, s.budget)
+	defer release()
+	switch {
+	case errors.Is(err, errBusy):
+		_ = st.ResetWithError(network.StreamResourceLimitExceeded)
+		return false
+	case errors.Is(err, ErrEncryptionRequired), errors.Is(err, ErrUnexpectedEncryption),
+		errors.Is(err, ErrDecrypt), errors.Is(err, ErrInvalidCommand), errors.Is(err, ErrTooLarge):
+		s.refused(ss.from, err)
+		ss.refuse(codec{}, err)
+		return false
+	case err != nil:
+		s.logger.Debug("bad session hello", "peer", ss.from, "error", err)
+		_ = st.Reset()
+		return false
+	}
+	var hello sessionHello
+	if err := wireDec.Unmarshal(payload, &hello); err != nil {
+		ss.refuse(s.codec, fmt.Errorf("%w: session hello: %v", ErrInvalidCommand, err))
+		return false
+	}
+	if hello.Version != sessionVersion {
+		ss.refuse(s.codec, fmt.Errorf("%w: session version %d, this member speaks %d", ErrInvalidCommand, hello.Version, sessionVersion))
+		return false
+	}
+	reply := &sessionHello{Version: sessionVersion}
+	var aad []byte
+	if s.codec.key != nil {
+		salt, err := newSessionSalt()
+		if err != nil {
+			ss.refuse(s.codec, err)
+			return false
+		}
+		c2s, s2c, err := s.codec.key.sessionCiphers(hello.Salt, salt)
+		if err != nil {
+			ss.refuse(s.codec, fmt.Errorf("%w: %v", ErrInvalidCommand, err))
+			return false
+		}
+		ss.recv, ss.w.ciph = c2s, s2c
+		reply.Salt, aad = salt, sessionHelloAAD(hello.Salt)
+	}
+	body, err := s.codec.encodeAAD(reply, aad)
+	if err != nil {
+		_ = st.Reset()
+		return false
+	}
+	_ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout))
+	if err := writeFrame(st, body); err != nil {
+		_ = st.Reset()
+		return false
+	}
+	ss.w.w = st
+	ss.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
+	ss.w.done = func(_ []any, _ []int, _ int, err error) {
+		if err != nil {
+			_ = st.Reset()
+		}
+	}
+	return true
+}
+
+// refuse answers the hello with an error, as a request would be.
+func (ss *serverSession) refuse(cd codec, err error) {
+	body, eerr := cd.encode(&sessionHello{Code: errorCode(err), Message: err.Error()})
+	if eerr != nil {
+		_ = ss.st.Reset()
+		return
+	}
+	_ = ss.st.SetWriteDeadline(time.Now().Add(defaultCallTimeout))
+	if writeFrame(ss.st, body) != nil {
+		_ = ss.st.Reset()
+		return
+	}
+	_ = ss.st.Close()
+}
+
+// serve reads requests until the caller closes its side, the session idles
+// past sessionMemberIdle, breaks, or the member closes; then it says which
+// requests it read (goaway), answers them, and ends the stream.
+func (ss *serverSession) serve() {
+	s, st := ss.svc, ss.st
+	br := bufio.NewReaderSize(st, sessionReadBuffer)
+	var last uint64
+	clean := false
+	for {
+		// Wait for the next frame under the idle timeout (a frame already
+		// buffered needs none), then read it whole under the request read
+		// timeout. A deadline set after close halted the reader would
+		// hide the halt: check after setting it.
+		if br.Buffered() == 0 {
+			if !ss.deadline(sessionMemberIdle) {
+				clean = true
+				break
+			}
+			if _, err := br.Peek(1); err != nil {
+				if retryableTimeout(err) && !ss.stopped() && ss.busy() {
+					continue // idle counts only while nothing is in flight
+				}
+				clean = retryableTimeout(err) || errors.Is(err, io.EOF) || ss.stopped()
+				break
+			}
+		}
+		if !ss.deadline(requestReadTimeout) {
+			clean = true
+			break
+		}
+		body, release, err := readSessionFrame(br, br, s.budget.take)
+		if err != nil {
+			release()
+			// Out of read budget, or halted: the frame was not read, and
+			// the goaway says so. Anything else breaks the session.
+			clean = errors.Is(err, errBusy) || ss.stopped()
+			if !clean {
+				s.logger.Debug("session ended", "peer", ss.from, "error", err)
+			}
+			break
+		}
+		if ss.recv != nil {
+			if body, err = ss.recv.open(body); err != nil {
+				release()
+				s.refused(ss.from, err)
+				break
+			}
+		}
+		kind, id, rest, err := parsePayload(body)
+		if err != nil || kind != frameRequest || id <= last {
+			release()
+			s.logger.Debug("bad session frame", "peer", ss.from, "kind", kind, "id", id, "error", err)
+			break
+		}
+		last = id
+		req, err := decodeRequest(rest)
+		release()
+		if !ss.admit() {
+			_ = ss.w.sendID(framePayload(frameBusy, id, 0))
+			continue
+		}
+		ss.handlers.Add(1)
+		go ss.handle(id, req, err)
+	}
+	if clean {
+		// Requests up to last were read and get their answers; none after.
+		_ = ss.w.sendID(framePayload(frameGoaway, last, 0))
+	}
+	ss.handlers.Wait()
+	ss.w.close(errWriterClosed)
+	if clean {
+		_ = st.Close()
+	} else {
+		_ = st.Reset()
+	}
+}
+
+// deadline sets the read deadline d from now; false once close halted the
+// session.
+func (ss *serverSession) deadline(d time.Duration) bool {
+	_ = ss.st.SetReadDeadline(time.Now().Add(d))
+	return !ss.stopped()
+}
+
+// stopped tells whether close asked the session to stop.
+func (ss *serverSession) stopped() bool {
+	select {
+	case <-ss.stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// halt makes the reader stop at once (the member is closing).
+func (ss *serverSession) halt() {
+	ss.stopOnce.Do(func() {
+		close(ss.stop)
+		_ = ss.st.SetReadDeadline(time.Now())
+	})
+}
+
+// busy tells whether requests are in flight.
+func (ss *serverSession) busy() bool {
+	ss.svc.mu.Lock()
+	defer ss.svc.mu.Unlock()
+	return ss.inflight > 0
+}
+
+// admit takes a place for one request: a command stream slot of its peer.
+func (ss *serverSession) admit() bool {
+	s := ss.svc
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perPeer[ss.from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal {
+		return false
+	}
+	s.perPeer[ss.from]++
+	s.total++
+	ss.inflight++
+	return true
+}
+
+// handle serves one request and answers it with a leader hint.
+func (ss *serverSession) handle(id uint64, req *request, decodeErr error) {
+	s := ss.svc
+	defer func() {
+		s.mu.Lock()
+		if s.perPeer[ss.from]--; s.perPeer[ss.from] <= 0 {
+			delete(s.perPeer, ss.from)
+		}
+		s.total--
+		ss.inflight--
+		s.mu.Unlock()
+		ss.handlers.Done()
+	}()
+	var resp *response
+	switch {
+	case decodeErr != nil:
+		resp = errorResponse(decodeErr)
+	case req.Cmd == cmdWatch:
+		resp = errorResponse(fmt.Errorf("%w: a watch needs a stream of its own", ErrInvalidCommand))
+	default:
+		resp = s.dispatch(ss.from, req)
+	}
+	body, err := cborEnc.Marshal(resp)
+	if err == nil {
+		err = checkSize("answer", len(body)+1, MaxMessageSize)
+	}
+	if err != nil {
+		body, _ = cborEnc.Marshal(errorResponse(err))
+	}
+	var self bool
+	var leader peer.ID
+	if s.fwd != nil && s.fwd.role != nil {
+		self, leader, _ = s.fwd.role.leadership()
+	}
+	p := framePayload(frameAnswer, id, 2+len(leader)+len(body))
+	p = appendHint(p, self, leader)
+	_ = ss.w.sendID(append(p, body...))
+}
+
+// sessionsFrom counts the sessions peer holds open (tests).
+func (s *commandService) sessionsFrom(from peer.ID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessPerPeer[from]
+}
+
+// inFlightFrom counts the command slots peer holds: its streams, its
+// sessions and their requests in flight (tests).
+func (s *commandService) inFlightFrom(from peer.ID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perPeer[from]
+}
