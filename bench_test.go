@@ -1151,7 +1151,7 @@ func BenchmarkCompareClient(b *testing.B) {
 				{name: "client-bget-follower", op: cs.barrierGet(cs.follower), retries: &lib.retries},
 			}
 			rratios := []benchRatio{{"client-bget", "local-bget"}, {"client-bget-follower", "local-bget"}}
-			b.Run("writers64", func(b *testing.B) { w := benchWriters; if s := os.Getenv("TAURAFT_W"); s != "" { w, _ = strconv.Atoi(s) }; benchCompare(b, w, writes, wratios) })
+			b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, writes, wratios) })
 			b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, writes, wratios) })
 			b.Run("barrier-get", func(b *testing.B) { benchCompare(b, 1, reads, rratios) })
 		})

@@ -28,10 +28,10 @@ type Client struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closed    atomic.Bool
-	// identity and seq name each write (see requests.go): identity is
-	// random, so two Clients, or one process run twice, never share IDs.
-	identity [clientIDSize]byte
-	seqs     seqWindow
+	// seqs names each write (see requests.go and seqWindow) under the
+	// Client's identities, which are random, so two Clients, or one
+	// process run twice, never share IDs.
+	seqs seqWindow
 	// sessions holds one session per member called (client_session.go)
 	// and the leader the latest answer named.
 	sessions *sessionPool
@@ -56,11 +56,12 @@ func NewClient(node Node, namespace string, key []byte) (*Client, error) {
 		cd.key = k
 	}
 	c := &Client{node: node, namespace: namespace, caller: newCaller(node.Peer(), Protocol(namespace), cd)}
-	if _, err := rand.Read(c.identity[:]); err != nil {
+	var identity [clientIDSize]byte
+	if _, err := rand.Read(identity[:]); err != nil {
 		return nil, fmt.Errorf("raft: client identity: %w", err)
 	}
 	c.ctx, c.cancel = context.WithCancel(node.Context())
-	c.seqs.init()
+	c.seqs.init(identity)
 	c.sessions = newSessionPool(c.ctx, &c.caller, namespace)
 	return c, nil
 }

@@ -24,9 +24,10 @@ import (
 const (
 	// sessionInflight caps the requests a caller has in flight on one
 	// session; more wait (within their deadline) for a place. It stays
-	// well under the member's per-peer cap (commandStreamsPerPeer), which
-	// counts them, so a Client is never refused for its own concurrency.
-	sessionInflight = 32
+	// under the member's per-peer cap (commandStreamsPerPeer), which counts
+	// them, leaving room for the caller's other calls, so a Client is not
+	// refused for its own concurrency.
+	sessionInflight = commandStreamsPerPeer - 8
 	// sessionIdle is how long a caller keeps a session without calls
 	// before closing it; a member closes one after sessionMemberIdle, so
 	// the caller, who knows when it sends, is always first.
@@ -45,8 +46,9 @@ const (
 	// maxPoolSessions bounds the sessions of one pool; past it calls go a
 	// stream per request.
 	maxPoolSessions = 64
-	// sessionReadBuffer is the buffered reader of a session's answers.
-	sessionReadBuffer = 16 << 10
+	// sessionReadBuffer is the buffered reader of each side of a session
+	// (larger frames are read past it).
+	sessionReadBuffer = 4 << 10
 )
 
 var (
@@ -328,6 +330,7 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 	s.w.w = st
 	s.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
 	s.w.done = s.written
+	s.w.busy = func() bool { return len(s.slots) > 1 }
 	s.idle = time.AfterFunc(sessionIdle, s.closeIfIdle)
 	p.opened.Add(1)
 	return s, nil, nil
@@ -393,8 +396,8 @@ type pendingCall struct {
 }
 
 type callResult struct {
-	resp *response
-	err  error
+	raw []byte // the answer's CBOR, decoded by the caller
+	err error
 }
 
 // call sends one request and waits for its answer.
@@ -431,7 +434,14 @@ func (s *clientSession) call(ctx context.Context, req *request, deadline time.Ti
 	}
 	select {
 	case r := <-pc.ch:
-		return r.resp, r.err
+		if r.err != nil {
+			return nil, r.err
+		}
+		var resp response
+		if err := wireDec.Unmarshal(r.raw, &resp); err != nil {
+			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
+		}
+		return &resp, nil
 	case <-ctx.Done():
 		s.forget(pc)
 		return nil, ctx.Err()
@@ -534,13 +544,9 @@ func (s *clientSession) deliver(payload []byte) error {
 	if err != nil {
 		return err
 	}
-	var resp response
-	if err := wireDec.Unmarshal(rest, &resp); err != nil {
-		return fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
-	}
 	s.pool.noteLeader(s.peer, leader, self)
 	if pc != nil {
-		pc.ch <- callResult{resp: &resp}
+		pc.ch <- callResult{raw: rest}
 	}
 	s.maybeFinish()
 	return nil

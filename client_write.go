@@ -7,6 +7,7 @@ package raft
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"sync"
@@ -30,16 +31,16 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 		return nil, errAfterClose
 	}
 	deadline := time.Now().Add(timeout)
-	seq, err := c.seqs.acquire(c.ctx, deadline)
+	ticket, err := c.seqs.acquire(c.ctx, deadline)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, errAfterClose
 		}
 		return nil, err
 	}
-	defer c.seqs.release(seq)
-	req.Client = c.identity[:]
-	req.Seq = seq
+	defer c.seqs.release(ticket)
+	req.Client = ticket.lane.identity[:]
+	req.Seq = ticket.seq
 	targets := c.targets(peers)
 	var lastErr, unknown error
 	for {
@@ -155,35 +156,66 @@ func notServed(err error) bool {
 	return errors.As(err, &ns)
 }
 
-// seqWindowSize bounds how far apart in sequence numbers a Client's writes
-// in flight may be: a write gets number s only once every write numbered
-// s-seqWindowSize or below has ended. The request table keeps a client's
-// latest maxRequestsPerClient results and calls a request older than the
-// ones it dropped stale (requests.go); with the window, while write s is in
-// flight every other write that can be applied before it is numbered within
-// (s-seqWindowSize, s+seqWindowSize), at most 2*seqWindowSize-2 of them, so
-// for 32 no result numbered s or above is dropped before s is applied, and
-// a first attempt is never taken for a stale retry however the writes are
-// reordered on their way (goroutines, followers, sessions).
+// seqWindowSize bounds how far apart in sequence numbers the writes in
+// flight of one request identity may be: a write gets number s only once
+// every write numbered s-seqWindowSize or below has ended. The request
+// table keeps an identity's latest maxRequestsPerClient results and calls a
+// request older than the ones it dropped stale (requests.go); with the
+// window, while write s is in flight every other write that can be applied
+// before it is numbered within (s-seqWindowSize, s+seqWindowSize), at most
+// 2*seqWindowSize-2 of them, so for 32 no result numbered s or above is
+// dropped before s is applied, and a first attempt is never taken for a
+// stale retry however the writes are reordered on their way (goroutines,
+// followers, sessions).
 const seqWindowSize = maxRequestsPerClient / 2
 
-// seqWindow hands out a Client's request sequence numbers within the
-// window.
+// maxSeqLanes bounds a Client's request identities: past seqWindowSize
+// writes in flight a Client numbers further writes under a second identity
+// of its own (a lane), and so on, so up to maxSeqLanes*seqWindowSize writes
+// are in flight at once; more wait for one to end. Each lane in use is one
+// client in the request table (maxRequestClients).
+const maxSeqLanes = 4
+
+// seqWindow hands out a Client's request IDs within the window of each
+// lane.
 type seqWindow struct {
-	mu       sync.Mutex
-	last     uint64              // last number handed out
-	inflight map[uint64]struct{} // numbers of writes not ended
-	changed  chan struct{}       // closed and replaced at each release
+	mu      sync.Mutex
+	lanes   []*seqLane
+	changed chan struct{} // closed and replaced when a window moves
 }
 
-func (w *seqWindow) init() {
-	w.inflight = map[uint64]struct{}{}
+// seqLane is one identity of a Client and its window.
+type seqLane struct {
+	identity [clientIDSize]byte
+	last     uint64              // last number handed out
+	inflight map[uint64]struct{} // numbers of writes not ended
+}
+
+// seqTicket is the request ID of one write.
+type seqTicket struct {
+	lane *seqLane
+	seq  uint64
+}
+
+func (w *seqWindow) init(first [clientIDSize]byte) {
+	w.lanes = []*seqLane{{identity: first, inflight: map[uint64]struct{}{}}}
 	w.changed = make(chan struct{})
 }
 
-// acquire returns the next number once the window has room for it, or
-// fails (nothing was sent) at the deadline or when ctx ends.
-func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (uint64, error) {
+// room tells whether the lane may hand out its next number.
+func (l *seqLane) room() bool {
+	next := l.last + 1
+	lowest := next
+	for s := range l.inflight {
+		lowest = min(lowest, s)
+	}
+	return next-lowest < seqWindowSize
+}
+
+// acquire returns the next request ID of the first lane with room (opening
+// a lane if none has and fewer than maxSeqLanes exist), or fails (nothing
+// was sent) at the deadline or when ctx ends.
+func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket, error) {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
@@ -192,16 +224,26 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (uint64, er
 	}()
 	for {
 		w.mu.Lock()
-		next := w.last + 1
-		lowest := next
-		for s := range w.inflight {
-			lowest = min(lowest, s)
+		var lane *seqLane
+		for _, l := range w.lanes {
+			if l.room() {
+				lane = l
+				break
+			}
 		}
-		if next-lowest < seqWindowSize {
-			w.last = next
-			w.inflight[next] = struct{}{}
+		if lane == nil && len(w.lanes) < maxSeqLanes {
+			lane = &seqLane{inflight: map[uint64]struct{}{}}
+			if _, err := rand.Read(lane.identity[:]); err != nil {
+				w.mu.Unlock()
+				return seqTicket{}, fmt.Errorf("%w: client identity: %w", errNotSent, err)
+			}
+			w.lanes = append(w.lanes, lane)
+		}
+		if lane != nil {
+			lane.last++
+			lane.inflight[lane.last] = struct{}{}
 			w.mu.Unlock()
-			return next, nil
+			return seqTicket{lane: lane, seq: lane.last}, nil
 		}
 		changed := w.changed
 		w.mu.Unlock()
@@ -211,18 +253,28 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (uint64, er
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %w", errNotSent, ErrShutdown)
+			return seqTicket{}, fmt.Errorf("%w: %w", errNotSent, ErrShutdown)
 		case <-timer.C:
-			return 0, fmt.Errorf("%w: %w: waiting for earlier writes of this Client to end", errNotSent, ErrTimeout)
+			return seqTicket{}, fmt.Errorf("%w: %w: waiting for earlier writes of this Client to end", errNotSent, ErrTimeout)
 		}
 	}
 }
 
-// release ends write seq.
-func (w *seqWindow) release(seq uint64) {
+// release ends a write. Only the end of a lane's lowest number in flight
+// moves its window, so only that wakes the writes waiting.
+func (w *seqWindow) release(t seqTicket) {
 	w.mu.Lock()
-	delete(w.inflight, seq)
-	close(w.changed)
-	w.changed = make(chan struct{})
+	delete(t.lane.inflight, t.seq)
+	lowest := true
+	for s := range t.lane.inflight {
+		if s < t.seq {
+			lowest = false
+			break
+		}
+	}
+	if lowest {
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
 	w.mu.Unlock()
 }

@@ -47,6 +47,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -263,6 +264,10 @@ type frameWriter struct {
 	ciph *frameCipher // nil: plaintext
 	// deadline, when set, is called before each write.
 	deadline func()
+	// busy, when set, tells whether other frames are likely on their way
+	// (more than one request in flight): the sender that is to write then
+	// yields once first, so they join its write.
+	busy func() bool
 	// done is called outside the lock with the tags of a written batch and
 	// the write's error (nil: every frame went out whole; else the frames
 	// ending past n did not leave).
@@ -340,6 +345,13 @@ func (fw *frameWriter) flushLocked() {
 		return
 	}
 	fw.writing = true
+	if fw.busy != nil && fw.busy() {
+		// Let the senders that are running queue their frames: one write
+		// (one record, one system call on each side) carries them all.
+		fw.mu.Unlock()
+		runtime.Gosched()
+		fw.mu.Lock()
+	}
 	for len(fw.buf) > 0 {
 		buf, tags, ends := fw.buf, fw.tags, fw.ends
 		fw.buf, fw.spare, fw.tags, fw.ends = fw.spare[:0], nil, nil, nil

@@ -65,10 +65,12 @@ type commandService struct {
 	budget   *readBudget                 // bytes of requests read at once
 
 	// Sessions (stream_session.go): those serving, and how many each peer
-	// holds. Each also counts in streams (until its hello is in), perPeer
-	// and total.
+	// holds and all hold. Until its hello is in, a session also counts in
+	// streams, perPeer and total; after, each of its requests in flight
+	// counts in perPeer and total.
 	sessions    map[*serverSession]struct{}
 	sessPerPeer map[peer.ID]int
+	sessTotal   int
 
 	// Watch streams (watch_wire.go): the history they read and their own
 	// caps. They stay in streams while they run, so close resets them.

@@ -12,6 +12,7 @@ package raft
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +27,13 @@ import (
 
 // sessionsPerPeer caps the sessions one peer holds open at a member: a
 // Client keeps one, so this leaves room for several Clients on one node, a
-// member's forwarder and sessions being replaced.
-const sessionsPerPeer = 8
+// member's forwarder and sessions being replaced. sessionsTotal caps them
+// all. An open session holds a goroutine and a small read buffer; until its
+// hello is in it also holds a command stream slot, like any stream.
+const (
+	sessionsPerPeer = 8
+	sessionsTotal   = 256
+)
 
 // sessionProtocolOf is the session protocol beside a command protocol.
 func sessionProtocolOf(proto protocol.ID) protocol.ID {
@@ -43,7 +49,9 @@ type serverSession struct {
 	recv *frameCipher
 	// inflight counts its requests being served (under svc.mu).
 	inflight int
-	handlers sync.WaitGroup
+	handlers sync.WaitGroup // requests being served
+	jobs     chan sessionJob
+	workers  sync.WaitGroup
 	// stop is closed by close: the reader stops at the next frame.
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -57,7 +65,8 @@ func (s *commandService) handleSession(st network.Stream) {
 		_ = st.Reset()
 		return
 	}
-	if s.perPeer[from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal || s.sessPerPeer[from] >= sessionsPerPeer {
+	if s.perPeer[from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal ||
+		s.sessPerPeer[from] >= sessionsPerPeer || s.sessTotal >= sessionsTotal {
 		s.mu.Unlock()
 		_ = st.ResetWithError(network.StreamResourceLimitExceeded)
 		return
@@ -67,19 +76,28 @@ func (s *commandService) handleSession(st network.Stream) {
 	s.perPeer[from]++
 	s.total++
 	s.sessPerPeer[from]++
+	s.sessTotal++
 	s.mu.Unlock()
-	ss := &serverSession{svc: s, st: st, from: from, stop: make(chan struct{})}
+	ss := &serverSession{svc: s, st: st, from: from, stop: make(chan struct{}), jobs: make(chan sessionJob)}
+	slotHeld := true
+	releaseSlot := func() { // under s.mu
+		if slotHeld {
+			slotHeld = false
+			if s.perPeer[from]--; s.perPeer[from] <= 0 {
+				delete(s.perPeer, from)
+			}
+			s.total--
+		}
+	}
 	defer func() {
 		s.mu.Lock()
 		delete(s.streams, st)
 		delete(s.sessions, ss)
-		if s.perPeer[from]--; s.perPeer[from] <= 0 {
-			delete(s.perPeer, from)
-		}
-		s.total--
+		releaseSlot()
 		if s.sessPerPeer[from]--; s.sessPerPeer[from] <= 0 {
 			delete(s.sessPerPeer, from)
 		}
+		s.sessTotal--
 		s.mu.Unlock()
 		s.wg.Done()
 	}()
@@ -87,7 +105,10 @@ func (s *commandService) handleSession(st network.Stream) {
 		return
 	}
 	s.mu.Lock()
-	delete(s.streams, st) // from here on close stops it gracefully
+	// From here on close stops it gracefully, and its requests in flight,
+	// not the session, hold command stream slots.
+	delete(s.streams, st)
+	releaseSlot()
 	if s.done {
 		s.mu.Unlock()
 		_ = st.Reset()
@@ -155,6 +176,7 @@ func (ss *serverSession) hello() bool {
 		return false
 	}
 	ss.w.w = st
+	ss.w.busy = ss.busy
 	ss.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
 	ss.w.done = func(_ []any, _ []int, _ int, err error) {
 		if err != nil {
@@ -188,28 +210,29 @@ func (ss *serverSession) serve() {
 	var last uint64
 	clean := false
 	for {
-		// Wait for the next frame under the idle timeout (a frame already
-		// buffered needs none), then read it whole under the request read
-		// timeout. A deadline set after close halted the reader would
-		// hide the halt: check after setting it.
+		// Wait for the next frame under the idle timeout, then read it
+		// whole under the request read timeout. Deadlines are set only
+		// where a read may block: a frame already buffered needs none. A
+		// deadline set after close halted the reader would hide the halt:
+		// check after setting one.
 		if br.Buffered() == 0 {
 			if !ss.deadline(sessionMemberIdle) {
 				clean = true
 				break
 			}
 			if _, err := br.Peek(1); err != nil {
-				if retryableTimeout(err) && !ss.stopped() && ss.busy() {
+				if retryableTimeout(err) && !ss.stopped() && ss.inFlight() > 0 {
 					continue // idle counts only while nothing is in flight
 				}
 				clean = retryableTimeout(err) || errors.Is(err, io.EOF) || ss.stopped()
 				break
 			}
 		}
-		if !ss.deadline(requestReadTimeout) {
+		if !frameBuffered(br) && !ss.deadline(requestReadTimeout) {
 			clean = true
 			break
 		}
-		body, release, err := readSessionFrame(br, br, s.budget.take)
+		body, release, err := readSessionFrame(br, br, func(n int) (func(), error) { return takeBudget(s.budget, n) })
 		if err != nil {
 			release()
 			// Out of read budget, or halted: the frame was not read, and
@@ -234,26 +257,45 @@ func (ss *serverSession) serve() {
 			break
 		}
 		last = id
-		req, err := decodeRequest(rest)
-		release()
 		if !ss.admit() {
+			release()
 			_ = ss.w.sendID(framePayload(frameBusy, id, 0))
 			continue
 		}
-		ss.handlers.Add(1)
-		go ss.handle(id, req, err)
+		ss.run(sessionJob{id: id, raw: rest, release: release})
 	}
 	if clean {
 		// Requests up to last were read and get their answers; none after.
 		_ = ss.w.sendID(framePayload(frameGoaway, last, 0))
 	}
 	ss.handlers.Wait()
+	close(ss.jobs)
+	ss.workers.Wait()
 	ss.w.close(errWriterClosed)
 	if clean {
 		_ = st.Close()
 	} else {
 		_ = st.Reset()
 	}
+}
+
+// frameBuffered tells whether br holds a whole frame already.
+func frameBuffered(br *bufio.Reader) bool {
+	head, _ := br.Peek(min(br.Buffered(), binary.MaxVarintLen64))
+	n, k := binary.Uvarint(head)
+	return k > 0 && uint64(br.Buffered()-k) >= n
+}
+
+// takeBudget is readBudget.take without its timer when there is room.
+func takeBudget(b *readBudget, n int) (func(), error) {
+	if b == nil {
+		return func() {}, nil
+	}
+	if w := 2 * int64(n); b.sem.TryAcquire(w) {
+		var once sync.Once
+		return func() { once.Do(func() { b.sem.Release(w) }) }, nil
+	}
+	return b.take(n)
 }
 
 // deadline sets the read deadline d from now; false once close halted the
@@ -281,11 +323,60 @@ func (ss *serverSession) halt() {
 	})
 }
 
-// busy tells whether requests are in flight.
-func (ss *serverSession) busy() bool {
+// inFlight counts its requests being served.
+func (ss *serverSession) inFlight() int {
 	ss.svc.mu.Lock()
 	defer ss.svc.mu.Unlock()
-	return ss.inflight > 0
+	return ss.inflight
+}
+
+// busy tells whether requests are in flight other than the one answering.
+func (ss *serverSession) busy() bool { return ss.inFlight() > 1 }
+
+// sessionJob is one request read, for a worker.
+type sessionJob struct {
+	id      uint64
+	raw     []byte
+	release func()
+}
+
+// sessionWorkerIdle is how long a session's worker waits for its next
+// request before it ends. Workers are reused because a request's handling
+// grows a fresh goroutine's stack several times over, which costs more
+// than the rest of the session's work.
+const sessionWorkerIdle = time.Second
+
+// run hands a request to an idle worker, or starts one.
+func (ss *serverSession) run(j sessionJob) {
+	ss.handlers.Add(1)
+	select {
+	case ss.jobs <- j:
+	default:
+		ss.workers.Add(1)
+		go ss.worker(j)
+	}
+}
+
+// worker serves requests until none comes for sessionWorkerIdle or the
+// session ends.
+func (ss *serverSession) worker(j sessionJob) {
+	defer ss.workers.Done()
+	idle := time.NewTimer(sessionWorkerIdle)
+	defer idle.Stop()
+	for {
+		ss.handle(j.id, j.raw, j.release)
+		ss.handlers.Done()
+		idle.Reset(sessionWorkerIdle)
+		var ok bool
+		select {
+		case j, ok = <-ss.jobs:
+			if !ok {
+				return
+			}
+		case <-idle.C:
+			return
+		}
+	}
 }
 
 // admit takes a place for one request: a command stream slot of its peer.
@@ -302,9 +393,12 @@ func (ss *serverSession) admit() bool {
 	return true
 }
 
-// handle serves one request and answers it with a leader hint.
-func (ss *serverSession) handle(id uint64, req *request, decodeErr error) {
+// handle decodes and serves one request (release gives its bytes back to
+// the read budget) and answers it with a leader hint.
+func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
 	s := ss.svc
+	req, decodeErr := decodeRequest(raw)
+	release()
 	defer func() {
 		s.mu.Lock()
 		if s.perPeer[ss.from]--; s.perPeer[ss.from] <= 0 {
@@ -313,7 +407,6 @@ func (ss *serverSession) handle(id uint64, req *request, decodeErr error) {
 		s.total--
 		ss.inflight--
 		s.mu.Unlock()
-		ss.handlers.Done()
 	}()
 	var resp *response
 	switch {
