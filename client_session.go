@@ -137,7 +137,7 @@ func (p *sessionPool) call(ctx context.Context, id peer.ID, req *request, deadli
 		case useStreams, useStreamsOnce:
 			p.fallbacks.Add(1)
 			resp, err := p.caller.call(ctx, id, req, deadline)
-			if how == useStreamsOnce && (err == nil || !notServed(err)) {
+			if how == useStreamsOnce && (err == nil || !protocolRefused(err)) {
 				// It refused the session but answers here: an older
 				// build, called this way for a while.
 				p.noteFallbackAnswer(id)
@@ -218,7 +218,7 @@ func (p *sessionPool) session(ctx context.Context, id peer.ID, deadline time.Tim
 			switch {
 			case resp != nil:
 				return nil, refused, resp, nil
-			case notServed(err):
+			case protocolRefused(err):
 				// No session protocol there: a stream per request (the
 				// member may be an older build, or not serve at all).
 				return nil, useStreamsOnce, nil, nil
@@ -241,6 +241,13 @@ func (p *sessionPool) session(ctx context.Context, id peer.ID, deadline time.Tim
 			return nil, refused, nil, fmt.Errorf("%w: %w: opening a session to %s", errNotSent, ErrTimeout, id)
 		}
 	}
+}
+
+// protocolRefused tells whether a member refused a stream's protocol: at
+// negotiation, or (negotiated lazily) by resetting the stream.
+func protocolRefused(err error) bool {
+	var se *network.StreamError
+	return notServed(err) || (errors.As(err, &se) && se.Remote && se.ErrorCode == network.StreamProtocolNegotiationFailed)
 }
 
 // resourceLimited tells whether a member reset a stream for lack of room.

@@ -662,11 +662,9 @@ func TestClientNoLeaderAndShutdownAcrossWire(t *testing.T) {
 }
 
 // requestsServed counts the requests of peer from that member c is
-// serving: on streams of their own or on sessions (whose own slots do not
-// count).
+// serving, on streams of their own or on sessions.
 func requestsServed(c Cluster, from peer.ID) int {
-	svc := c.(*cluster).svc
-	return svc.inFlightFrom(from) - svc.sessionsFrom(from)
+	return c.(*cluster).svc.inFlightFrom(from)
 }
 
 // 4d. Every sentinel survives the wire. A stub member answers each request

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -71,6 +72,8 @@ type commandService struct {
 	sessions    map[*serverSession]struct{}
 	sessPerPeer map[peer.ID]int
 	sessTotal   int
+	// sessIdle, when set (tests), replaces sessionMemberIdle.
+	sessIdle atomic.Int64
 
 	// Watch streams (watch_wire.go): the history they read and their own
 	// caps. They stay in streams while they run, so close resets them.

@@ -142,11 +142,14 @@ func (ss *serverSession) hello() bool {
 	}
 	var hello sessionHello
 	if err := wireDec.Unmarshal(payload, &hello); err != nil {
-		ss.refuse(s.codec, fmt.Errorf("%w: session hello: %v", ErrInvalidCommand, err))
+		// Without a salt to bind an answer to: plaintext, which reveals
+		// nothing.
+		ss.refuse(codec{}, fmt.Errorf("%w: session hello: %v", ErrInvalidCommand, err))
 		return false
 	}
 	if hello.Version != sessionVersion {
-		ss.refuse(s.codec, fmt.Errorf("%w: session version %d, this member speaks %d", ErrInvalidCommand, hello.Version, sessionVersion))
+		err := fmt.Errorf("%w: session version %d, this member speaks %d", ErrInvalidCommand, hello.Version, sessionVersion)
+		ss.refuseAAD(s.codec, err, sessionHelloAAD(hello.Salt))
 		return false
 	}
 	reply := &sessionHello{Version: sessionVersion}
@@ -159,7 +162,7 @@ func (ss *serverSession) hello() bool {
 		}
 		c2s, s2c, err := s.codec.key.sessionCiphers(hello.Salt, salt)
 		if err != nil {
-			ss.refuse(s.codec, fmt.Errorf("%w: %v", ErrInvalidCommand, err))
+			ss.refuseAAD(s.codec, fmt.Errorf("%w: %v", ErrInvalidCommand, err), sessionHelloAAD(hello.Salt))
 			return false
 		}
 		ss.recv, ss.w.ciph = c2s, s2c
@@ -187,8 +190,15 @@ func (ss *serverSession) hello() bool {
 }
 
 // refuse answers the hello with an error, as a request would be.
-func (ss *serverSession) refuse(cd codec, err error) {
-	body, eerr := cd.encode(&sessionHello{Code: errorCode(err), Message: err.Error()})
+func (ss *serverSession) refuse(cd codec, err error) { ss.refuseAAD(cd, err, nil) }
+
+// refuseAAD is refuse sealed, under a key, for the caller of an
+// authenticated hello (whose answer it opens with the hello's aad).
+func (ss *serverSession) refuseAAD(cd codec, err error, aad []byte) {
+	if cd.key == nil {
+		aad = nil
+	}
+	body, eerr := cd.encodeAAD(&sessionHello{Code: errorCode(err), Message: err.Error()}, aad)
 	if eerr != nil {
 		_ = ss.st.Reset()
 		return
@@ -216,7 +226,7 @@ func (ss *serverSession) serve() {
 		// deadline set after close halted the reader would hide the halt:
 		// check after setting one.
 		if br.Buffered() == 0 {
-			if !ss.deadline(sessionMemberIdle) {
+			if !ss.deadline(s.idleTimeout()) {
 				clean = true
 				break
 			}
@@ -434,6 +444,14 @@ func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
 	_ = ss.w.sendID(append(p, body...))
 }
 
+// idleTimeout is how long a session may stay without requests.
+func (s *commandService) idleTimeout() time.Duration {
+	if d := s.sessIdle.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return sessionMemberIdle
+}
+
 // sessionsFrom counts the sessions peer holds open (tests).
 func (s *commandService) sessionsFrom(from peer.ID) int {
 	s.mu.Lock()
@@ -442,7 +460,7 @@ func (s *commandService) sessionsFrom(from peer.ID) int {
 }
 
 // inFlightFrom counts the command slots peer holds: its streams, its
-// sessions and their requests in flight (tests).
+// sessions still in their hello, and their requests in flight (tests).
 func (s *commandService) inFlightFrom(from peer.ID) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
