@@ -241,9 +241,10 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket,
 		}
 		if lane != nil {
 			lane.last++
-			lane.inflight[lane.last] = struct{}{}
+			t := seqTicket{lane: lane, seq: lane.last}
+			lane.inflight[t.seq] = struct{}{}
 			w.mu.Unlock()
-			return seqTicket{lane: lane, seq: lane.last}, nil
+			return t, nil
 		}
 		changed := w.changed
 		w.mu.Unlock()
