@@ -1152,6 +1152,7 @@ func BenchmarkCompareClient(b *testing.B) {
 			}
 			rratios := []benchRatio{{"client-bget", "local-bget"}, {"client-bget-follower", "local-bget"}}
 			b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, writes, wratios) })
+			b.Run("writers16", func(b *testing.B) { benchCompare(b, 16, writes, wratios) })
 			b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, writes, wratios) })
 			b.Run("barrier-get", func(b *testing.B) { benchCompare(b, 1, reads, rratios) })
 		})
