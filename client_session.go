@@ -337,6 +337,7 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 	s.w.w = st
 	s.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
 	s.w.done = s.written
+	s.w.taken = s.taken
 	s.w.busy = func() bool { return len(s.slots) > 1 }
 	s.idle = time.AfterFunc(sessionIdle, s.closeIfIdle)
 	p.opened.Add(1)
@@ -396,8 +397,11 @@ type clientSession struct {
 
 // pendingCall is a request waiting for its answer.
 type pendingCall struct {
-	req     *request
-	id      uint64
+	req *request
+	id  uint64
+	// taken: a write took its frame (it may have left); written: that
+	// write went through. Both under clientSession.mu.
+	taken   bool
 	written bool
 	ch      chan callResult // buffered: one result
 }
@@ -466,6 +470,15 @@ func (s *clientSession) forget(pc *pendingCall) {
 	}
 	s.mu.Unlock()
 	s.maybeFinish()
+}
+
+// taken marks the frames a write takes (frameWriter.taken).
+func (s *clientSession) taken(tags []any) {
+	s.mu.Lock()
+	for _, t := range tags {
+		t.(*pendingCall).taken = true
+	}
+	s.mu.Unlock()
 }
 
 // written learns the fate of a write of frames (frameWriter.done).
@@ -623,16 +636,25 @@ func (s *clientSession) abort(cause error) {
 		return
 	}
 	s.dead = cause
-	pending := s.pending
+	type failed struct {
+		pc   *pendingCall
+		sent bool
+	}
+	var fails []failed
+	for _, pc := range s.pending {
+		// A frame a write has taken may have left whole, even if that
+		// write has not returned yet.
+		fails = append(fails, failed{pc, pc.written || pc.taken})
+	}
 	s.pending = map[uint64]*pendingCall{}
 	s.mu.Unlock()
 	s.idle.Stop()
 	_ = s.st.Reset()
-	for _, pc := range pending {
-		if pc.written {
-			pc.ch <- callResult{err: fmt.Errorf("raft: no answer from %s, the request was sent (the outcome is unknown): %w", s.peer, cause)}
+	for _, f := range fails {
+		if f.sent {
+			f.pc.ch <- callResult{err: fmt.Errorf("raft: no answer from %s, the request was sent (the outcome is unknown): %w", s.peer, cause)}
 		} else {
-			pc.ch <- callResult{err: fmt.Errorf("%w: %w", errNotSent, cause)}
+			f.pc.ch <- callResult{err: fmt.Errorf("%w: %w", errNotSent, cause)}
 		}
 	}
 	close(s.done)

@@ -268,6 +268,9 @@ type frameWriter struct {
 	// (more than one request in flight): the sender that is to write then
 	// yields once first, so they join its write.
 	busy func() bool
+	// taken, when set, is called under the lock with the tags of the
+	// frames a write is about to carry.
+	taken func(tags []any)
 	// done is called outside the lock with the tags of a written batch and
 	// the write's error (nil: every frame went out whole; else the frames
 	// ending past n did not leave).
@@ -355,6 +358,9 @@ func (fw *frameWriter) flushLocked() {
 	for len(fw.buf) > 0 {
 		buf, tags, ends := fw.buf, fw.tags, fw.ends
 		fw.buf, fw.spare, fw.tags, fw.ends = fw.spare[:0], nil, nil, nil
+		if fw.taken != nil {
+			fw.taken(tags)
+		}
 		fw.mu.Unlock()
 		if fw.deadline != nil {
 			fw.deadline()
