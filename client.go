@@ -32,7 +32,7 @@ type Client struct {
 	// Client's identities, which are random, so two Clients, or one
 	// process run twice, never share IDs.
 	seqs seqWindow
-	// sessions holds one session per member called (client_session.go)
+	// sessions holds one session per member called (session_pool.go)
 	// and the leader the latest answer named.
 	sessions *sessionPool
 }

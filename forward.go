@@ -19,7 +19,7 @@ type leadershipSource interface {
 }
 
 // forwarder runs leader-only requests: here when this member leads, else on
-// the leader, over a session of the command service (client_session.go):
+// the leader, over a session of the command service (session_pool.go):
 // requests forwarded at the same time share its writes, so concurrent
 // writes through a follower cost one round trip to the leader together,
 // each with its own answer.
