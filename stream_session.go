@@ -55,6 +55,13 @@ type serverSession struct {
 	// stop is closed by close: the reader stops at the next frame.
 	stop     chan struct{}
 	stopOnce sync.Once
+	// The reader's state, used by whichever goroutine holds its role (see
+	// read); readDone is closed when reading ends, clean telling whether
+	// the caller gets a goaway naming last, the last request read.
+	br       *bufio.Reader
+	last     uint64
+	clean    bool
+	readDone chan struct{}
 }
 
 func (s *commandService) handleSession(st network.Stream) {
@@ -215,10 +222,52 @@ func (ss *serverSession) refuseAAD(cd codec, err error, aad []byte) {
 // past sessionMemberIdle, breaks, or the member closes; then it says which
 // requests it read (goaway), answers them, and ends the stream.
 func (ss *serverSession) serve() {
-	s, st := ss.svc, ss.st
-	br := bufio.NewReaderSize(st, sessionReadBuffer)
-	var last uint64
-	clean := false
+	ss.br = bufio.NewReaderSize(ss.st, sessionReadBuffer)
+	ss.readDone = make(chan struct{})
+	ss.read()
+	<-ss.readDone
+	if ss.clean {
+		// Requests up to last were read and get their answers; none after.
+		_ = ss.w.sendID(framePayload(frameGoaway, ss.last, 0))
+	}
+	ss.handlers.Wait()
+	close(ss.jobs)
+	ss.workers.Wait()
+	ss.w.close(errWriterClosed)
+	if ss.clean {
+		_ = ss.st.Close()
+	} else {
+		_ = ss.st.Reset()
+	}
+}
+
+// read reads requests while its goroutine holds the reader's role. A
+// request read while more frames wait goes to a worker; one read alone (the
+// usual case of a caller with one call in flight) is served right here,
+// after the reader's role has gone to a worker: the request saves a
+// hand-off between goroutines, the reading does not stop.
+func (ss *serverSession) read() {
+	for {
+		j, ok := ss.next()
+		if !ok {
+			return
+		}
+		if ss.br.Buffered() > 0 {
+			ss.run(j)
+			continue
+		}
+		ss.handlers.Add(1)
+		ss.pass(sessionJob{read: true})
+		ss.handle(j.id, j.raw, j.release)
+		ss.handlers.Done()
+		return
+	}
+}
+
+// next reads the next request frame and admits it. false: reading has
+// ended (ss.clean says how) and readDone is closed.
+func (ss *serverSession) next() (sessionJob, bool) {
+	s, br := ss.svc, ss.br
 	for {
 		// Wait for the next frame under the idle timeout, then read it
 		// whole under the request read timeout. Deadlines are set only
@@ -227,66 +276,57 @@ func (ss *serverSession) serve() {
 		// check after setting one.
 		if br.Buffered() == 0 {
 			if !ss.deadline(s.idleTimeout()) {
-				clean = true
-				break
+				return ss.ended(true)
 			}
 			if _, err := br.Peek(1); err != nil {
 				if retryableTimeout(err) && !ss.stopped() && ss.inFlight() > 0 {
 					continue // idle counts only while nothing is in flight
 				}
-				clean = retryableTimeout(err) || errors.Is(err, io.EOF) || ss.stopped()
-				break
+				return ss.ended(retryableTimeout(err) || errors.Is(err, io.EOF) || ss.stopped())
 			}
 		}
 		if !frameBuffered(br) && !ss.deadline(requestReadTimeout) {
-			clean = true
-			break
+			return ss.ended(true)
 		}
 		body, release, err := readSessionFrame(br, br, func(n int) (func(), error) { return takeBudget(s.budget, n) })
 		if err != nil {
 			release()
 			// Out of read budget, or halted: the frame was not read, and
 			// the goaway says so. Anything else breaks the session.
-			clean = errors.Is(err, errBusy) || ss.stopped()
+			clean := errors.Is(err, errBusy) || ss.stopped()
 			if !clean {
 				s.logger.Debug("session ended", "peer", ss.from, "error", err)
 			}
-			break
+			return ss.ended(clean)
 		}
 		if ss.recv != nil {
 			if body, err = ss.recv.open(body); err != nil {
 				release()
 				s.refused(ss.from, err)
-				break
+				return ss.ended(false)
 			}
 		}
 		kind, id, rest, err := parsePayload(body)
-		if err != nil || kind != frameRequest || id <= last {
+		if err != nil || kind != frameRequest || id <= ss.last {
 			release()
 			s.logger.Debug("bad session frame", "peer", ss.from, "kind", kind, "id", id, "error", err)
-			break
+			return ss.ended(false)
 		}
-		last = id
+		ss.last = id
 		if !ss.admit() {
 			release()
 			_ = ss.w.sendID(framePayload(frameBusy, id, 0))
 			continue
 		}
-		ss.run(sessionJob{id: id, raw: rest, release: release})
+		return sessionJob{id: id, raw: rest, release: release}, true
 	}
-	if clean {
-		// Requests up to last were read and get their answers; none after.
-		_ = ss.w.sendID(framePayload(frameGoaway, last, 0))
-	}
-	ss.handlers.Wait()
-	close(ss.jobs)
-	ss.workers.Wait()
-	ss.w.close(errWriterClosed)
-	if clean {
-		_ = st.Close()
-	} else {
-		_ = st.Reset()
-	}
+}
+
+// ended records how reading ended and lets serve finish the session.
+func (ss *serverSession) ended(clean bool) (sessionJob, bool) {
+	ss.clean = clean
+	close(ss.readDone)
+	return sessionJob{}, false
 }
 
 // frameBuffered tells whether br holds a whole frame already.
@@ -343,8 +383,10 @@ func (ss *serverSession) inFlight() int {
 // busy tells whether requests are in flight other than the one answering.
 func (ss *serverSession) busy() bool { return ss.inFlight() > 1 }
 
-// sessionJob is one request read, for a worker.
+// sessionJob is one request read, for a worker, or (read) the reader's
+// role.
 type sessionJob struct {
+	read    bool
 	id      uint64
 	raw     []byte
 	release func()
@@ -359,6 +401,11 @@ const sessionWorkerIdle = time.Second
 // run hands a request to an idle worker, or starts one.
 func (ss *serverSession) run(j sessionJob) {
 	ss.handlers.Add(1)
+	ss.pass(j)
+}
+
+// pass hands a job to an idle worker, or starts one.
+func (ss *serverSession) pass(j sessionJob) {
 	select {
 	case ss.jobs <- j:
 	default:
@@ -374,8 +421,12 @@ func (ss *serverSession) worker(j sessionJob) {
 	idle := time.NewTimer(sessionWorkerIdle)
 	defer idle.Stop()
 	for {
-		ss.handle(j.id, j.raw, j.release)
-		ss.handlers.Done()
+		if j.read {
+			ss.read()
+		} else {
+			ss.handle(j.id, j.raw, j.release)
+			ss.handlers.Done()
+		}
 		idle.Reset(sessionWorkerIdle)
 		var ok bool
 		select {
