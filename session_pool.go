@@ -374,4 +374,3 @@ func (p *sessionPool) count() int {
 	defer p.mu.Unlock()
 	return len(p.sessions)
 }
-
