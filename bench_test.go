@@ -1038,3 +1038,123 @@ func BenchmarkWatchStalled(b *testing.B) {
 	b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, sides, ratios) })
 	b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, sides, ratios) })
 }
+
+// ---- 6. Client ----
+
+// benchClientSide is a Client on a fourth node of a library cluster's mesh,
+// writing and reading through chosen members.
+type benchClientSide struct {
+	lib    *benchLib
+	cli    *Client
+	leader peer.ID
+	// follower is a member that does not lead when the benchmark starts.
+	follower peer.ID
+}
+
+// benchStartClient adds a node to mesh, connects it to every member and
+// opens a Client on it.
+func benchStartClient(b *testing.B, mesh *rafttest.Mesh, lib *benchLib, ns string, key []byte) *benchClientSide {
+	cn := mesh.Add()
+	for i := range mesh.Len() - 1 {
+		if err := mesh.Connect(cn, i); err != nil {
+			b.Fatal(err)
+		}
+	}
+	cli, err := NewClient(mesh.Node(cn), ns, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cli.Close() })
+	s := &benchClientSide{lib: lib, cli: cli}
+	s.leader = lib.leader.Load().(Cluster).(*cluster).self
+	for _, c := range lib.all {
+		if id := c.(*cluster).self; id != s.leader {
+			s.follower = id
+			break
+		}
+	}
+	return s
+}
+
+// set writes value i with Client.Set through target ("" for none: the
+// Client finds the members itself).
+func (s *benchClientSide) set(target peer.ID) func(i int) error {
+	return func(i int) error {
+		if target == "" {
+			return s.cli.Set(benchKey(i), benchValue, benchWriteTimeout)
+		}
+		return s.cli.Set(benchKey(i), benchValue, benchWriteTimeout, target)
+	}
+}
+
+// barrierGet reads key i with a barrier through target.
+func (s *benchClientSide) barrierGet(target peer.ID) func(i int) error {
+	return func(i int) error {
+		var err error
+		if target == "" {
+			_, _, err = s.cli.Get(benchKey(i), int64(benchWriteTimeout))
+		} else {
+			_, _, err = s.cli.Get(benchKey(i), int64(benchWriteTimeout), target)
+		}
+		return err
+	}
+}
+
+// localBarrierGet is the local equivalent on the leader: Barrier, then Get.
+func (c *benchLib) localBarrierGet(i int) error {
+	l := c.leader.Load().(Cluster)
+	if err := l.Barrier(benchWriteTimeout); err != nil {
+		return err
+	}
+	l.Get(benchKey(i))
+	return nil
+}
+
+// BenchmarkCompareClient: a Client on a fourth node of a 3-member cluster
+// (in-memory datastores, PresetLocal), against Cluster.Set on the leader of
+// the same cluster, in the same run. Sides: cluster (Cluster.Set on the
+// leader), client (Client.Set without targets: it finds the members and the
+// leader itself), client-leader (Client.Set with the leader as target),
+// client-follower (Client.Set through a follower, which forwards); and for
+// reads, local-bget (Barrier then Get on the leader) against client-bget
+// (Client.Get with a barrier, through the leader) and client-bget-follower.
+// The keyed leaves run the same with WithEncryptionKey on every member and
+// the Client.
+func BenchmarkCompareClient(b *testing.B) {
+	for _, keyed := range []bool{false, true} {
+		name := "plain"
+		var key []byte
+		var extra []Option
+		if keyed {
+			name = "keyed"
+			key = newSecret(b)
+			extra = append(extra, WithEncryptionKey(key))
+		}
+		b.Run(name, func(b *testing.B) {
+			mesh := rafttest.NewMesh(b, benchNodes, rafttest.Connected())
+			lib := benchStartCluster(b, mesh, "/raft/bench-client", extra...)
+			cs := benchStartClient(b, mesh, lib, "/raft/bench-client", key)
+			benchWarmUp(b, lib.set)
+			benchWarmUp(b, cs.set(cs.leader))
+			benchWarmUp(b, cs.set(cs.follower))
+
+			writes := []benchSide{
+				lib.side("cluster"),
+				{name: "client", op: cs.set(""), retries: &lib.retries},
+				{name: "client-leader", op: cs.set(cs.leader), retries: &lib.retries},
+				{name: "client-follower", op: cs.set(cs.follower), retries: &lib.retries},
+			}
+			wratios := []benchRatio{{"client", "cluster"}, {"client-leader", "cluster"}, {"client-follower", "cluster"}}
+			reads := []benchSide{
+				{name: "local-bget", op: lib.localBarrierGet, retries: &lib.retries},
+				{name: "client-bget", op: cs.barrierGet(cs.leader), retries: &lib.retries},
+				{name: "client-bget-follower", op: cs.barrierGet(cs.follower), retries: &lib.retries},
+			}
+			rratios := []benchRatio{{"client-bget", "local-bget"}, {"client-bget-follower", "local-bget"}}
+			b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, writes, wratios) })
+			b.Run("writers16", func(b *testing.B) { benchCompare(b, 16, writes, wratios) })
+			b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, writes, wratios) })
+			b.Run("barrier-get", func(b *testing.B) { benchCompare(b, 1, reads, rratios) })
+		})
+	}
+}

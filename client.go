@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -27,10 +28,13 @@ type Client struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closed    atomic.Bool
-	// identity and seq name each write (see requests.go): identity is
-	// random, so two Clients, or one process run twice, never share IDs.
-	identity [clientIDSize]byte
-	seq      atomic.Uint64
+	// seqs names each write (see requests.go and seqWindow) under the
+	// Client's identities, which are random, so two Clients, or one
+	// process run twice, never share IDs.
+	seqs seqWindow
+	// sessions holds one session per member called (session_pool.go)
+	// and the leader the latest answer named.
+	sessions *sessionPool
 	// queues remembers this Client's claims and their leases (queue.go).
 	queues queueMemo
 }
@@ -54,10 +58,13 @@ func NewClient(node Node, namespace string, key []byte) (*Client, error) {
 		cd.key = k
 	}
 	c := &Client{node: node, namespace: namespace, caller: newCaller(node.Peer(), Protocol(namespace), cd)}
-	if _, err := rand.Read(c.identity[:]); err != nil {
+	var identity [clientIDSize]byte
+	if _, err := rand.Read(identity[:]); err != nil {
 		return nil, fmt.Errorf("raft: client identity: %w", err)
 	}
 	c.ctx, c.cancel = context.WithCancel(node.Context())
+	c.seqs.init(identity)
+	c.sessions = newSessionPool(c.ctx, &c.caller, namespace)
 	return c, nil
 }
 
@@ -189,6 +196,7 @@ func (c *Client) Close() error {
 		return ErrAlreadyClosed
 	}
 	c.cancel()
+	c.sessions.close()
 	return nil
 }
 
@@ -213,16 +221,14 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
-	targets := peers
-	if len(targets) == 0 {
-		targets = c.findMembers()
-	}
-	if len(targets) == 0 {
-		return nil, fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
-	}
+	targets := c.targets(peers)
 	deadline := time.Now().Add(timeout + callMargin)
 	var lastErr error
-	for _, id := range targets {
+	for i := 0; ; i++ {
+		id, ok := targets.at(i)
+		if !ok {
+			break
+		}
 		if c.ctx.Err() != nil {
 			return nil, ErrShutdown
 		}
@@ -233,7 +239,7 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 			continue // a node cannot open a stream to itself
 		}
 		c.ensureAddrs(id)
-		resp, err := c.caller.call(c.ctx, id, req, deadline)
+		resp, err := c.sessions.call(c.ctx, id, req, deadline)
 		if err != nil {
 			if c.ctx.Err() != nil {
 				return nil, ErrShutdown
@@ -309,4 +315,69 @@ func (c *Client) findMembers() []peer.ID {
 		out = append(out, ai.ID)
 	}
 	return out
+}
+
+// targetList is the order in which a call tries members: the ones it was
+// given, or the leader it knows, then (found only if those fail) the
+// namespace's members.
+type targetList struct {
+	ids  []peer.ID
+	more func() []peer.ID // nil once used, or when there is nothing more
+}
+
+// targets orders a call's targets: the given peers, the known leader first
+// among them; with none given, the known leader, then the members
+// findMembers lists. Members whose session could not be opened a moment ago
+// go last (see orderTargets).
+func (c *Client) targets(peers []peer.ID) *targetList {
+	leader := c.sessions.leaderHint()
+	unreachable := c.sessions.unreachable
+	if len(peers) > 0 {
+		return &targetList{ids: orderTargets(peers, leader, unreachable)}
+	}
+	if leader == "" || unreachable(leader) {
+		return &targetList{ids: orderTargets(c.findMembers(), "", unreachable)}
+	}
+	return &targetList{ids: []peer.ID{leader}, more: func() []peer.ID {
+		return orderTargets(c.findMembers(), "", unreachable)
+	}}
+}
+
+// at is the i-th target; false past the last.
+func (t *targetList) at(i int) (peer.ID, bool) {
+	if i >= len(t.ids) && t.more != nil {
+		more := t.more
+		t.more = nil
+		for _, id := range more() {
+			if !slices.Contains(t.ids, id) {
+				t.ids = append(t.ids, id)
+			}
+		}
+	}
+	if i >= len(t.ids) {
+		return "", false
+	}
+	return t.ids[i], true
+}
+
+// orderTargets returns ids (without repeats) with leader first when it is
+// among them and reachable, and the unreachable ones last, the others in
+// their given order.
+func orderTargets(ids []peer.ID, leader peer.ID, unreachable func(peer.ID) bool) []peer.ID {
+	out := make([]peer.ID, 0, len(ids))
+	var late []peer.ID
+	if leader != "" && slices.Contains(ids, leader) && !unreachable(leader) {
+		out = append(out, leader)
+	}
+	for _, id := range ids {
+		if slices.Contains(out, id) || slices.Contains(late, id) {
+			continue
+		}
+		if unreachable(id) {
+			late = append(late, id)
+			continue
+		}
+		out = append(out, id)
+	}
+	return append(out, late...)
 }

@@ -6,8 +6,11 @@ package raft
 // write with its first result (see requests.go).
 
 import (
+	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -27,21 +30,27 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
-	req.Client = c.identity[:]
-	req.Seq = c.seq.Add(1)
-	targets := peers
-	if len(targets) == 0 {
-		targets = c.findMembers()
-	}
-	if len(targets) == 0 {
-		return nil, fmt.Errorf("%w: %s", ErrNoMembers, c.namespace)
-	}
 	deadline := time.Now().Add(timeout)
+	ticket, err := c.seqs.acquire(c.ctx, deadline)
+	if err != nil {
+		if c.ctx.Err() != nil {
+			return nil, errAfterClose
+		}
+		return nil, err
+	}
+	defer c.seqs.release(ticket)
+	req.Client = ticket.lane.identity[:]
+	req.Seq = ticket.seq
+	targets := c.targets(peers)
 	var lastErr, unknown error
 	for {
 		// served tells whether any target still serves the namespace.
 		served := false
-		for _, id := range targets {
+		for i := 0; ; i++ {
+			id, ok := targets.at(i)
+			if !ok {
+				break
+			}
 			if c.ctx.Err() != nil {
 				return nil, c.writeFailed(ErrShutdown, unknown)
 			}
@@ -55,7 +64,7 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 			c.ensureAddrs(id)
 			attempt := *req
 			attempt.Timeout = int64(left)
-			resp, err := c.caller.call(c.ctx, id, &attempt, deadline.Add(callMargin))
+			resp, err := c.sessions.call(c.ctx, id, &attempt, deadline.Add(callMargin))
 			if err == nil {
 				err = resp.err()
 			}
@@ -145,4 +154,128 @@ func (e *unknownOutcome) Unwrap() error { return e.err }
 func notServed(err error) bool {
 	var ns msmux.ErrNotSupported[protocol.ID]
 	return errors.As(err, &ns)
+}
+
+// seqWindowSize bounds how far apart in sequence numbers the writes in
+// flight of one request identity may be: a write gets number s only once
+// every write numbered s-seqWindowSize or below has ended. The request
+// table keeps an identity's latest maxRequestsPerClient results and calls a
+// request older than the ones it dropped stale (requests.go); with the
+// window, while write s is in flight every other write that can be applied
+// before it is numbered within (s-seqWindowSize, s+seqWindowSize), at most
+// 2*seqWindowSize-2 of them, so for 32 no result numbered s or above is
+// dropped before s is applied, and a first attempt is never taken for a
+// stale retry however the writes are reordered on their way (goroutines,
+// followers, sessions).
+const seqWindowSize = maxRequestsPerClient / 2
+
+// maxSeqLanes bounds a Client's request identities: past seqWindowSize
+// writes in flight a Client numbers further writes under a second identity
+// of its own (a lane), and so on, so up to maxSeqLanes*seqWindowSize writes
+// are in flight at once; more wait for one to end. Each lane in use is one
+// client in the request table (maxRequestClients).
+const maxSeqLanes = 4
+
+// seqWindow hands out a Client's request IDs within the window of each
+// lane.
+type seqWindow struct {
+	mu      sync.Mutex
+	lanes   []*seqLane
+	changed chan struct{} // closed and replaced when a window moves
+}
+
+// seqLane is one identity of a Client and its window.
+type seqLane struct {
+	identity [clientIDSize]byte
+	last     uint64              // last number handed out
+	inflight map[uint64]struct{} // numbers of writes not ended
+}
+
+// seqTicket is the request ID of one write.
+type seqTicket struct {
+	lane *seqLane
+	seq  uint64
+}
+
+func (w *seqWindow) init(first [clientIDSize]byte) {
+	w.lanes = []*seqLane{{identity: first, inflight: map[uint64]struct{}{}}}
+	w.changed = make(chan struct{})
+}
+
+// room tells whether the lane may hand out its next number.
+func (l *seqLane) room() bool {
+	next := l.last + 1
+	lowest := next
+	for s := range l.inflight {
+		lowest = min(lowest, s)
+	}
+	return next-lowest < seqWindowSize
+}
+
+// acquire returns the next request ID of the first lane with room (opening
+// a lane if none has and fewer than maxSeqLanes exist), or fails (nothing
+// was sent) at the deadline or when ctx ends.
+func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		var lane *seqLane
+		for _, l := range w.lanes {
+			if l.room() {
+				lane = l
+				break
+			}
+		}
+		if lane == nil && len(w.lanes) < maxSeqLanes {
+			lane = &seqLane{inflight: map[uint64]struct{}{}}
+			if _, err := rand.Read(lane.identity[:]); err != nil {
+				w.mu.Unlock()
+				return seqTicket{}, fmt.Errorf("%w: client identity: %w", errNotSent, err)
+			}
+			w.lanes = append(w.lanes, lane)
+		}
+		if lane != nil {
+			lane.last++
+			t := seqTicket{lane: lane, seq: lane.last}
+			lane.inflight[t.seq] = struct{}{}
+			w.mu.Unlock()
+			return t, nil
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return seqTicket{}, fmt.Errorf("%w: %w", errNotSent, ErrShutdown)
+		case <-timer.C:
+			return seqTicket{}, fmt.Errorf("%w: %w: waiting for earlier writes of this Client to end", errNotSent, ErrTimeout)
+		}
+	}
+}
+
+// release ends a write. Only the end of a lane's lowest number in flight
+// moves its window, so only that wakes the writes waiting.
+func (w *seqWindow) release(t seqTicket) {
+	w.mu.Lock()
+	delete(t.lane.inflight, t.seq)
+	lowest := true
+	for s := range t.lane.inflight {
+		if s < t.seq {
+			lowest = false
+			break
+		}
+	}
+	if lowest {
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+	w.mu.Unlock()
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -17,12 +19,56 @@ type leadershipSource interface {
 }
 
 // forwarder runs leader-only requests: here when this member leads, else on
-// the leader, over the command service.
+// the leader, over a session of the command service (session_pool.go):
+// requests forwarded at the same time share its writes, so concurrent
+// writes through a follower cost one round trip to the leader together,
+// each with its own answer.
 type forwarder struct {
 	ctx    context.Context
 	self   peer.ID
 	caller caller
 	role   leadershipSource
+
+	poolOnce sync.Once
+	pool     *sessionPool
+	poolMu   sync.Mutex
+	closed   bool
+}
+
+// sessions is the forwarder's session pool, made on first use (nil once
+// closed).
+func (f *forwarder) sessions() *sessionPool {
+	f.poolOnce.Do(func() {
+		f.poolMu.Lock()
+		defer f.poolMu.Unlock()
+		if f.closed {
+			return
+		}
+		ns := strings.TrimPrefix(string(f.caller.proto), "/raft/v1")
+		f.pool = newSessionPool(f.ctx, &f.caller, ns)
+	})
+	return f.pool
+}
+
+// call sends one request to a member, on a session when it can.
+func (f *forwarder) call(id peer.ID, req *request, deadline time.Time) (*response, error) {
+	if p := f.sessions(); p != nil {
+		return p.call(f.ctx, id, req, deadline)
+	}
+	return nil, fmt.Errorf("%w: %w", errNotSent, ErrShutdown)
+}
+
+// closeSessions ends the forwarder's sessions (the member is closing).
+func (f *forwarder) closeSessions() {
+	f.poolMu.Lock()
+	f.closed = true
+	p := f.pool
+	f.poolMu.Unlock()
+	if p == nil {
+		f.poolOnce.Do(func() {}) // none will be made
+		return
+	}
+	p.close()
 }
 
 // forwardRetryInterval is the pause between looks for a leader while none is
@@ -53,7 +99,7 @@ func (f *forwarder) onLeader(req *request, timeout time.Duration, local func() *
 			if left <= 0 {
 				return errorResponse(fmt.Errorf("%w within %v", ErrNoLeader, timeout))
 			}
-			resp, err := f.caller.call(f.ctx, leader, forwardedCopy(req, left), deadline.Add(callMargin))
+			resp, err := f.call(leader, forwardedCopy(req, left), deadline.Add(callMargin))
 			if err == nil {
 				if !mayTryElsewhere(resp.err()) || time.Now().After(deadline) {
 					return resp

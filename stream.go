@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -69,6 +70,16 @@ type commandService struct {
 	refusals *logLimiter                 // see refused
 	budget   *readBudget                 // bytes of requests read at once
 
+	// Sessions (stream_session.go): those serving, and how many each peer
+	// holds and all hold. Until its hello is in, a session also counts in
+	// streams, perPeer and total; after, each of its requests in flight
+	// counts in perPeer and total.
+	sessions    map[*serverSession]struct{}
+	sessPerPeer map[peer.ID]int
+	sessTotal   int
+	// sessIdle, when set (tests), replaces sessionMemberIdle.
+	sessIdle atomic.Int64
+
 	// Watch streams (watch_wire.go): the history they read and their own
 	// caps. They stay in streams while they run, so close resets them.
 	hub          *watchHub
@@ -97,9 +108,13 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 		hub: hub, watchPerPeer: map[peer.ID]int{},
 		streams:  map[network.Stream]struct{}{},
 		perPeer:  map[peer.ID]int{},
+		sessions: map[*serverSession]struct{}{}, sessPerPeer: map[peer.ID]int{},
 		refusals: newLogLimiter(refusedLogInterval),
 		budget:   newReadBudget(commandReadBudget, requestReadTimeout),
 	}
+	// Sessions first: a member that answers on proto always speaks them
+	// too, so a Client never takes it for an older build.
+	h.SetStreamHandler(sessionProtocolOf(proto), s.handleSession)
 	h.SetStreamHandler(proto, s.handle)
 	return s
 }
@@ -107,6 +122,7 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 // close stops taking streams and waits for the ones being served.
 func (s *commandService) close() {
 	s.host.RemoveStreamHandler(s.proto)
+	s.host.RemoveStreamHandler(sessionProtocolOf(s.proto))
 	s.mu.Lock()
 	s.done = true
 	// A stalled peer must not hold Close for the read timeout (nor a
@@ -114,8 +130,16 @@ func (s *commandService) close() {
 	for st := range s.streams {
 		_ = st.Reset()
 	}
+	// Sessions stop reading, tell their callers which requests they read
+	// (goaway) and answer those.
+	for ss := range s.sessions {
+		ss.halt()
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
+	if s.fwd != nil {
+		s.fwd.closeSessions()
+	}
 }
 
 func (s *commandService) handle(st network.Stream) {

@@ -1,0 +1,300 @@
+package raft
+
+// One open command session on the calling side (session_pool.go opens
+// them): calls pipelined on it, its read loop, and how it ends (goaway,
+// idle, broken).
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// clientSession is one open session.
+type clientSession struct {
+	pool *sessionPool
+	peer peer.ID
+	st   network.Stream
+	w    frameWriter
+	recv *frameCipher // nil: plaintext
+
+	slots chan struct{} // places for requests in flight
+	done  chan struct{} // closed when the session has ended
+	idle  *time.Timer
+
+	mu       sync.Mutex
+	pending  map[uint64]*pendingCall
+	draining bool  // no new requests (goaway, idle close)
+	dead     error // why it ended
+	lastUse  time.Time
+}
+
+// pendingCall is a request waiting for its answer.
+type pendingCall struct {
+	req *request
+	id  uint64
+	// taken: a write took its frame (it may have left); written: that
+	// write went through. Both under clientSession.mu.
+	taken   bool
+	written bool
+	ch      chan callResult // buffered: one result
+}
+
+type callResult struct {
+	raw []byte // the answer's CBOR, decoded by the caller
+	err error
+}
+
+// call sends one request and waits for its answer.
+func (s *clientSession) call(ctx context.Context, req *request, deadline time.Time) (*response, error) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case s.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", errNotSent, ctx.Err())
+	case <-timer.C:
+		return nil, fmt.Errorf("%w: %w: no room on the session to %s", errNotSent, ErrTimeout, s.peer)
+	}
+	defer func() { <-s.slots }()
+	body, err := cborEnc.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errNotSent, err)
+	}
+	if err := checkSize("message", len(body)+1, MaxMessageSize); err != nil {
+		return nil, fmt.Errorf("%w: %w", errNotSent, err)
+	}
+	pc := &pendingCall{req: req, ch: make(chan callResult, 1)}
+	_, err = s.w.send(func(id uint64) []byte {
+		pc.id = id
+		s.mu.Lock()
+		s.pending[id] = pc
+		s.lastUse = time.Now()
+		s.mu.Unlock()
+		return append(framePayload(frameRequest, id, len(body)), body...)
+	}, pc)
+	if err != nil {
+		s.forget(pc)
+		return nil, fmt.Errorf("%w: session to %s: %w", errNotSent, s.peer, err)
+	}
+	select {
+	case r := <-pc.ch:
+		if r.err != nil {
+			return nil, r.err
+		}
+		var resp response
+		if err := wireDec.Unmarshal(r.raw, &resp); err != nil {
+			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
+		}
+		return &resp, nil
+	case <-ctx.Done():
+		s.forget(pc)
+		return nil, ctx.Err()
+	case <-timer.C:
+		s.forget(pc)
+		return nil, fmt.Errorf("%w: no answer from %s", ErrTimeout, s.peer)
+	}
+}
+
+// forget drops a call that no longer waits.
+func (s *clientSession) forget(pc *pendingCall) {
+	s.mu.Lock()
+	if s.pending[pc.id] == pc {
+		delete(s.pending, pc.id)
+	}
+	s.mu.Unlock()
+	s.maybeFinish()
+}
+
+// taken marks the frames a write takes (frameWriter.taken).
+func (s *clientSession) taken(tags []any) {
+	s.mu.Lock()
+	for _, t := range tags {
+		t.(*pendingCall).taken = true
+	}
+	s.mu.Unlock()
+}
+
+// written learns the fate of a write of frames (frameWriter.done).
+func (s *clientSession) written(tags []any, ends []int, n int, err error) {
+	var lost []*pendingCall
+	s.mu.Lock()
+	for i, t := range tags {
+		pc := t.(*pendingCall)
+		if err == nil || ends[i] <= n {
+			pc.written = true
+			continue
+		}
+		if s.pending[pc.id] == pc {
+			delete(s.pending, pc.id)
+			lost = append(lost, pc)
+		}
+	}
+	s.mu.Unlock()
+	for _, pc := range lost {
+		pc.ch <- callResult{err: fmt.Errorf("%w: write to %s: %w", errNotSent, s.peer, err)}
+	}
+	if hook := s.pool.caller.afterWrite; hook != nil {
+		for i, t := range tags {
+			if err == nil || ends[i] <= n {
+				hook(s.peer, t.(*pendingCall).req)
+			}
+		}
+	}
+	if err != nil {
+		s.abort(err)
+	}
+}
+
+// readLoop reads answers until the session ends.
+func (s *clientSession) readLoop() {
+	defer s.pool.wg.Done()
+	br := bufio.NewReaderSize(s.st, sessionReadBuffer)
+	var err error
+	for {
+		var body []byte
+		body, _, err = readSessionFrame(br, br, nil)
+		if err != nil {
+			break
+		}
+		if s.recv != nil {
+			if body, err = s.recv.open(body); err != nil {
+				break
+			}
+		}
+		if err = s.deliver(body); err != nil {
+			break
+		}
+	}
+	s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+}
+
+// deliver hands one frame to its call.
+func (s *clientSession) deliver(payload []byte) error {
+	kind, id, rest, err := parsePayload(payload)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case frameGoaway:
+		s.goaway(id)
+		return nil
+	case frameAnswer, frameBusy:
+	default:
+		return fmt.Errorf("%w: session frame kind %d", ErrInvalidCommand, kind)
+	}
+	s.mu.Lock()
+	pc := s.pending[id]
+	delete(s.pending, id)
+	s.mu.Unlock()
+	if kind == frameBusy {
+		if pc != nil {
+			pc.ch <- callResult{err: fmt.Errorf("%w (%s)", errSessionBusy, s.peer)}
+		}
+		s.maybeFinish()
+		return nil
+	}
+	leader, self, rest, err := parseHint(rest)
+	if err != nil {
+		return err
+	}
+	s.pool.noteLeader(s.peer, leader, self)
+	if pc != nil {
+		pc.ch <- callResult{raw: rest}
+	}
+	s.maybeFinish()
+	return nil
+}
+
+// goaway: the member handled requests up to last and reads no more.
+func (s *clientSession) goaway(last uint64) {
+	s.pool.drop(s)
+	s.w.close(errSessionGoaway)
+	var lost []*pendingCall
+	s.mu.Lock()
+	s.draining = true
+	for id, pc := range s.pending {
+		if id > last {
+			delete(s.pending, id)
+			lost = append(lost, pc)
+		}
+	}
+	s.mu.Unlock()
+	for _, pc := range lost {
+		pc.ch <- callResult{err: fmt.Errorf("%w (%s)", errSessionGoaway, s.peer)}
+	}
+	s.maybeFinish()
+}
+
+// maybeFinish closes a draining session once nothing waits on it, and
+// arms the idle close of an idle one.
+func (s *clientSession) maybeFinish() {
+	s.mu.Lock()
+	empty := len(s.pending) == 0
+	draining := s.draining
+	s.mu.Unlock()
+	if empty && draining {
+		_ = s.st.CloseWrite()
+	}
+}
+
+// closeIfIdle closes the session if no call used it for sessionIdle.
+func (s *clientSession) closeIfIdle() {
+	s.mu.Lock()
+	if s.dead != nil || s.draining {
+		s.mu.Unlock()
+		return
+	}
+	if left := sessionIdle - time.Since(s.lastUse); len(s.pending) > 0 || left > 0 {
+		s.mu.Unlock()
+		s.idle.Reset(max(left, time.Second))
+		return
+	}
+	s.draining = true
+	s.mu.Unlock()
+	s.pool.drop(s)
+	s.w.close(errSessionGoaway)
+	// Nothing is pending and nothing more will be sent: the member sees
+	// the end of the requests and closes its side.
+	_ = s.st.CloseWrite()
+}
+
+// abort ends the session: calls waiting fail (their outcome unknown once
+// their request left, else not sent).
+func (s *clientSession) abort(cause error) {
+	s.pool.drop(s)
+	s.w.close(fmt.Errorf("%w: %w", errWriterClosed, cause))
+	s.mu.Lock()
+	if s.dead != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.dead = cause
+	type failed struct {
+		pc   *pendingCall
+		sent bool
+	}
+	var fails []failed
+	for _, pc := range s.pending {
+		// A frame a write has taken may have left whole, even if that
+		// write has not returned yet.
+		fails = append(fails, failed{pc, pc.written || pc.taken})
+	}
+	s.pending = map[uint64]*pendingCall{}
+	s.mu.Unlock()
+	s.idle.Stop()
+	_ = s.st.Reset()
+	for _, f := range fails {
+		if f.sent {
+			f.pc.ch <- callResult{err: fmt.Errorf("raft: no answer from %s, the request was sent (the outcome is unknown): %w", s.peer, cause)}
+		} else {
+			f.pc.ch <- callResult{err: fmt.Errorf("%w: %w", errNotSent, cause)}
+		}
+	}
+	close(s.done)
+}
