@@ -106,6 +106,13 @@ type Cluster interface {
 	Close() error
 }
 
+// raftRun is one Raft instance and its stream layer (closed by Close if
+// Raft hangs).
+type raftRun struct {
+	raft  *hraft.Raft
+	layer *streamLayer
+}
+
 // Member is one server of the configuration.
 type Member struct {
 	ID       peer.ID
@@ -143,9 +150,16 @@ type cluster struct {
 	watch   *watchHub // the history of changes Watch serves (watch.go)
 	snapDir string
 
-	mu    sync.RWMutex // guards raft and layer, which a reset replaces
-	raft  *hraft.Raft
-	layer *streamLayer // Raft's streams, closed by Close if Raft hangs
+	// run is the running Raft and its streams, which a reset replaces.
+	// Every accessor loads it without a lock: a reset or Close that waits
+	// for Raft to stop must never hold up IsLeader, Members or Get.
+	run atomic.Pointer[raftRun]
+	// life serializes what stops or replaces Raft (reset, Close); only
+	// those wait on it, never an accessor.
+	life sync.Mutex
+	// logs queues every log line so that logging never blocks Raft
+	// (logging.go); Close drains it.
+	logq *logQueue
 
 	// caller sends this member's requests to other members (joins, merge
 	// checks); fwd sends leader-only requests to the leader.
@@ -211,7 +225,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	if logger == nil {
 		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr})
 	}
-	logger = logger.With("namespace", namespace)
+	logq := newLogQueue(logger)
+	logger = newAsyncLogger(logger, logq).With("namespace", namespace)
 
 	ctx, cancel := context.WithCancel(node.Context())
 	c := &cluster{
@@ -223,7 +238,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		snapDir:   cfg.snapshotPath(namespace, node.ID()),
+		logq:      logq,
 	}
+	// Every failed start below closes the log queue too.
+	cancel = func() { c.cancel(); logq.close() }
 	if cfg.key != nil {
 		k, err := newSecretKey(cfg.key, namespace)
 		if err != nil {
@@ -264,10 +282,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel()
 		return nil, err
 	}
-	// The command service already takes streams: publish under the lock.
-	c.mu.Lock()
-	c.raft, c.layer = r, layer
-	c.mu.Unlock()
+	c.run.Store(&raftRun{raft: r, layer: layer})
 
 	// Cancelling the node's context stops the cluster as Close would.
 	c.wg.Add(1)
@@ -422,11 +437,8 @@ func (c *cluster) stateMachineFailed(err error) {
 		// Watchers of a replica that applies nothing more move on (a
 		// Client's to another member).
 		c.watch.close()
-		c.mu.RLock()
-		r := c.raft
-		c.mu.RUnlock()
-		if r != nil {
-			_ = r.Shutdown().Error()
+		if run := c.run.Load(); run != nil {
+			_ = run.raft.Shutdown().Error()
 		}
 	}()
 }
@@ -440,13 +452,11 @@ func (c *cluster) r() (*hraft.Raft, error) {
 	if err := c.failure.Load(); err != nil {
 		return nil, *err
 	}
-	c.mu.RLock()
-	r := c.raft
-	c.mu.RUnlock()
-	if r == nil {
+	run := c.run.Load()
+	if run == nil {
 		return nil, errAfterClose
 	}
-	return r, nil
+	return run.raft, nil
 }
 
 // Namespace is the namespace the cluster was started with.
@@ -459,9 +469,15 @@ func (c *cluster) Close() error {
 	c.cancel()
 	c.watch.close() // ends every watcher, local and remote, at once
 	c.svc.close()
-	c.mu.Lock()
-	r, layer := c.raft, c.layer
-	c.mu.Unlock()
+	// A reset in progress finishes first (it cannot start Raft again:
+	// it checks closed under the same lock).
+	c.life.Lock()
+	defer c.life.Unlock()
+	var r *hraft.Raft
+	var layer *streamLayer
+	if run := c.run.Load(); run != nil {
+		r, layer = run.raft, run.layer
+	}
 	var err error
 	if r != nil && r.State() == hraft.Leader {
 		// Hand leadership to the most up-to-date follower first, so the
@@ -474,6 +490,7 @@ func (c *cluster) Close() error {
 	}
 	c.wg.Wait()
 	c.peers.wait()
+	c.logq.close()
 	return err
 }
 
