@@ -175,6 +175,14 @@ type cluster struct {
 	// lastReset is when this member last dropped its state to join another
 	// cluster (see resetCooldown). Only the membership loop touches it.
 	lastReset time.Time
+	// confMu makes this leader's own configuration changes (joins,
+	// autopilot's) one at a time, each decided on the configuration the
+	// previous one left.
+	confMu sync.Mutex
+	// windowEnd is when this member's bootstrap window ended (or New
+	// returned without one): founder claims are heeded for claimPatience
+	// after it. Set before the membership loop starts.
+	windowEnd time.Time
 
 	// upgrade caches which operation kinds every voter knows, and
 	// kindsBook remembers what each voter last advertised (upgrade.go).
@@ -189,12 +197,16 @@ type cluster struct {
 	// entry: the member has stopped Raft and every call fails with it.
 	failure atomic.Pointer[error]
 	// votedIn is set once this run has applied (so: committed) a
-	// configuration that makes this node a voter. Only such a member, once
+	// configuration that holds this node (as a voter or a non-voter). Only
+	// such a member, once
 	// a configuration without it shows, counts as removed while running and
 	// stays out; a member that merely learns of a removal that happened
 	// while it was down (or of a join attempt that did not commit) asks to
 	// join again.
 	votedIn atomic.Bool
+	// bootstraps counts the configurations this member bootstrapped (a
+	// test of formation counts them across members: exactly one).
+	bootstraps atomic.Int32
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -352,7 +364,7 @@ func (c *cluster) open() error {
 	self := hraft.ServerID(c.self.String())
 	c.fsm.onConfig = func(conf hraft.Configuration) {
 		for _, s := range conf.Servers {
-			if s.ID == self && s.Suffrage == hraft.Voter {
+			if s.ID == self {
 				c.votedIn.Store(true)
 			}
 		}
@@ -469,10 +481,9 @@ func (c *cluster) Close() error {
 	c.cancel()
 	c.watch.close() // ends every watcher, local and remote, at once
 	c.svc.close()
-	// A reset in progress finishes first (it cannot start Raft again:
-	// it checks closed under the same lock).
+	// A reset in progress finishes first (one that has not started yet
+	// checks closed under the same lock and gives up).
 	c.life.Lock()
-	defer c.life.Unlock()
 	var r *hraft.Raft
 	var layer *streamLayer
 	if run := c.run.Load(); run != nil {
@@ -488,6 +499,9 @@ func (c *cluster) Close() error {
 	if r != nil {
 		err = c.stopRaft(r, layer)
 	}
+	// Released before waiting for the loops: a reset waiting for it then
+	// sees closed and gives up.
+	c.life.Unlock()
 	c.wg.Wait()
 	c.peers.wait()
 	c.logq.close()

@@ -211,14 +211,14 @@ func sharesVoter(ids [][]byte, mine map[peer.ID]bool) bool {
 func orphanedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) (peer.ID, bool) {
 	for _, v := range view {
 		st := v.status
-		if !v.alive || v.id == self || !mine[v.id] || !st.Formed || !st.Member || !st.listsEveryVoter() {
+		if !v.alive || v.id == self || !mine[v.id] || !st.Formed || !st.Member || !st.listsEveryServer() {
 			continue
 		}
 		leader, err := peer.IDFromBytes(st.Leader)
 		if err != nil || mine[leader] || leader == self {
 			continue
 		}
-		if !containsPeer(st.VoterIDs, self) {
+		if !st.holds(self) {
 			return leader, true
 		}
 	}
@@ -237,17 +237,19 @@ func (c *cluster) confirmLeaderWithout(leader peer.ID) bool {
 // in full, without self.
 func leadsWithout(st *status, leader, self peer.ID) bool {
 	l, err := peer.IDFromBytes(st.Leader)
-	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryVoter() && !containsPeer(st.VoterIDs, self)
+	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryServer() && !st.holds(self)
 }
 
 // askStatus asks a peer, in a peer exchange, for its own state.
 func (c *cluster) askStatus(id peer.ID) (*status, bool) {
-	req := &request{Cmd: cmdExchangePeers, Status: c.status()}
+	st := c.status()
+	req := &request{Cmd: cmdExchangePeers}
+	req.setStatus(st)
 	resp, err := c.caller.ask(c.ctx, id, req, time.Now().Add(exchangeTimeout))
 	if err != nil || resp.Status == nil {
 		return nil, false
 	}
-	return resp.Status, true
+	return resp.status(), true
 }
 
 // containsPeer reports whether ids (peer IDs as bytes) holds id.
