@@ -80,8 +80,12 @@ type lowestClaim struct {
 
 // lowestKnown is the smallest ID among the live peers without a cluster
 // and the founder claims live peers made, not older than aliveWindow, with
-// its age; self counts (age 0) when selfClusterless. "" when none.
-func (t *peerTracker) lowestKnown(selfClusterless bool) (peer.ID, time.Duration) {
+// its age; self counts (age 0) when selfClusterless. With unreached, peers
+// that discovery or a member named but that have not answered yet count
+// too (age: since first seen): on a busy network a node that could not
+// reach a smaller one yet must not conclude that it is the smallest. ""
+// when none.
+func (t *peerTracker) lowestKnown(selfClusterless, unreached bool) (peer.ID, time.Duration) {
 	now := time.Now()
 	var best peer.ID
 	var bestAge time.Duration
@@ -103,6 +107,9 @@ func (t *peerTracker) lowestKnown(selfClusterless bool) (peer.ID, time.Duration)
 	}
 	alive := t.aliveWindow(proven)
 	for id, p := range t.peers {
+		if unreached && !p.proven() && p.heardOf {
+			consider(id, now.Sub(p.firstSeen))
+		}
 		since := now.Sub(p.lastAnswer)
 		if p.status == nil || since > alive {
 			continue
@@ -123,7 +130,7 @@ func (t *peerTracker) lowestKnown(selfClusterless bool) (peer.ID, time.Duration)
 // claim is this member's founder claim for an exchange, nil when it knows
 // of no clusterless node.
 func (t *peerTracker) claim(selfClusterless bool) *lowestClaim {
-	id, age := t.lowestKnown(selfClusterless)
+	id, age := t.lowestKnown(selfClusterless, false)
 	if id == "" {
 		return nil
 	}
@@ -131,13 +138,13 @@ func (t *peerTracker) claim(selfClusterless bool) *lowestClaim {
 }
 
 // claimedLower is the smallest founder claim smaller than self that live
-// peers make ("" when none), which founderRule defers to while
-// windowEnd + claimPatience has not passed.
+// peers make, or smaller peer not reached yet ("" when none), which
+// founderRule defers to while windowEnd + claimPatience has not passed.
 func (c *cluster) claimedLower(windowEnd time.Time) peer.ID {
 	if c.cfg.noClaims || time.Since(windowEnd) > claimPatience(c.cfg.bootstrapTimeout) {
 		return ""
 	}
-	id, _ := c.peers.lowestKnown(false)
+	id, _ := c.peers.lowestKnown(false, true)
 	if id != "" && id < c.self {
 		return id
 	}
@@ -237,5 +244,26 @@ func (c *cluster) bootstrapWith(ids []peer.ID) error {
 	}
 	c.bootstraps.Add(1)
 	c.logger.Info("bootstrapped", "voters", len(ids))
+	c.tellFounders(ids)
 	return nil
+}
+
+// tellFounders exchanges with every other founder at once: a founder
+// without Raft state takes votes and entries only from a peer that told it,
+// in an exchange, that its configuration lists it (admitRPC), and with
+// dozens of members the regular rounds may not come round to it for a
+// while.
+func (c *cluster) tellFounders(ids []peer.ID) {
+	for _, id := range ids {
+		if id == c.self {
+			continue
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if st, ok := c.askStatus(id); ok {
+				c.peers.answered(id, st)
+			}
+		}()
+	}
 }

@@ -233,6 +233,11 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 			return nil, err
 		}
 	}
+	ap, err := cfg.autopilot.resolve(cfg.timeouts.ElectionTimeout, cfg.maxVoters)
+	if err != nil {
+		return nil, err
+	}
+	cfg.autopilot = ap
 	logger := cfg.logger
 	if logger == nil {
 		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr})
@@ -309,6 +314,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	c.peers.start(ctx)
 	c.wg.Add(1)
 	go c.leaseLoop()
+	c.wg.Add(1)
+	go c.autopilotLoop()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

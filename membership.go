@@ -169,7 +169,8 @@ func (c *cluster) status() *status {
 			st.Leader = []byte(p)
 		}
 	}
-	st.Formed = r.LastIndex() > 0
+	st.LastIndex = r.LastIndex()
+	st.Formed = st.LastIndex > 0
 	if !c.cfg.noClaims {
 		st.Lowest = c.peers.claim(!st.Formed && len(st.Leader) == 0)
 	}

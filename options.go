@@ -167,6 +167,7 @@ type config struct {
 	bootstrapThreshold float64
 	forceBootstrap     bool
 	maxVoters          int
+	autopilot          AutopilotConfig // resolved by New (autopilot.go)
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
@@ -273,6 +274,20 @@ func WithMaxVoters(n int) Option {
 			return fmt.Errorf("raft: WithMaxVoters: %d is not an odd number from 1 to %d", n, MaxMaxVoters)
 		}
 		c.maxVoters = n
+		return nil
+	}
+}
+
+// WithAutopilot sets how the leader replaces, demotes and removes members
+// that went away (see AutopilotConfig and autopilot in the README). Zero
+// fields take their defaults; New checks the set against the timeouts and
+// the voter cap.
+func WithAutopilot(a AutopilotConfig) Option {
+	return func(c *config) error {
+		if a.DeadAfter < 0 || a.RemoveAfter < 0 || a.MinQuorum < 0 {
+			return fmt.Errorf("raft: WithAutopilot: negative setting in %+v", a)
+		}
+		c.autopilot = a
 		return nil
 	}
 }

@@ -41,7 +41,7 @@ func (r *request) setStatus(st *status) {
 func (r *response) setStatus(st *status) {
 	r.Status = st
 	if st != nil {
-		r.NonVoters, r.Lowest = st.NonVoters, st.Lowest
+		r.NonVoters, r.Lowest, r.Index = st.NonVoters, st.Lowest, st.LastIndex
 	}
 }
 
@@ -49,7 +49,15 @@ func (r *response) setStatus(st *status) {
 func (r *request) status() *status { return withBeside(r.Status, r.NonVoters, r.Lowest) }
 
 // status is the answering member's status with what it sent beside it.
-func (r *response) status() *status { return withBeside(r.Status, r.NonVoters, r.Lowest) }
+func (r *response) status() *status {
+	st := withBeside(r.Status, r.NonVoters, r.Lowest)
+	if st != nil && r.Index != 0 {
+		out := *st
+		out.LastIndex = r.Index
+		st = &out
+	}
+	return st
+}
 
 func withBeside(st *status, nv *nonVoterList, low *lowestClaim) *status {
 	if st == nil || (nv == nil && low == nil) {

@@ -170,6 +170,9 @@ type status struct {
 	// Lowest is its founder claim (bootstrap.go), carried beside the
 	// status like NonVoters.
 	Lowest *lowestClaim `cbor:"-"`
+	// LastIndex is its Raft log's last index, carried in response.Index
+	// (autopilot asks whether a non-voter is caught up); 0 when unknown.
+	LastIndex uint64 `cbor:"-"`
 }
 
 // maxStatusVoters caps the voter list a status carries.
