@@ -35,7 +35,7 @@ func TestAutopilotPlan(t *testing.T) {
 			s:    []apServer{leader(a), voter(b), lostFor(voter(c), 3*time.Second), spare(e), spare(d)},
 			want: []apAction{{apPromote, d}, {apDemote, c}}},
 		{name: "two dead voters: the longest gone first", max: 5,
-			s: []apServer{leader(a), voter(b), lostFor(voter(c), 3*time.Second), lostFor(voter(d), 5*time.Second), voter(e), spare(f), spare(g)},
+			s:    []apServer{leader(a), voter(b), lostFor(voter(c), 3*time.Second), lostFor(voter(d), 5*time.Second), voter(e), spare(f), spare(g)},
 			want: []apAction{{apPromote, f}, {apDemote, d}, {apPromote, g}, {apDemote, c}}},
 		{name: "replacement in (voters over the cap): demote the dead voter", max: 3,
 			s:    []apServer{leader(a), voter(b), lostFor(voter(c), 3*time.Second), voter(d)},
