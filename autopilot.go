@@ -267,12 +267,22 @@ func (c *cluster) autopilotLoop() {
 			clear(lost) // a new leadership starts from its own heartbeats
 			continue
 		}
-		c.autopilotStep(r, lost)
+		// One change per step, planned again after each: a dead voter's
+		// replacement and demotion go through in one round.
+		for range maxAutopilotSteps {
+			if !c.autopilotStep(r, lost) {
+				break
+			}
+		}
 	}
 }
 
-// autopilotStep plans on the leader and makes the first change.
-func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) {
+// maxAutopilotSteps bounds the changes of one round.
+const maxAutopilotSteps = 8
+
+// autopilotStep plans on the leader and makes the first change; it reports
+// whether it made one.
+func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) bool {
 	servers := r.GetConfiguration().Configuration().Servers
 	// Forget servers no longer in the configuration.
 	for id := range lost {
@@ -297,7 +307,7 @@ func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) {
 	for range 3 {
 		plan := autopilotPlan(view, time.Now(), c.cfg.autopilot, c.cfg.maxVoters)
 		if len(plan) == 0 {
-			return
+			return false
 		}
 		a = plan[0]
 		if a.kind != apPromote || c.caughtUp(a.id, last) {
@@ -310,7 +320,7 @@ func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) {
 				}
 				if _, ok := c.askStatus(b.id); ok {
 					delete(lost, b.id)
-					return
+					return false
 				}
 			}
 			break
@@ -320,12 +330,12 @@ func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) {
 		a = apAction{}
 	}
 	if a.kind == 0 {
-		return
+		return false
 	}
 	c.confMu.Lock()
 	defer c.confMu.Unlock()
 	if r.State() != hraft.Leader {
-		return
+		return false
 	}
 	timeout := 4 * c.cfg.timeouts.ElectionTimeout
 	sid, addr := hraft.ServerID(a.id.String()), hraft.ServerAddress(a.id.String())
@@ -340,9 +350,10 @@ func (c *cluster) autopilotStep(r *hraft.Raft, lost map[peer.ID]time.Time) {
 	}
 	if err := c.wait(f, timeout); err != nil {
 		c.logger.Warn("autopilot change failed", "change", a.kind, "peer", a.id, "error", err)
-		return
+		return false
 	}
 	c.logger.Info("autopilot", "change", a.kind, "peer", a.id)
+	return true
 }
 
 // caughtUp asks a non-voter for its state and reports whether it answered
