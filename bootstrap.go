@@ -159,8 +159,8 @@ func (c *cluster) claimedLower(windowEnd time.Time) peer.ID {
 func (c *cluster) decide(cutoff time.Time) {
 	c.windowEnd = time.Now()
 	defer c.startMembership()
-	if c.formed() {
-		return
+	if c.formed() || c.peers.sawClusterRecently() {
+		return // a cluster exists: the membership loop joins it
 	}
 	voters, ok := founderRule(c.self, c.peers.view(), cutoff, c.cfg.maxVoters, c.claimedLower(time.Now()))
 	if !ok {

@@ -129,6 +129,19 @@ type peerTracker struct {
 	deciding atomic.Bool
 	// wake makes the loop run a round at once.
 	wake chan struct{}
+	// sawCluster is when (unix nanoseconds) a peer last answered that it
+	// has a cluster (Raft state or a leader); see sawClusterRecently.
+	sawCluster atomic.Int64
+}
+
+// sawClusterRecently tells whether a peer answered, within
+// peerEvictAfter, that it has a cluster. A node that saw one joins it and
+// does not bootstrap another, even when that cluster's members drop out of
+// its live view for a while (a busy network, exchanges timing out): a
+// second cluster would only be merged back, at the cost of a reset.
+func (t *peerTracker) sawClusterRecently() bool {
+	at := t.sawCluster.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < peerEvictAfter
 }
 
 func newPeerTracker(cfg trackerConfig) *peerTracker {

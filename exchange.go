@@ -28,6 +28,9 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 		p.status = st
 		p.failures, p.nextTry = 0, time.Time{}
 	}
+	if st != nil && (st.Formed || len(st.Leader) > 0) {
+		t.sawCluster.Store(time.Now().UnixNano())
+	}
 }
 
 // failed records a failed exchange with a peer: it backs off (more for a

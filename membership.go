@@ -310,7 +310,9 @@ func (c *cluster) membershipLoop() {
 				break
 			}
 			// Past the window every live peer counts as a founder.
-			if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() {
+			if c.peers.sawClusterRecently() {
+				// A cluster exists: keep asking to join it.
+			} else if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() {
 				if err := c.bootstrapWith(voters); err != nil {
 					c.logger.Error("bootstrap failed", "error", err)
 				} else {

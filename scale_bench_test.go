@@ -7,6 +7,7 @@ package raft
 import (
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
 )
@@ -34,7 +36,14 @@ var scaleBaseline struct {
 // WithMaxVoters' default of 5, the quorum stays 3 however many members.
 func BenchmarkScale(b *testing.B) {
 	et := PresetLocal.Timeouts().ElectionTimeout
-	for _, n := range []int{3, 12, 24, 48} {
+	if os.Getenv("TAURAFT_BENCH_NOAP") != "" {
+		benchScaleExtra = []Option{WithAutopilot(AutopilotConfig{Disabled: true})}
+	}
+	sizes := []int{3, 12, 24, 48}
+	if s, err := strconv.Atoi(os.Getenv("TAURAFT_BENCH_MEMBERS")); err == nil {
+		sizes = []int{s}
+	}
+	for _, n := range sizes {
 		b.Run("members="+strconv.Itoa(n), func(b *testing.B) {
 			mesh := rafttest.NewMesh(b, n, rafttest.Connected())
 			cs := make([]Cluster, n)
@@ -50,7 +59,10 @@ func BenchmarkScale(b *testing.B) {
 			errs := make([]error, n)
 			var wg sync.WaitGroup
 			for i := range n {
-				opts := benchClusterOpts(b)
+				opts := benchClusterOpts(b, benchScaleExtra...)
+				if os.Getenv("TAURAFT_BENCH_LOG") != "" {
+					opts = append(opts, WithLogger(hclog.New(&hclog.LoggerOptions{Name: strconv.Itoa(i), Level: hclog.Info, Output: os.Stderr})))
+				}
 				if i == 0 {
 					opts = append(opts, WithForceBootstrap())
 				}
@@ -161,3 +173,6 @@ func benchAgreedLeader(cs []Cluster) (id peer.ID, ok bool) {
 	}
 	return "", false
 }
+
+// benchScaleExtra are options for every member of BenchmarkScale.
+var benchScaleExtra []Option
