@@ -135,13 +135,21 @@ type peerTracker struct {
 }
 
 // sawClusterRecently tells whether a peer answered, within
-// peerEvictAfter, that it has a cluster. A node that saw one joins it and
+// clusterMemory, that it has a cluster. A node that saw one joins it and
 // does not bootstrap another, even when that cluster's members drop out of
 // its live view for a while (a busy network, exchanges timing out): a
-// second cluster would only be merged back, at the cost of a reset.
+// second cluster would only be merged back, at the cost of a reset. The
+// memory is short, so a cluster that is really gone (or was only claimed,
+// by a stranger in an open namespace) holds nobody back for long.
 func (t *peerTracker) sawClusterRecently() bool {
 	at := t.sawCluster.Load()
-	return at != 0 && time.Since(time.Unix(0, at)) < peerEvictAfter
+	return at != 0 && time.Since(time.Unix(0, at)) < t.clusterMemory()
+}
+
+// clusterMemory is how long a sighting of a cluster holds a clusterless
+// node back from bootstrapping: three bootstrap windows, at least 5 s.
+func (t *peerTracker) clusterMemory() time.Duration {
+	return max(3*t.window, 5*time.Second)
 }
 
 func newPeerTracker(cfg trackerConfig) *peerTracker {

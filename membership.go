@@ -311,7 +311,7 @@ func (c *cluster) membershipLoop() {
 			}
 			// Past the window every live peer counts as a founder.
 			if c.peers.sawClusterRecently() {
-				// A cluster exists: keep asking to join it.
+				// A cluster was seen just now: keep asking to join it.
 			} else if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() {
 				if err := c.bootstrapWith(voters); err != nil {
 					c.logger.Error("bootstrap failed", "error", err)
