@@ -29,7 +29,7 @@ func (c *cluster) bootstrap() error {
 			return ErrShutdown
 		case <-tick.C:
 		}
-		if c.formed() && c.isVoter(c.self) {
+		if c.formed() && c.inConfiguration(c.self) {
 			// A founder bootstrapped a configuration that includes us.
 			c.logger.Info("joined as a founder", "after", time.Since(start))
 			c.startMembership()
@@ -46,7 +46,7 @@ func (c *cluster) bootstrap() error {
 		if c.requestJoin(view, budget) {
 			// The leader committed us; return once our own replica knows it,
 			// so a caller's first Members or Barrier already sees it.
-			c.waitVoter(time.Now().Add(time.Second))
+			c.waitMember(time.Now().Add(time.Second))
 			c.logger.Info("joined an existing cluster", "after", time.Since(start))
 			c.startMembership()
 			return nil
@@ -57,17 +57,112 @@ func (c *cluster) bootstrap() error {
 	return nil
 }
 
+// claimPatience is how long past its own window a clusterless node defers
+// to a smaller founder that others claim but it cannot see itself. The
+// claimed node's own window ends within it, and then it bootstraps (or it
+// is gone, and the claims age out); a claim made up by a stranger in an
+// open namespace delays formation by at most this much.
+func claimPatience(window time.Duration) time.Duration { return 2 * window }
+
+// lowestClaim is a founder claim, carried in peer exchange: the smallest
+// ID of a live node without a cluster that the sender knows of (itself
+// included), and how long ago that node was last heard from first-hand.
+// Passing claims on lets a namespace with partial discovery agree on one
+// founder: every node defers to the smallest ID that anyone it hears from
+// has heard of, not only to the ones it sees itself. Ages only grow as a
+// claim travels (each hop adds the time since it heard it), so a claim
+// about a node that went away dies out everywhere within aliveWindow.
+type lowestClaim struct {
+	_   struct{} `cbor:",toarray"`
+	ID  []byte
+	Age int64 // milliseconds
+}
+
+// lowestKnown is the smallest ID among the live peers without a cluster
+// and the founder claims live peers made, not older than aliveWindow, with
+// its age; self counts (age 0) when selfClusterless. With unreached, peers
+// that discovery or a member named but that have not answered yet count
+// too (age: since first seen): on a busy network a node that could not
+// reach a smaller one yet must not conclude that it is the smallest. ""
+// when none.
+func (t *peerTracker) lowestKnown(selfClusterless, unreached bool) (peer.ID, time.Duration) {
+	now := time.Now()
+	var best peer.ID
+	var bestAge time.Duration
+	consider := func(id peer.ID, age time.Duration) {
+		if best == "" || id < best || (id == best && age < bestAge) {
+			best, bestAge = id, age
+		}
+	}
+	if selfClusterless {
+		consider(t.self, 0)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	proven := 0
+	for _, p := range t.peers {
+		if p.proven() {
+			proven++
+		}
+	}
+	alive := t.aliveWindow(proven)
+	for id, p := range t.peers {
+		if unreached && !p.proven() && p.heardOf {
+			consider(id, now.Sub(p.firstSeen))
+		}
+		since := now.Sub(p.lastAnswer)
+		if p.status == nil || since > alive {
+			continue
+		}
+		if !p.status.Formed && len(p.status.Leader) == 0 {
+			consider(id, since)
+		}
+		if c := p.status.Lowest; c != nil && c.Age >= 0 {
+			age := time.Duration(c.Age)*time.Millisecond + since
+			if cid, err := peer.IDFromBytes(c.ID); err == nil && cid != t.self && age <= alive {
+				consider(cid, age)
+			}
+		}
+	}
+	return best, bestAge
+}
+
+// claim is this member's founder claim for an exchange, nil when it knows
+// of no clusterless node.
+func (t *peerTracker) claim(selfClusterless bool) *lowestClaim {
+	id, age := t.lowestKnown(selfClusterless, false)
+	if id == "" {
+		return nil
+	}
+	return &lowestClaim{ID: []byte(id), Age: age.Milliseconds()}
+}
+
+// claimedLower is the smallest founder claim smaller than self that live
+// peers make, or smaller peer not reached yet ("" when none), which
+// founderRule defers to while windowEnd + claimPatience has not passed.
+func (c *cluster) claimedLower(windowEnd time.Time) peer.ID {
+	if c.cfg.noClaims || time.Since(windowEnd) > claimPatience(c.cfg.bootstrapTimeout) {
+		return ""
+	}
+	id, _ := c.peers.lowestKnown(false, true)
+	if id != "" && id < c.self {
+		return id
+	}
+	return ""
+}
+
 // decide is the bootstrap decision at the end of the window: a node that
 // already has Raft state (a founder included it, or a leader replicated to
 // it) has nothing to decide; otherwise it applies the founder rule with the
 // peers first seen before cutoff as founders. A node that does not bootstrap
 // is joined by the membership loop, which starts here either way.
 func (c *cluster) decide(cutoff time.Time) {
+	c.windowEnd = time.Now()
 	defer c.startMembership()
-	if c.formed() {
-		return
+	if c.formed() || c.peers.sawClusterRecently() {
+		return // a cluster exists: the membership loop joins it
 	}
-	voters, ok := founderRule(c.self, c.peers.view(), cutoff)
+	voters, ok := founderRule(c.self, c.peers.view(), cutoff, c.cfg.maxVoters, c.claimedLower(time.Now()))
 	if !ok {
 		return // a cluster exists or a smaller founder bootstraps: join it
 	}
@@ -83,17 +178,22 @@ func (c *cluster) decide(cutoff time.Time) {
 // later on:
 //   - if a live peer has a cluster (it has Raft state or knows a leader), it
 //     does not bootstrap: it joins that cluster;
-//   - if a live peer has a smaller peer ID, it does not bootstrap: that peer
-//     (or a smaller one still) does, and this node joins;
+//   - if a live peer has a smaller peer ID, or a live peer claims one
+//     (lower, see lowestClaim), it does not bootstrap: that peer (or a
+//     smaller one still) does, and this node joins;
 //   - otherwise it bootstraps, with itself and the live peers first seen no
-//     later than cutoff as voters. Peers seen later join afterwards.
+//     later than cutoff as voters, at most maxVoters of them (the smallest
+//     IDs). Peers seen later, and founders past the cap, join afterwards.
 //
 // Only the smallest ID among nodes that see each other bootstraps, so two of
 // them can never both start a cluster. Peers that are not alive (no recent
 // answer) count for nothing: a dead or silent peer must not block formation.
 // view must be sorted by peer ID (peerTracker.view is); the voters come back
 // as self first, then in view order.
-func founderRule(self peer.ID, view []peerView, cutoff time.Time) (voters []peer.ID, ok bool) {
+func founderRule(self peer.ID, view []peerView, cutoff time.Time, maxVoters int, lower peer.ID) (voters []peer.ID, ok bool) {
+	if lower != "" && lower < self {
+		return nil, false
+	}
 	voters = []peer.ID{self}
 	for _, v := range view {
 		if !v.alive || v.id == self {
@@ -106,7 +206,7 @@ func founderRule(self peer.ID, view []peerView, cutoff time.Time) (voters []peer
 			voters = append(voters, v.id)
 		}
 	}
-	return voters, true
+	return capFounders(voters, maxVoters), true
 }
 
 // formed tells whether this member has Raft state: it bootstrapped, or a
@@ -142,6 +242,28 @@ func (c *cluster) bootstrapWith(ids []peer.ID) error {
 	if err != nil {
 		return fmt.Errorf("raft: bootstrap: %w", translateRaftError(err))
 	}
+	c.bootstraps.Add(1)
 	c.logger.Info("bootstrapped", "voters", len(ids))
+	c.tellFounders(ids)
 	return nil
+}
+
+// tellFounders exchanges with every other founder at once: a founder
+// without Raft state takes votes and entries only from a peer that told it,
+// in an exchange, that its configuration lists it (admitRPC), and with
+// dozens of members the regular rounds may not come round to it for a
+// while.
+func (c *cluster) tellFounders(ids []peer.ID) {
+	for _, id := range ids {
+		if id == c.self {
+			continue
+		}
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if st, ok := c.askStatus(id); ok {
+				c.peers.answered(id, st)
+			}
+		}()
+	}
 }

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
 	"go.uber.org/goleak"
 )
@@ -88,7 +87,8 @@ func TestBootstrapPartialDiscovery(t *testing.T) {
 	tc.waitOneCluster(20*time.Second, 0, 1, 2, 3)
 }
 
-// Randomized starts: never two clusters in one namespace, every node a voter.
+// Randomized starts: never two clusters in one namespace, every node a
+// member (up to DefaultMaxVoters of them voters).
 func TestBootstrapRandomized(t *testing.T) {
 	runs := 20
 	if testing.Short() {
@@ -115,11 +115,12 @@ func TestBootstrapRandomized(t *testing.T) {
 			if err := tc.startEach(seq(n), afterDelays(delays)); err != nil {
 				t.Error(err)
 			}
-			tc.waitOneCluster(20*time.Second, seq(n)...)
+			// One configuration of all n, agreed by every member, with the
+			// voter cap's worth of voters and one leader.
+			tc.waitFor(20*time.Second, "one cluster of every node", func() bool {
+				return settledOne(tc, n, min(n, DefaultMaxVoters))
+			})
 			times = append(times, time.Since(start))
-			// The agreed configuration is the only one: every member's
-			// leader is a voter of it and no member reports another.
-			checkSingleCluster(t, tc, n)
 		})
 		if !ok {
 			t.Fatalf("run %d failed (seed %d, delays %v)", run, seed, delays)
@@ -135,22 +136,6 @@ func afterDelays(delays []time.Duration) func(i int) []Option {
 	return func(i int) []Option {
 		time.Sleep(delays[i])
 		return nil
-	}
-}
-
-func checkSingleCluster(t *testing.T, tc *testCluster, n int) {
-	t.Helper()
-	var first []peer.ID
-	for i := range n {
-		v := voters(tc.get(i))
-		if len(v) != n {
-			t.Fatalf("node %d has %d voters, want %d", i, len(v), n)
-		}
-		if first == nil {
-			first = v
-		} else if fmt.Sprint(v) != fmt.Sprint(first) {
-			t.Fatalf("node %d's configuration %v differs from %v", i, v, first)
-		}
 	}
 }
 
@@ -197,9 +182,11 @@ func TestBootstrapCloseDuringWindow(t *testing.T) {
 // leaderless candidate forever, because mergeIfSplit only merges disjoint
 // configurations.
 //
-// The race is made deterministic by cutting the a-b link during the window;
-// leaveOrphanedConfig (merge.go) must bring the namespace back to one
-// cluster once the link heals.
+// The race is made deterministic by cutting the a-b link during the window,
+// and by turning founder claims off (with them, c tells b about a and only
+// a bootstraps: TestBootstrapClaimsPreventOverlap); leaveOrphanedConfig
+// (merge.go) must bring the namespace back to one cluster once the link
+// heals.
 func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
 	const ns = "/raft/enc-overlap"
 	mesh := rafttest.NewMesh(t, 3)
@@ -207,7 +194,7 @@ func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
 	slices.SortFunc(idx, func(x, y int) int { return strings.Compare(string(mesh.ID(x)), string(mesh.ID(y))) })
 	a, b, c := idx[0], idx[1], idx[2]
 	mesh.Cut(a, b)
-	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(newSecret(t)))
+	tc := newTestCluster(t, mesh, ns, WithEncryptionKey(newSecret(t)), withoutClaims)
 	tc.startAll(0, 1, 2)
 	tc.waitFor(10*time.Second, "both small founders to bootstrap", func() bool {
 		return tc.get(a).(*cluster).formed() && tc.get(b).(*cluster).formed()
@@ -217,4 +204,39 @@ func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
 	// Once healed, the namespace must end as one cluster of all three.
 	tc.waitVoters(20*time.Second, 0, 1, 2)
 	tc.leader(10 * time.Second)
+}
+
+// withoutClaims turns founder claims off (config.noClaims).
+func withoutClaims(c *config) error {
+	c.noClaims = true
+	return nil
+}
+
+// The setting of TestBootstrapOverlappingFoundersConverge with founder
+// claims on: c passes a's claim to b, b defers, and exactly one
+// configuration is bootstrapped, even before the link heals.
+func TestBootstrapClaimsPreventOverlap(t *testing.T) {
+	const ns = "/raft/claims-overlap"
+	mesh := rafttest.NewMesh(t, 3)
+	idx := []int{0, 1, 2}
+	slices.SortFunc(idx, func(x, y int) int { return strings.Compare(string(mesh.ID(x)), string(mesh.ID(y))) })
+	a, b, c := idx[0], idx[1], idx[2]
+	mesh.Cut(a, b)
+	tc := newTestCluster(t, mesh, ns)
+	tc.startAll(0, 1, 2)
+	tc.waitFor(10*time.Second, "a's cluster with c", func() bool {
+		return tc.get(a).(*cluster).formed() && tc.get(c).(*cluster).formed()
+	})
+	// b cannot join while the leader cannot reach it; it must not have
+	// started a cluster of its own meanwhile, past its window and more.
+	time.Sleep(2 * testWindow)
+	if tc.get(b).(*cluster).bootstraps.Load() != 0 {
+		t.Fatal("b bootstrapped although c passed on a's claim")
+	}
+	mesh.Heal(a, b)
+	tc.waitFor(20*time.Second, "every member in one configuration", func() bool { return settledOne(tc, 3, 3) })
+	n := tc.get(a).(*cluster).bootstraps.Load() + tc.get(b).(*cluster).bootstraps.Load() + tc.get(c).(*cluster).bootstraps.Load()
+	if n != 1 {
+		t.Fatalf("%d bootstraps, want 1", n)
+	}
 }

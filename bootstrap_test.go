@@ -255,7 +255,7 @@ func TestFounderRule(t *testing.T) {
 			if cutoff.IsZero() {
 				cutoff = ruleCutoff
 			}
-			voters, ok := founderRule(tc.self, tc.view, cutoff)
+			voters, ok := founderRule(tc.self, tc.view, cutoff, DefaultMaxVoters, "")
 			if ok != (tc.want != nil) || !slices.Equal(voters, tc.want) {
 				t.Fatalf("founderRule(%s) = %v, %v; want %v, %v",
 					ruleName(tc.self), ruleNames(voters), ok, ruleNames(tc.want), tc.want != nil)
@@ -314,7 +314,7 @@ func TestFounderRuleAcrossNodes(t *testing.T) {
 				for _, id := range tc.sees[self] {
 					view = append(view, pvIdle(id))
 				}
-				voters, ok := founderRule(self, ruleView(view...), ruleCutoff)
+				voters, ok := founderRule(self, ruleView(view...), ruleCutoff, MaxMaxVoters, "")
 				want, wantOK := tc.want[self]
 				if ok != wantOK || !slices.Equal(voters, want) {
 					t.Errorf("%s seeing %v: founderRule = %v, %v; want %v, %v",

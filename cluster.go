@@ -129,6 +129,13 @@ type Cluster interface {
 	Close() error
 }
 
+// raftRun is one Raft instance and its stream layer (closed by Close if
+// Raft hangs).
+type raftRun struct {
+	raft  *hraft.Raft
+	layer *streamLayer
+}
+
 // Member is one server of the configuration.
 type Member struct {
 	ID       peer.ID
@@ -166,9 +173,16 @@ type cluster struct {
 	watch   *watchHub // the history of changes Watch serves (watch.go)
 	snapDir string
 
-	mu    sync.RWMutex // guards raft and layer, which a reset replaces
-	raft  *hraft.Raft
-	layer *streamLayer // Raft's streams, closed by Close if Raft hangs
+	// run is the running Raft and its streams, which a reset replaces.
+	// Every accessor loads it without a lock: a reset or Close that waits
+	// for Raft to stop must never hold up IsLeader, Members or Get.
+	run atomic.Pointer[raftRun]
+	// life serializes what stops or replaces Raft (reset, Close); only
+	// those wait on it, never an accessor.
+	life sync.Mutex
+	// logs queues every log line so that logging never blocks Raft
+	// (logging.go); Close drains it.
+	logq *logQueue
 
 	// caller sends this member's requests to other members (joins, merge
 	// checks); fwd sends leader-only requests to the leader.
@@ -184,6 +198,14 @@ type cluster struct {
 	// lastReset is when this member last dropped its state to join another
 	// cluster (see resetCooldown). Only the membership loop touches it.
 	lastReset time.Time
+	// confMu makes this leader's own configuration changes (joins,
+	// autopilot's) one at a time, each decided on the configuration the
+	// previous one left.
+	confMu sync.Mutex
+	// windowEnd is when this member's bootstrap window ended (or New
+	// returned without one): founder claims are heeded for claimPatience
+	// after it. Set before the membership loop starts.
+	windowEnd time.Time
 
 	// upgrade caches which operation kinds every voter knows, and
 	// kindsBook remembers what each voter last advertised (upgrade.go).
@@ -200,12 +222,16 @@ type cluster struct {
 	// entry: the member has stopped Raft and every call fails with it.
 	failure atomic.Pointer[error]
 	// votedIn is set once this run has applied (so: committed) a
-	// configuration that makes this node a voter. Only such a member, once
+	// configuration that holds this node (as a voter or a non-voter). Only
+	// such a member, once
 	// a configuration without it shows, counts as removed while running and
 	// stays out; a member that merely learns of a removal that happened
 	// while it was down (or of a join attempt that did not commit) asks to
 	// join again.
 	votedIn atomic.Bool
+	// bootstraps counts the configurations this member bootstrapped (a
+	// test of formation counts them across members: exactly one).
+	bootstraps atomic.Int32
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -232,11 +258,17 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 			return nil, err
 		}
 	}
+	ap, err := cfg.autopilot.resolve(cfg.timeouts.ElectionTimeout, cfg.maxVoters)
+	if err != nil {
+		return nil, err
+	}
+	cfg.autopilot = ap
 	logger := cfg.logger
 	if logger == nil {
 		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr})
 	}
-	logger = logger.With("namespace", namespace)
+	logq := newLogQueue(logger)
+	logger = newAsyncLogger(logger, logq).With("namespace", namespace)
 
 	ctx, cancel := context.WithCancel(node.Context())
 	c := &cluster{
@@ -248,7 +280,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		ctx:       ctx,
 		cancel:    cancel,
 		snapDir:   cfg.snapshotPath(namespace, node.ID()),
+		logq:      logq,
 	}
+	// Every failed start below closes the log queue too.
+	cancel = func() { c.cancel(); logq.close() }
 	if cfg.key != nil {
 		k, err := newSecretKey(cfg.key, namespace)
 		if err != nil {
@@ -289,10 +324,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel()
 		return nil, err
 	}
-	// The command service already takes streams: publish under the lock.
-	c.mu.Lock()
-	c.raft, c.layer = r, layer
-	c.mu.Unlock()
+	c.run.Store(&raftRun{raft: r, layer: layer})
 
 	// Cancelling the node's context stops the cluster as Close would.
 	c.wg.Add(1)
@@ -307,6 +339,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	c.peers.start(ctx)
 	c.wg.Add(1)
 	go c.leaseLoop()
+	c.wg.Add(1)
+	go c.autopilotLoop()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -362,7 +396,7 @@ func (c *cluster) open() error {
 	self := hraft.ServerID(c.self.String())
 	c.fsm.onConfig = func(conf hraft.Configuration) {
 		for _, s := range conf.Servers {
-			if s.ID == self && s.Suffrage == hraft.Voter {
+			if s.ID == self {
 				c.votedIn.Store(true)
 			}
 		}
@@ -447,11 +481,8 @@ func (c *cluster) stateMachineFailed(err error) {
 		// Watchers of a replica that applies nothing more move on (a
 		// Client's to another member).
 		c.watch.close()
-		c.mu.RLock()
-		r := c.raft
-		c.mu.RUnlock()
-		if r != nil {
-			_ = r.Shutdown().Error()
+		if run := c.run.Load(); run != nil {
+			_ = run.raft.Shutdown().Error()
 		}
 	}()
 }
@@ -465,13 +496,11 @@ func (c *cluster) r() (*hraft.Raft, error) {
 	if err := c.failure.Load(); err != nil {
 		return nil, *err
 	}
-	c.mu.RLock()
-	r := c.raft
-	c.mu.RUnlock()
-	if r == nil {
+	run := c.run.Load()
+	if run == nil {
 		return nil, errAfterClose
 	}
-	return r, nil
+	return run.raft, nil
 }
 
 // Namespace is the namespace the cluster was started with.
@@ -484,9 +513,14 @@ func (c *cluster) Close() error {
 	c.cancel()
 	c.watch.close() // ends every watcher, local and remote, at once
 	c.svc.close()
-	c.mu.Lock()
-	r, layer := c.raft, c.layer
-	c.mu.Unlock()
+	// A reset in progress finishes first (one that has not started yet
+	// checks closed under the same lock and gives up).
+	c.life.Lock()
+	var r *hraft.Raft
+	var layer *streamLayer
+	if run := c.run.Load(); run != nil {
+		r, layer = run.raft, run.layer
+	}
 	var err error
 	if r != nil && r.State() == hraft.Leader {
 		// Hand leadership to the most up-to-date follower first, so the
@@ -497,8 +531,12 @@ func (c *cluster) Close() error {
 	if r != nil {
 		err = c.stopRaft(r, layer)
 	}
+	// Released before waiting for the loops: a reset waiting for it then
+	// sees closed and gives up.
+	c.life.Unlock()
 	c.wg.Wait()
 	c.peers.wait()
+	c.logq.close()
 	return err
 }
 

@@ -53,6 +53,14 @@ const (
 	// strangers. A real member proves itself anyway by exchanging with us
 	// (its own tracker probes us), so slow probing delays nobody for long.
 	maxProbesInFlight = 4
+	// exchangeFanout caps the members this member exchanges with per
+	// round, the least recently heard from first: with dozens of members,
+	// exchanging with every one each round costs each member O(members)
+	// exchanges per round and the namespace O(members²), which on a small
+	// machine starves Raft itself. Members hear from each other both ways,
+	// so a member hears from each peer about every members/(2×fanout)
+	// rounds; aliveWindow stretches to match.
+	exchangeFanout = 6
 )
 
 // trackedPeer is what this member knows of another member of the namespace.
@@ -121,6 +129,27 @@ type peerTracker struct {
 	deciding atomic.Bool
 	// wake makes the loop run a round at once.
 	wake chan struct{}
+	// sawCluster is when (unix nanoseconds) a peer last answered that it
+	// has a cluster (Raft state or a leader); see sawClusterRecently.
+	sawCluster atomic.Int64
+}
+
+// sawClusterRecently tells whether a peer answered, within
+// clusterMemory, that it has a cluster. A node that saw one joins it and
+// does not bootstrap another, even when that cluster's members drop out of
+// its live view for a while (a busy network, exchanges timing out): a
+// second cluster would only be merged back, at the cost of a reset. The
+// memory is short, so a cluster that is really gone (or was only claimed,
+// by a stranger in an open namespace) holds nobody back for long.
+func (t *peerTracker) sawClusterRecently() bool {
+	at := t.sawCluster.Load()
+	return at != 0 && time.Since(time.Unix(0, at)) < t.clusterMemory()
+}
+
+// clusterMemory is how long a sighting of a cluster holds a clusterless
+// node back from bootstrapping: three bootstrap windows, at least 5 s.
+func (t *peerTracker) clusterMemory() time.Duration {
+	return max(3*t.window, 5*time.Second)
 }
 
 func newPeerTracker(cfg trackerConfig) *peerTracker {
@@ -150,16 +179,18 @@ func (t *peerTracker) fastInterval() time.Duration {
 	return d
 }
 
-// aliveWindow is how recent an answer must be for a peer to count as alive:
-// two of our own exchange rounds plus the exchange timeout, so one slow
-// answer does not hide a peer, and a peer that stopped answering drops out
-// within a few rounds.
-func (t *peerTracker) aliveWindow() time.Duration {
+// aliveWindow is how recent an answer must be for a peer to count as
+// alive, with proven peers tracked: the rounds it takes to go round them
+// all (exchangeFanout per round), plus two rounds and the exchange timeout,
+// so one slow answer does not hide a peer, and a peer that stopped
+// answering drops out within a few rounds.
+func (t *peerTracker) aliveWindow(proven int) time.Duration {
 	interval := steadyExchangeInterval
 	if t.fast.Load() {
 		interval = t.fastInterval()
 	}
-	return 2*interval + exchangeTimeout
+	cycle := (proven + exchangeFanout - 1) / exchangeFanout
+	return time.Duration(2+cycle)*interval + exchangeTimeout
 }
 
 // start runs the advertise and exchange loops until ctx ends.
@@ -374,8 +405,14 @@ type peerView struct {
 // view returns the tracked peers, sorted by peer ID.
 func (t *peerTracker) view() []peerView {
 	now := time.Now()
-	alive := t.aliveWindow()
 	t.mu.Lock()
+	proven := 0
+	for _, p := range t.peers {
+		if p.proven() {
+			proven++
+		}
+	}
+	alive := t.aliveWindow(proven)
 	out := make([]peerView, 0, len(t.peers))
 	for id, p := range t.peers {
 		v := peerView{id: id, firstSeen: p.firstSeen}

@@ -28,6 +28,9 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 		p.status = st
 		p.failures, p.nextTry = 0, time.Time{}
 	}
+	if st != nil && (st.Formed || len(st.Leader) > 0) {
+		t.sawCluster.Store(time.Now().UnixNano())
+	}
 }
 
 // failed records a failed exchange with a peer: it backs off (more for a
@@ -144,9 +147,10 @@ func (t *peerTracker) wireList() []wirePeer {
 	return out
 }
 
-// exchangeAll starts an exchange with every tracked peer that is due (none
-// in flight, not backing off), and drops peers silent for peerEvictAfter. A
-// proven peer gets our peer list; an unproven one only a probe with our
+// exchangeAll starts an exchange with the tracked peers that are due (none
+// in flight, not backing off; at most exchangeFanout members, see
+// pickMembers), and drops peers silent for peerEvictAfter. A proven peer
+// gets our peer list; an unproven one only a probe with our
 // state, so a stranger learns nothing and costs little, and at most
 // maxProbesInFlight probes run at once, peers that discovery or a member
 // named first (see pickProbes). It does not wait: one slow or dead peer must
@@ -160,6 +164,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 	}
 	var dues []due
 	var candidates []probeCandidate
+	var members []memberDue
 	t.mu.Lock()
 	for id, p := range t.peers {
 		if p.proven() && now.Sub(p.lastAnswer) > peerEvictAfter && !p.inflight {
@@ -170,11 +175,14 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 			continue
 		}
 		if p.proven() {
-			p.inflight = true
-			dues = append(dues, due{id: id})
+			members = append(members, memberDue{id: id, lastAnswer: p.lastAnswer})
 		} else {
 			candidates = append(candidates, probeCandidate{id: id, heardOf: p.heardOf, failures: p.failures})
 		}
+	}
+	for _, id := range pickMembers(members, exchangeFanout) {
+		t.peers[id].inflight = true
+		dues = append(dues, due{id: id})
 	}
 	for _, id := range pickProbes(candidates, maxProbesInFlight-t.probing) {
 		p := t.peers[id]
@@ -202,7 +210,8 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				}
 				t.mu.Unlock()
 			}()
-			req := &request{Cmd: cmdExchangePeers, Peers: mine, Status: st, Kinds: t.advertised()}
+			req := &request{Cmd: cmdExchangePeers, Peers: mine, Kinds: t.advertised()}
+			req.setStatus(st)
 			if d.probe {
 				req.Peers = nil
 			}
@@ -222,10 +231,34 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 				t.failed(d.id) // a client, not a member
 				return
 			}
-			t.merge(d.id, resp.Peers, resp.Status)
+			t.merge(d.id, resp.Peers, resp.status())
 			t.recordKinds(d.id, resp.Kinds)
 		}()
 	}
+}
+
+// memberDue is a proven peer due for an exchange.
+type memberDue struct {
+	id         peer.ID
+	lastAnswer time.Time
+}
+
+// pickMembers chooses at most n of the due members to exchange with this
+// round: those heard from least recently first (so every member comes round
+// within members/n rounds), then by peer ID so the choice is stable.
+func pickMembers(due []memberDue, n int) []peer.ID {
+	sort.Slice(due, func(i, j int) bool {
+		a, b := due[i], due[j]
+		if !a.lastAnswer.Equal(b.lastAnswer) {
+			return a.lastAnswer.Before(b.lastAnswer)
+		}
+		return a.id < b.id
+	})
+	out := make([]peer.ID, 0, min(n, len(due)))
+	for _, d := range due[:min(n, len(due))] {
+		out = append(out, d.id)
+	}
+	return out
 }
 
 // probeCandidate is an unproven peer due for a probe.

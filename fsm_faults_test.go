@@ -882,10 +882,7 @@ func isStateMachineStop(err error, cause error) bool {
 // for the member.
 func raftState(c Cluster) hraft.RaftState {
 	cl := c.(*cluster)
-	cl.mu.RLock()
-	r := cl.raft
-	cl.mu.RUnlock()
-	return r.State()
+	return cl.run.Load().raft.State()
 }
 
 // One member's state machine store starts failing while writes go on: that

@@ -85,25 +85,68 @@ func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
 }
 
 // joinVoter is the leader's side of a join request: a peer that already is a
-// voter is left as it is; any other is added once the leader has reached it
-// (a peer that does not answer would only cost the cluster its quorum). A
-// request forwarded by via is taken only if via is a server of the
-// configuration: an outsider cannot pose as a forwarding member.
+// server (voter or non-voter) is left as it is; any other is added once the
+// leader has reached it (a peer that does not answer would only cost the
+// cluster its quorum), as a voter while the voter set is under the cap and
+// as a non-voter after (joinSuffrage). A request forwarded by via is taken
+// only if via is a server of the configuration: an outsider cannot pose as
+// a forwarding member.
 func (c *cluster) joinVoter(id, via peer.ID, timeout time.Duration) error {
 	if via != "" && !c.inConfiguration(via) {
 		return fmt.Errorf("%w: %s forwarded a join but is not a member", ErrInvalidCommand, via)
 	}
-	if c.isVoter(id) {
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	sid := hraft.ServerID(id.String())
+	if joinSuffrage(r.GetConfiguration().Configuration().Servers, sid, c.cfg.maxVoters) == joinNothing {
 		return nil
 	}
 	if _, ok := c.askStatus(id); !ok {
 		return fmt.Errorf("raft: could not reach %s to add it", id)
 	}
-	if err := c.addVoter(id, timeout); err != nil {
+	// One change at a time, each decided on the configuration the last one
+	// left: two joins decided together would both take the last voter seat.
+	c.confMu.Lock()
+	defer c.confMu.Unlock()
+	if r.State() != hraft.Leader {
+		return ErrNotLeader
+	}
+	// Decided again now: the configuration may have changed while the
+	// peer was asked.
+	action := joinSuffrage(r.GetConfiguration().Configuration().Servers, sid, c.cfg.maxVoters)
+	switch action {
+	case joinNothing:
+		return nil
+	case joinAsVoter:
+		err = c.addVoter(id, timeout)
+	case joinAsNonvoter:
+		err = c.addNonvoter(id, timeout)
+	}
+	if err != nil {
 		return err
 	}
-	c.logger.Info("added voter", "peer", id)
+	c.logger.Info("added a member", "peer", id, "as", action)
 	return nil
+}
+
+// addNonvoter adds a validated peer as a non-voter, on the leader.
+func (c *cluster) addNonvoter(id peer.ID, timeout time.Duration) error {
+	r, err := c.r()
+	if err != nil {
+		return err
+	}
+	if r.State() != hraft.Leader {
+		return ErrNotLeader
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	c.peers.ensureAddrs(ctx, id)
+	cancel()
+	addr := hraft.ServerAddress(id.String())
+	return c.changeConfiguration(func() hraft.IndexFuture {
+		return r.AddNonvoter(hraft.ServerID(id.String()), addr, 0, timeout)
+	}, timeout)
 }
 
 // RemoveServer removes id from the configuration. Leader only.
@@ -132,9 +175,14 @@ func (c *cluster) status() *status {
 			st.Leader = []byte(p)
 		}
 	}
-	st.Formed = r.LastIndex() > 0
+	st.LastIndex = r.LastIndex()
+	st.Formed = st.LastIndex > 0
+	if !c.cfg.noClaims {
+		st.Lowest = c.peers.claim(!st.Formed && len(st.Leader) == 0)
+	}
 	if st.Formed {
 		if f := r.GetConfiguration(); f.Error() == nil {
+			st.NonVoters = nonVoterListOf(f.Configuration().Servers)
 			for _, s := range f.Configuration().Servers {
 				if s.Suffrage == hraft.Voter {
 					st.Voters++
@@ -202,10 +250,10 @@ func leaderOf(view []peerView) peer.ID {
 	return ""
 }
 
-// waitVoter waits until this node's configuration makes it a voter, or the
-// deadline passes.
-func (c *cluster) waitVoter(deadline time.Time) {
-	for !c.isVoter(c.self) && time.Now().Before(deadline) {
+// waitMember waits until this node's configuration holds it (as a voter or
+// a non-voter), or the deadline passes.
+func (c *cluster) waitMember(deadline time.Time) {
+	for !c.inConfiguration(c.self) && time.Now().Before(deadline) {
 		select {
 		case <-c.ctx.Done():
 			return
@@ -222,12 +270,12 @@ func (c *cluster) startMembership() {
 	})
 }
 
-// membershipLoop keeps this node in the cluster. Until it is a voter it asks
-// to join, with backoff, through every live member it knows (and, when no
-// cluster exists anywhere it can see and it has the smallest ID, it
-// bootstraps the waiting nodes). Once a voter it watches for a second cluster
-// in the namespace (see mergeIfSplit). A voter removed while running stays
-// out until restarted.
+// membershipLoop keeps this node in the cluster. Until it is a member (a
+// voter or a non-voter) it asks to join, with backoff, through every live
+// member it knows (and, when no cluster exists anywhere it can see and it
+// has the smallest ID, it bootstraps the waiting nodes). Once a member it
+// watches for a second cluster in the namespace (see mergeIfSplit). A
+// member removed while running stays out until restarted.
 func (c *cluster) membershipLoop() {
 	defer c.wg.Done()
 	t := c.peers
@@ -240,9 +288,9 @@ func (c *cluster) membershipLoop() {
 		}
 		wait := backoff
 		switch {
-		case c.isVoter(c.self):
+		case c.inConfiguration(c.self):
 			if !wasVoter {
-				c.logger.Info("voter of the cluster")
+				c.logger.Info("member of the cluster")
 				wasVoter, warnedRemoved = true, false
 				t.fast.Store(false)
 				backoff = t.fastInterval()
@@ -268,7 +316,9 @@ func (c *cluster) membershipLoop() {
 				break
 			}
 			// Past the window every live peer counts as a founder.
-			if voters, ok := founderRule(c.self, view, time.Now()); ok && !c.formed() {
+			if c.peers.sawClusterRecently() {
+				// A cluster was seen just now: keep asking to join it.
+			} else if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() {
 				if err := c.bootstrapWith(voters); err != nil {
 					c.logger.Error("bootstrap failed", "error", err)
 				} else {
@@ -303,7 +353,7 @@ func (c *cluster) rejoinIfRemoved(mine map[peer.ID]bool) {
 		}
 		c.logger.Info("removed from the configuration while away; asking to join again", "leader", leader)
 		if c.requestJoin(c.peers.view(), 5*time.Second) {
-			c.waitVoter(time.Now().Add(time.Second))
+			c.waitMember(time.Now().Add(time.Second))
 		}
 		return
 	}
@@ -318,7 +368,7 @@ func removedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) []peer.ID {
 	var out []peer.ID
 	for _, v := range view {
 		st := v.status
-		if !v.alive || !mine[v.id] || !st.Formed || !st.listsEveryVoter() || containsPeer(st.VoterIDs, self) {
+		if !v.alive || !mine[v.id] || !st.Formed || !st.listsEveryServer() || st.holds(self) {
 			continue
 		}
 		leader, err := peer.IDFromBytes(st.Leader)

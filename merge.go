@@ -65,6 +65,7 @@ func (c *cluster) mergeIfSplit() bool {
 // state was dropped.
 func (c *cluster) giveWay(why string, m mergeCandidate, ours int) bool {
 	c.logger.Warn(why, "leader", m.leader, "their_voters", len(m.voters), "our_voters", ours)
+	c.lastReset = time.Now()
 	if err := c.reset(); err != nil {
 		c.logger.Error("reset failed", "error", err)
 		return false
@@ -153,6 +154,7 @@ func (c *cluster) leaveOrphanedConfig(mine map[peer.ID]bool) bool {
 	c.orphanRounds = 0
 	c.logger.Warn("a voter of our configuration follows another cluster and we have no leader; dropping this configuration to join it",
 		"leader", leader)
+	c.lastReset = time.Now()
 	if err := c.reset(); err != nil {
 		c.logger.Error("reset failed", "error", err)
 		return false
@@ -209,14 +211,14 @@ func sharesVoter(ids [][]byte, mine map[peer.ID]bool) bool {
 func orphanedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) (peer.ID, bool) {
 	for _, v := range view {
 		st := v.status
-		if !v.alive || v.id == self || !mine[v.id] || !st.Formed || !st.Member || !st.listsEveryVoter() {
+		if !v.alive || v.id == self || !mine[v.id] || !st.Formed || !st.Member || !st.listsEveryServer() {
 			continue
 		}
 		leader, err := peer.IDFromBytes(st.Leader)
 		if err != nil || mine[leader] || leader == self {
 			continue
 		}
-		if !containsPeer(st.VoterIDs, self) {
+		if !st.holds(self) {
 			return leader, true
 		}
 	}
@@ -235,17 +237,19 @@ func (c *cluster) confirmLeaderWithout(leader peer.ID) bool {
 // in full, without self.
 func leadsWithout(st *status, leader, self peer.ID) bool {
 	l, err := peer.IDFromBytes(st.Leader)
-	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryVoter() && !containsPeer(st.VoterIDs, self)
+	return err == nil && l == leader && st.Formed && st.Member && st.listsEveryServer() && !st.holds(self)
 }
 
 // askStatus asks a peer, in a peer exchange, for its own state.
 func (c *cluster) askStatus(id peer.ID) (*status, bool) {
-	req := &request{Cmd: cmdExchangePeers, Status: c.status()}
+	st := c.status()
+	req := &request{Cmd: cmdExchangePeers}
+	req.setStatus(st)
 	resp, err := c.caller.ask(c.ctx, id, req, time.Now().Add(exchangeTimeout))
 	if err != nil || resp.Status == nil {
 		return nil, false
 	}
-	return resp.Status, true
+	return resp.status(), true
 }
 
 // containsPeer reports whether ids (peer IDs as bytes) holds id.
@@ -294,23 +298,27 @@ func (c *cluster) mayReset() bool {
 }
 
 // reset drops this member's Raft state and key-value data and starts Raft
-// afresh, ready to join another cluster. The data is first written to a
-// backup file (see backup.go): if that fails, nothing is dropped.
+// afresh, ready to join another cluster (the caller sets lastReset). The
+// data is first written to a backup file (see backup.go): if that fails,
+// nothing is dropped.
 func (c *cluster) reset() error {
-	c.lastReset = time.Now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	// Only Close waits on this lock. Accessors keep reading the old Raft
+	// (stopped: no leader, the last configuration) until the new one is
+	// published.
+	c.life.Lock()
+	defer c.life.Unlock()
 	if c.closed.Load() {
 		return ErrShutdown
 	}
-	if err := c.stopRaft(c.raft, c.layer); err != nil {
+	old := c.run.Load()
+	if err := c.stopRaft(old.raft, old.layer); err != nil {
 		return err
 	}
 	// Raft is stopped, so the state machine holds still while it is copied.
 	path, err := c.fsm.backupData(c.backupDir(), time.Now())
 	if err != nil {
 		if _, r, layer, serr := c.start(); serr == nil {
-			c.raft, c.layer = r, layer
+			c.run.Store(&raftRun{raft: r, layer: layer})
 		}
 		return fmt.Errorf("raft: not dropping this member's data, keeping a copy failed: %w", err)
 	}
@@ -340,7 +348,7 @@ func (c *cluster) reset() error {
 	if err != nil {
 		return err
 	}
-	c.raft, c.layer = r, layer
+	c.run.Store(&raftRun{raft: r, layer: layer})
 	return nil
 }
 

@@ -149,6 +149,13 @@ const (
 	DefaultBootstrapThreshold = 0.8
 	// SnapshotRetain is how many snapshots are kept on disk.
 	SnapshotRetain = 3
+	// DefaultMaxVoters is how many members vote unless WithMaxVoters says
+	// otherwise: five survive two failures, and a write waits for three.
+	DefaultMaxVoters = 5
+	// MaxMaxVoters is the largest voter cap WithMaxVoters takes: past it a
+	// quorum costs more than it protects, and peer exchange lists every
+	// voter.
+	MaxMaxVoters = maxStatusVoters - 1
 )
 
 // config is what the options set.
@@ -159,6 +166,8 @@ type config struct {
 	bootstrapTimeout   time.Duration
 	bootstrapThreshold float64
 	forceBootstrap     bool
+	maxVoters          int
+	autopilot          AutopilotConfig // resolved by New (autopilot.go)
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
@@ -166,6 +175,9 @@ type config struct {
 	// member advertises, to play a member of an older build.
 	kinds        []uint8
 	watchHistory historyLimits // WithWatchHistory (watch.go); zero: the defaults
+	// noClaims (tests only) makes a member neither send nor heed founder
+	// claims (bootstrap.go), to reproduce the races they prevent.
+	noClaims bool
 	// clock, when set (tests only), replaces the wall clock the leader
 	// stamps commands with (see withClock).
 	clock func() time.Time
@@ -177,6 +189,7 @@ func defaultConfig() *config {
 		timeouts:           PresetRegional.Timeouts(),
 		bootstrapTimeout:   DefaultBootstrapTimeout,
 		bootstrapThreshold: DefaultBootstrapThreshold,
+		maxVoters:          DefaultMaxVoters,
 	}
 }
 
@@ -245,6 +258,36 @@ func WithBootstrapThreshold(f float64) Option {
 func WithForceBootstrap() Option {
 	return func(c *config) error {
 		c.forceBootstrap = true
+		return nil
+	}
+}
+
+// WithMaxVoters caps the namespace's voters at n (default
+// DefaultMaxVoters): odd, so that no size wastes a member on a tie, from 1
+// to MaxMaxVoters. Members beyond the cap join as non-voters: they
+// replicate everything, forward writes and serve barrier reads, and one is
+// promoted when a voter goes away (see autopilot in the README). Every
+// member of a namespace should use the same cap; the leader's decides.
+func WithMaxVoters(n int) Option {
+	return func(c *config) error {
+		if n < 1 || n > MaxMaxVoters || n%2 == 0 {
+			return fmt.Errorf("raft: WithMaxVoters: %d is not an odd number from 1 to %d", n, MaxMaxVoters)
+		}
+		c.maxVoters = n
+		return nil
+	}
+}
+
+// WithAutopilot sets how the leader replaces, demotes and removes members
+// that went away (see AutopilotConfig and autopilot in the README). Zero
+// fields take their defaults; New checks the set against the timeouts and
+// the voter cap.
+func WithAutopilot(a AutopilotConfig) Option {
+	return func(c *config) error {
+		if a.DeadAfter < 0 || a.RemoveAfter < 0 || a.MinQuorum < 0 {
+			return fmt.Errorf("raft: WithAutopilot: negative setting in %+v", a)
+		}
+		c.autopilot = a
 		return nil
 	}
 }

@@ -285,8 +285,10 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 		}
 		return s.readIndex(req)
 	case cmdExchangePeers:
-		peers, st, kinds := s.peers.exchange(from, req.Peers, req.Status, req.Kinds)
-		return &response{Peers: peers, Status: st, Kinds: kinds}
+		peers, st, kinds := s.peers.exchange(from, req.Peers, req.status(), req.Kinds)
+		resp := &response{Peers: peers, Kinds: kinds}
+		resp.setStatus(st)
+		return resp
 	}
 	return errorResponse(fmt.Errorf("%w: unknown command %q", ErrInvalidCommand, req.Cmd))
 }

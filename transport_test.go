@@ -1158,9 +1158,7 @@ func (cs *capStreams) close() {
 // non-members together.
 func layerCounts(c Cluster, p peer.ID) (fromPeer, nonMembers int) {
 	cl := c.(*cluster)
-	cl.mu.RLock()
-	layer := cl.layer
-	cl.mu.RUnlock()
+	layer := cl.run.Load().layer
 	layer.connMu.Lock()
 	defer layer.connMu.Unlock()
 	return layer.inbound[p], layer.nonMembers

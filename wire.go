@@ -78,6 +78,11 @@ type request struct {
 	Seq    uint64 `cbor:"13,keyasint,omitempty"`
 	// Command (txn): the transaction's operations, encoded as a command.
 	Command []byte `cbor:"14,keyasint,omitempty"`
+	// NonVoters (exchangePeers): the non-voters of the sender's
+	// configuration, beside Status for the same reason as Kinds.
+	NonVoters *nonVoterList `cbor:"15,keyasint,omitempty"`
+	// Lowest (exchangePeers): the sender's founder claim (bootstrap.go).
+	Lowest *lowestClaim `cbor:"16,keyasint,omitempty"`
 	// watch (keys 20-29; watch_wire.go): changes above After, frames
 	// sealed for the stream WatchID names.
 	After   uint64 `cbor:"20,keyasint,omitempty"`
@@ -104,6 +109,9 @@ type response struct {
 	CreateIndex uint64 `cbor:"11,keyasint,omitempty"`
 	ModIndex    uint64 `cbor:"12,keyasint,omitempty"`
 	Lease       uint64 `cbor:"13,keyasint,omitempty"`
+	// NonVoters (exchangePeers), as in request.
+	NonVoters *nonVoterList `cbor:"14,keyasint,omitempty"`
+	Lowest    *lowestClaim  `cbor:"15,keyasint,omitempty"`
 	// watch frames (keys 20-29; watch_wire.go): the next changes, and the
 	// index up to which every matching change has been sent.
 	Events  []wireEvent `cbor:"20,keyasint,omitempty"`
@@ -179,6 +187,16 @@ type status struct {
 	// VoterIDs are the voters of its configuration (at most maxStatusVoters),
 	// which tells whether two members are in the same cluster.
 	VoterIDs [][]byte
+	// NonVoters lists the non-voters of its configuration; nil when the
+	// member did not say (an older build). It travels beside the status
+	// (request.NonVoters, response.NonVoters), not in its array.
+	NonVoters *nonVoterList `cbor:"-"`
+	// Lowest is its founder claim (bootstrap.go), carried beside the
+	// status like NonVoters.
+	Lowest *lowestClaim `cbor:"-"`
+	// LastIndex is its Raft log's last index, carried in response.Index
+	// (autopilot asks whether a non-voter is caught up); 0 when unknown.
+	LastIndex uint64 `cbor:"-"`
 }
 
 // maxStatusVoters caps the voter list a status carries.

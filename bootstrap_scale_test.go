@@ -1,0 +1,168 @@
+package raft
+
+// Formation at scale: dozens of members with partial discovery and starts
+// spread over a window settle into one cluster, bootstrapped once, with
+// WithMaxVoters voters and the rest non-voters.
+
+import (
+	"fmt"
+	"math/rand"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/tauraft/raft/rafttest"
+)
+
+// scaleMax is the largest round (always the first).
+var scaleMax = func() int {
+	if n, err := strconv.Atoi(os.Getenv("TAURAFT_SCALE_MAX")); err == nil && n >= 10 {
+		return n
+	}
+	return 48
+}()
+
+// scaleSpread is the window over which a round's members start.
+const scaleSpread = 3 * time.Second
+
+// partialDiscovery makes discovery show each node only to its two
+// neighbours (in index order, around) and to a random third of the others.
+func partialDiscovery(mesh *rafttest.Mesh, n int, rng *rand.Rand) {
+	for i := range n {
+		to := map[int]bool{(i + 1) % n: true, (i + n - 1) % n: true}
+		for j := range n {
+			if j != i && rng.Intn(3) == 0 {
+				to[j] = true
+			}
+		}
+		var list []int
+		for j := range to {
+			list = append(list, j)
+		}
+		mesh.ShowOnlyTo(i, list...)
+	}
+}
+
+// settledOne reports whether every member of idx has the same
+// configuration, holding all of them with want voters, and agrees on a
+// leader that says it leads.
+func settledOne(tc *testCluster, n, want int) bool {
+	var conf string
+	var leader peer.ID
+	for i := range n {
+		c := tc.get(i)
+		if c == nil {
+			return false
+		}
+		ms, err := c.Members()
+		if err != nil || len(ms) != n {
+			return false
+		}
+		voters := 0
+		key := ""
+		for _, m := range ms {
+			if m.Suffrage == hraft.Voter {
+				voters++
+				key += m.ID.String() + ","
+			}
+		}
+		if voters != want {
+			return false
+		}
+		l, err := c.Leader()
+		if err != nil {
+			return false
+		}
+		if i == 0 {
+			conf, leader = key, l
+		} else if key != conf || l != leader {
+			return false
+		}
+	}
+	li := tc.mesh.Index(leader)
+	return li >= 0 && tc.get(li).IsLeader()
+}
+
+// scaleRounds is how many randomized rounds TestBootstrapScale runs:
+// TAURAFT_SCALE_ROUNDS (TAURAFT_SCALE_MAX sets the first, largest round).
+// Without it the test is skipped: dozens of members in one process do not
+// settle within the bound on a shared two-core machine yet (see the
+// README's limits).
+func scaleRounds(t *testing.T) int {
+	s := os.Getenv("TAURAFT_SCALE_ROUNDS")
+	if s == "" {
+		t.Skip("set TAURAFT_SCALE_ROUNDS (and TAURAFT_SCALE_MAX) to run the formation-at-scale rounds")
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 1 {
+		t.Fatalf("TAURAFT_SCALE_ROUNDS=%q: want a positive number", s)
+	}
+	return n
+}
+
+// TestBootstrapScale runs randomized rounds of 10 to 48 members (the first
+// round is always 48, the largest): each node discoverable only by its
+// neighbours and a third of the others, starts spread over scaleSpread.
+// Each round settles into one cluster within scaleSpread + 5 s of its first
+// start, bootstrapped exactly once, with DefaultMaxVoters voters.
+func TestBootstrapScale(t *testing.T) {
+	seed := time.Now().UnixNano()
+	if env := os.Getenv("TAURAFT_SEED"); env != "" {
+		seed, _ = strconv.ParseInt(env, 10, 64)
+	}
+	t.Logf("seed %d (rerun with TAURAFT_SEED=%d)", seed, seed)
+	rng := rand.New(rand.NewSource(seed))
+	rounds := scaleRounds(t)
+	for round := range rounds {
+		n := scaleMax
+		if round > 0 {
+			n = 10 + rng.Intn(39)
+		}
+		delays := make([]time.Duration, n)
+		for i := range delays {
+			delays[i] = time.Duration(rng.Int63n(int64(scaleSpread)))
+		}
+		discSeed := rng.Int63()
+		ok := t.Run(fmt.Sprintf("round %d: %d members", round, n), func(t *testing.T) {
+			mesh := rafttest.NewMesh(t, n)
+			partialDiscovery(mesh, n, rand.New(rand.NewSource(discSeed)))
+			tc := newTestCluster(t, mesh, "/raft/scale")
+			start := time.Now()
+			errc := make(chan error, 1)
+			go func() { errc <- tc.startEach(seq(n), afterDelays(delays)) }()
+			// Polled past the bound, to report how long it did take.
+			bound := scaleSpread + 5*time.Second
+			deadline := start.Add(bound + 30*time.Second)
+			settled := false
+			for time.Now().Before(deadline) {
+				if settledOne(tc, n, min(n, DefaultMaxVoters)) {
+					settled = true
+					break
+				}
+				time.Sleep(rafttest.PollInterval)
+			}
+			took := time.Since(start)
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			bootstraps := 0
+			for i := range n {
+				bootstraps += int(tc.get(i).(*cluster).bootstraps.Load())
+			}
+			t.Logf("%d members: settled %v after %v, %d bootstrap(s)", n, settled, took.Round(time.Millisecond), bootstraps)
+			if !settled || took > bound {
+				tc.dumpState()
+				t.Fatalf("not one cluster of %d members with %d voters within %v", n, min(n, DefaultMaxVoters), bound)
+			}
+			if bootstraps != 1 {
+				t.Fatalf("%d bootstraps, want exactly 1", bootstraps)
+			}
+		})
+		if !ok {
+			t.Fatalf("round %d failed (seed %d)", round, seed)
+		}
+	}
+}
