@@ -68,6 +68,17 @@ func validatePeer(id peer.ID) error {
 
 // addVoter adds a validated peer as a voter, on the leader.
 func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
+	return c.addServer(id, hraft.Voter, timeout)
+}
+
+// addNonvoter adds a validated peer as a non-voter, on the leader.
+func (c *cluster) addNonvoter(id peer.ID, timeout time.Duration) error {
+	return c.addServer(id, hraft.Nonvoter, timeout)
+}
+
+// addServer adds a validated peer with the given suffrage, on the leader,
+// once it has tried to learn the peer's addresses.
+func (c *cluster) addServer(id peer.ID, suffrage hraft.ServerSuffrage, timeout time.Duration) error {
 	r, err := c.r()
 	if err != nil {
 		return err
@@ -78,9 +89,12 @@ func (c *cluster) addVoter(id peer.ID, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	c.peers.ensureAddrs(ctx, id)
 	cancel()
-	addr := hraft.ServerAddress(id.String())
+	sid, addr := hraft.ServerID(id.String()), hraft.ServerAddress(id.String())
 	return c.changeConfiguration(func() hraft.IndexFuture {
-		return r.AddVoter(hraft.ServerID(id.String()), addr, 0, timeout)
+		if suffrage == hraft.Voter {
+			return r.AddVoter(sid, addr, 0, timeout)
+		}
+		return r.AddNonvoter(sid, addr, 0, timeout)
 	}, timeout)
 }
 
@@ -129,24 +143,6 @@ func (c *cluster) joinVoter(id, via peer.ID, timeout time.Duration) error {
 	}
 	c.logger.Info("added a member", "peer", id, "as", action)
 	return nil
-}
-
-// addNonvoter adds a validated peer as a non-voter, on the leader.
-func (c *cluster) addNonvoter(id peer.ID, timeout time.Duration) error {
-	r, err := c.r()
-	if err != nil {
-		return err
-	}
-	if r.State() != hraft.Leader {
-		return ErrNotLeader
-	}
-	ctx, cancel := context.WithTimeout(c.ctx, timeout)
-	c.peers.ensureAddrs(ctx, id)
-	cancel()
-	addr := hraft.ServerAddress(id.String())
-	return c.changeConfiguration(func() hraft.IndexFuture {
-		return r.AddNonvoter(hraft.ServerID(id.String()), addr, 0, timeout)
-	}, timeout)
 }
 
 // RemoveServer removes id from the configuration. Leader only.
