@@ -92,7 +92,7 @@ func TestLeaderRefusesKindAVoterDoesNotAdvertise(t *testing.T) {
 	old := mesh.ID(2)
 	txn := Txn{If: []Cond{IfAbsent("k")}, Then: []Op{SetOp("k", []byte("v"))}}
 	_, err := tc.get(l).Txn(txn, 5*time.Second)
-	if !errors.Is(err, ErrInvalidCommand) || !strings.Contains(err.Error(), shortPeer(old)) || !strings.Contains(err.Error(), "not known by voter") {
+	if !errors.Is(err, ErrInvalidCommand) || !strings.Contains(err.Error(), shortPeer(old)) || !strings.Contains(err.Error(), "not known by member") {
 		t.Fatalf("Txn with a voter that does not advertise conditions: %v", err)
 	}
 	// Through a Client too, on the other side of the wire.
