@@ -32,6 +32,7 @@ func (c *cluster) bootstrap() error {
 		if c.formed() && c.inConfiguration(c.self) {
 			// A founder bootstrapped a configuration that includes us.
 			c.logger.Info("joined as a founder", "after", time.Since(start))
+			c.metrics.bootstrapDecision(decisionJoinedFounder)
 			c.startMembership()
 			return nil
 		}
@@ -48,6 +49,7 @@ func (c *cluster) bootstrap() error {
 			// so a caller's first Members or Barrier already sees it.
 			c.waitMember(time.Now().Add(time.Second))
 			c.logger.Info("joined an existing cluster", "after", time.Since(start))
+			c.metrics.bootstrapDecision(decisionJoinedLeader)
 			c.startMembership()
 			return nil
 		}
@@ -160,16 +162,19 @@ func (c *cluster) decide(cutoff time.Time) {
 	c.windowEnd = time.Now()
 	defer c.startMembership()
 	if c.formed() || c.peers.sawClusterRecently() {
+		c.metrics.bootstrapDecision(decisionDeferred)
 		return // a cluster exists: the membership loop joins it
 	}
 	voters, ok := founderRule(c.self, c.peers.view(), cutoff, c.cfg.maxVoters, c.claimedLower(time.Now()))
 	if !ok {
+		c.metrics.bootstrapDecision(decisionDeferred)
 		return // a cluster exists or a smaller founder bootstraps: join it
 	}
 	if err := c.bootstrapWith(voters); err != nil {
 		c.logger.Error("bootstrap failed", "error", err)
 		return
 	}
+	c.metrics.bootstrapDecision(decisionBootstrapped)
 	c.logger.Info("bootstrapped as founder", "voters", len(voters))
 }
 

@@ -216,6 +216,9 @@ type cluster struct {
 	leaderMon *leaderMonitor
 	// queues remembers this member's claims and their leases (queue.go).
 	queues queueMemo
+	// metrics records what WithMetrics asked for; nil without it
+	// (metrics.go).
+	metrics *clusterMetrics
 
 	closed atomic.Bool
 	// failure is set when the state machine could not apply a committed
@@ -282,8 +285,18 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		snapDir:   cfg.snapshotPath(namespace, node.ID()),
 		logq:      logq,
 	}
-	// Every failed start below closes the log queue too.
-	cancel = func() { c.cancel(); logq.close() }
+	if cfg.metrics != nil {
+		m, err := newClusterMetrics(cfg.metrics, namespace, c.self)
+		if err != nil {
+			c.cancel()
+			logq.close()
+			return nil, err
+		}
+		c.metrics = m
+	}
+	// Every failed start below closes the log queue and takes the
+	// cluster's series off the registerer too.
+	cancel = func() { c.cancel(); logq.close(); c.metrics.close() }
 	if cfg.key != nil {
 		k, err := newSecretKey(cfg.key, namespace)
 		if err != nil {
@@ -312,9 +325,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		status:    c,
 		kinds:     cfg.kinds,
 		onKinds:   c.rememberKinds,
+		metrics:   c.metrics,
 	})
-	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
-	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)
+	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c, metrics: c.metrics}
+	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch, c.metrics)
 	// Before Raft starts applying: the state machine rings the monitor.
 	c.leaderMon = newLeaderMonitor(c)
 	c.fsm.onEpoch = c.leaderMon.ring
@@ -325,6 +339,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		return nil, err
 	}
 	c.run.Store(&raftRun{raft: r, layer: layer})
+	c.metrics.attach(c.gaugeReading)
 
 	// Cancelling the node's context stops the cluster as Close would.
 	c.wg.Add(1)
@@ -349,8 +364,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	switch {
 	case hasState:
 		logger.Debug("resuming from existing raft state")
+		c.metrics.bootstrapDecision(decisionResume)
 		c.startMembership()
 	case cfg.forceBootstrap:
+		c.metrics.bootstrapDecision(decisionForce)
 		if err := c.bootstrapAlone(); err != nil {
 			_ = c.Close()
 			return nil, err
@@ -390,6 +407,7 @@ func (c *cluster) open() error {
 		return err
 	}
 	c.fsm.onFail = c.stateMachineFailed
+	c.fsm.metrics = c.metrics
 	c.watch = newWatchHub(c.cfg.watchHistory, c.fsm.appliedIndex())
 	c.fsm.onChange = c.watch.publish
 	c.fsm.onReset = c.watch.reset
@@ -537,6 +555,8 @@ func (c *cluster) Close() error {
 	c.wg.Wait()
 	c.peers.wait()
 	c.logq.close()
+	// Last: nothing records into the series after this.
+	c.metrics.close()
 	return err
 }
 

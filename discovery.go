@@ -99,6 +99,8 @@ type trackerConfig struct {
 	// onKinds, when set, is told every advertisement the tracker takes
 	// from a tracked peer (outside the tracker's lock).
 	onKinds func(id peer.ID, kinds []uint8)
+	// metrics counts exchange rounds (nil: not counted).
+	metrics *clusterMetrics
 }
 
 // peerTracker finds the namespace's members (discovery, connected peers that

@@ -194,6 +194,7 @@ func (t *peerTracker) exchangeAll(ctx context.Context) {
 	if len(dues) == 0 {
 		return
 	}
+	t.metrics.exchangeRound()
 	mine := t.wireList()
 	st := t.status.status()
 	for _, d := range dues {

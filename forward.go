@@ -28,6 +28,8 @@ type forwarder struct {
 	self   peer.ID
 	caller caller
 	role   leadershipSource
+	// metrics counts forwarded requests (nil: not counted).
+	metrics *clusterMetrics
 
 	poolOnce sync.Once
 	pool     *sessionPool
@@ -100,6 +102,7 @@ func (f *forwarder) onLeader(req *request, timeout time.Duration, local func() *
 				return errorResponse(fmt.Errorf("%w within %v", ErrNoLeader, timeout))
 			}
 			resp, err := f.call(leader, forwardedCopy(req, left), deadline.Add(callMargin))
+			f.metrics.forwarded(err == nil)
 			if err == nil {
 				if !mayTryElsewhere(resp.err()) || time.Now().After(deadline) {
 					return resp

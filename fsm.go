@@ -93,6 +93,8 @@ type kvStore struct {
 	// state wiped: changes up to applied are gone as events (a watcher
 	// must resync).
 	onReset func(applied uint64)
+	// metrics times applies, snapshots and restores (nil: not measured).
+	metrics *clusterMetrics
 }
 
 var (
@@ -229,6 +231,7 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 // cannot be applied stops the store (see failed): nothing of the batch is
 // committed and no entry is counted as applied.
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
+	start := f.metrics.start()
 	out := make([]interface{}, len(logs))
 	f.mu.Lock()
 	epoch := f.epoch
@@ -248,6 +251,7 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 		onEpoch = nil
 	}
 	f.mu.Unlock()
+	f.metrics.observeApply(start) // once per batch
 	if onEpoch != nil {
 		onEpoch()
 	}

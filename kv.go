@@ -154,10 +154,12 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 	if err != nil {
 		return FSMResponse{}, err
 	}
+	start := c.metrics.start()
 	f := r.Apply(cmd, timeout)
 	if err := c.wait(f, timeout); err != nil {
 		return FSMResponse{}, err
 	}
+	c.metrics.observeCommit(start)
 	resp, _ := f.Response().(FSMResponse)
 	return resp, nil
 }

@@ -236,7 +236,9 @@ func (m *leaderMonitor) run() {
 				m.ring()
 			})
 		}
-		m.publish(m.observe(r))
+		ev := m.observe(r)
+		c.metrics.observeLeader(ev.Leader, term)
+		m.publish(ev)
 
 		select {
 		case <-c.ctx.Done():

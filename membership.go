@@ -318,6 +318,7 @@ func (c *cluster) membershipLoop() {
 				if err := c.bootstrapWith(voters); err != nil {
 					c.logger.Error("bootstrap failed", "error", err)
 				} else {
+					c.metrics.bootstrapDecision(decisionLate)
 					c.logger.Info("bootstrapped the waiting nodes", "voters", len(voters))
 				}
 				wait = 20 * time.Millisecond

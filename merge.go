@@ -70,6 +70,7 @@ func (c *cluster) giveWay(why string, m mergeCandidate, ours int) bool {
 		c.logger.Error("reset failed", "error", err)
 		return false
 	}
+	c.metrics.merged(mergeOtherCluster)
 	return true
 }
 
@@ -159,6 +160,7 @@ func (c *cluster) leaveOrphanedConfig(mine map[peer.ID]bool) bool {
 		c.logger.Error("reset failed", "error", err)
 		return false
 	}
+	c.metrics.merged(mergeOrphaned)
 	return true
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Preset names a set of Raft timings tuned for a kind of network.
@@ -171,6 +172,7 @@ type config struct {
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
+	metrics            prometheus.Registerer // WithMetrics; nil: none
 	// kinds, when set (tests only), replaces the operation kinds this
 	// member advertises, to play a member of an older build.
 	kinds        []uint8
@@ -327,6 +329,21 @@ func WithLogger(l hclog.Logger) Option {
 			return errors.New("raft: WithLogger: nil logger")
 		}
 		c.logger = l
+		return nil
+	}
+}
+
+// WithMetrics registers the cluster's Prometheus metrics on reg (see
+// "Metrics and health" in the README for the series): nothing goes to a
+// global registry. Every series carries the labels namespace and member
+// (this node's peer ID), so several clusters can share reg; Close removes
+// the cluster's series. Without it nothing is measured.
+func WithMetrics(reg prometheus.Registerer) Option {
+	return func(c *config) error {
+		if reg == nil {
+			return errors.New("raft: WithMetrics: nil registerer")
+		}
+		c.metrics = reg
 		return nil
 	}
 }

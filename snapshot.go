@@ -10,6 +10,7 @@ import (
 	"io"
 	"slices"
 	"strings"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 	"github.com/ipfs/go-datastore"
@@ -18,6 +19,7 @@ import (
 // Snapshot captures the store in memory. Raft calls it between applies, so
 // the copy is consistent; persisting then runs without blocking applies.
 func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
+	start := f.metrics.start()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.failed != nil {
@@ -25,7 +27,8 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		// now would claim the ones this store refused.
 		return nil, f.failed
 	}
-	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch}}
+	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch},
+		started: start, metrics: f.metrics}
 	err := f.scan(false, func(key string, value []byte) error {
 		e, err := decodeEntry(value)
 		if err != nil {
@@ -58,7 +61,11 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 // changes nothing, and a storage error stops the store (see kvStore.failed).
 func (f *kvStore) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
+	start := f.metrics.start()
 	applied, restored, err := f.restore(rc)
+	if err == nil && restored {
+		f.metrics.observeRestore(start)
+	}
 	if err == nil && restored && f.onReset != nil {
 		f.onReset(applied)
 	}
@@ -307,6 +314,11 @@ type kvSnapshot struct {
 	Pairs    []snapshotPair
 	Requests []snapshotRequest
 	Leases   []snapshotLease
+
+	// started is when Snapshot began, and metrics what times it to the
+	// end of Persist.
+	started time.Time
+	metrics *clusterMetrics
 }
 
 // Persist writes the snapshot to the sink.
@@ -315,7 +327,11 @@ func (s *kvSnapshot) Persist(sink hraft.SnapshotSink) error {
 		_ = sink.Cancel()
 		return fmt.Errorf("raft: persist snapshot: %w", err)
 	}
-	return sink.Close()
+	if err := sink.Close(); err != nil {
+		return err
+	}
+	s.metrics.observeSnapshot(s.started)
+	return nil
 }
 
 // writeTo writes the snapshot format: the header, every pair, every request

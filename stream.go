@@ -85,6 +85,9 @@ type commandService struct {
 	hub          *watchHub
 	watchPerPeer map[peer.ID]int
 	watchTotal   int
+
+	// metrics counts the requests answered (nil: not counted).
+	metrics *clusterMetrics
 }
 
 // Command streams are capped per peer and in total: each holds a goroutine
@@ -101,9 +104,9 @@ const (
 	commandReadBudget = 2 * 2 * MaxMessageSize
 )
 
-func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder, hub *watchHub) *commandService {
+func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Logger, kv kvReader, peers peerExchanger, leader leaderCalls, fwd *forwarder, hub *watchHub, m *clusterMetrics) *commandService {
 	s := &commandService{
-		host: h, proto: proto, codec: cd, logger: logger,
+		host: h, proto: proto, codec: cd, logger: logger, metrics: m,
 		kv: kv, peers: peers, leader: leader, fwd: fwd,
 		hub: hub, watchPerPeer: map[peer.ID]int{},
 		streams:  map[network.Stream]struct{}{},
@@ -192,6 +195,7 @@ func (s *commandService) handle(st network.Stream) {
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, ErrTooLarge):
+		s.metrics.request("", errorCode(err))
 		s.reply(st, s.codec, errorResponse(err))
 		return
 	case errors.Is(err, errBusy):
@@ -200,6 +204,7 @@ func (s *commandService) handle(st network.Stream) {
 	case errors.Is(err, ErrEncryptionRequired), errors.Is(err, ErrUnexpectedEncryption),
 		errors.Is(err, ErrDecrypt), errors.Is(err, ErrInvalidCommand):
 		s.refused(from, err)
+		s.metrics.request("", errorCode(err))
 		// The refusal goes back in plaintext: the peer cannot read anything
 		// else, and it reveals nothing.
 		s.reply(st, codec{}, errorResponse(err))
@@ -212,11 +217,13 @@ func (s *commandService) handle(st network.Stream) {
 	req, err := decodeRequest(payload)
 	release() // the frame is decoded: its bytes are garbage now
 	if err != nil {
+		s.metrics.request("", errorCode(err))
 		s.reply(st, s.codec, errorResponse(err))
 		return
 	}
 	_ = st.SetReadDeadline(time.Time{})
 	if req.Cmd == cmdWatch {
+		s.metrics.request(cmdWatch, codeOK)
 		releaseSlot()
 		s.serveWatch(st, from, req)
 		return
@@ -256,10 +263,17 @@ func (s *commandService) reply(st network.Stream, cd codec, resp *response) {
 	_ = st.Close()
 }
 
-// dispatch runs one request and builds its answer. Each handler validates
-// its request once, here on the member that received it, then runs the
-// Cluster's own code path, on the leader when the call is leader-only.
+// dispatch runs one request, builds its answer and counts it.
 func (s *commandService) dispatch(from peer.ID, req *request) *response {
+	resp := s.run(from, req)
+	s.metrics.request(req.Cmd, resp.Code)
+	return resp
+}
+
+// run runs one request and builds its answer. Each handler validates its
+// request once, here on the member that received it, then runs the
+// Cluster's own code path, on the leader when the call is leader-only.
+func (s *commandService) run(from peer.ID, req *request) *response {
 	switch req.Cmd {
 	case cmdKeys:
 		keys, err := s.kv.keys(req.Prefix)

@@ -473,8 +473,10 @@ func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
 	switch {
 	case decodeErr != nil:
 		resp = errorResponse(decodeErr)
+		s.metrics.request("", resp.Code)
 	case req.Cmd == cmdWatch:
 		resp = errorResponse(fmt.Errorf("%w: a watch needs a stream of its own", ErrInvalidCommand))
+		s.metrics.request(cmdWatch, resp.Code)
 	default:
 		resp = s.dispatch(ss.from, req)
 	}
