@@ -103,11 +103,18 @@ const (
 	decisionLate          = "late_bootstrap" // bootstrapped after the window, with the waiting nodes
 )
 
+// bootstrapDecisions lists the decisions above.
+var bootstrapDecisions = []string{decisionResume, decisionForce, decisionJoinedFounder,
+	decisionJoinedLeader, decisionBootstrapped, decisionDeferred, decisionLate}
+
 // Reasons of a merge (tauraft_merges_total's reason).
 const (
 	mergeOtherCluster = "other_cluster" // a larger cluster in the namespace
 	mergeOrphaned     = "orphaned"      // our voters follow another cluster
 )
+
+// mergeReasons lists the reasons above.
+var mergeReasons = []string{mergeOtherCluster, mergeOrphaned}
 
 // metricSet is the collectors of one registerer, shared by its clusters.
 type metricSet struct {
@@ -273,6 +280,14 @@ func newClusterMetrics(reg prometheus.Registerer, namespace string, self peer.ID
 	}
 	for i := range m.requests {
 		m.requests[i] = make([]atomic.Pointer[prometheus.Counter], len(codeLabels))
+	}
+	// Every decision and merge reason starts at zero: a dashboard sees the
+	// series before the first one, and increase() counts the first one.
+	for _, d := range bootstrapDecisions {
+		set.bootstrap.WithLabelValues(ns, member, d)
+	}
+	for _, r := range mergeReasons {
+		set.merges.WithLabelValues(ns, member, r)
 	}
 	// Two clusters of one namespace and member on one registerer would
 	// report the same series: the second is refused here, before it

@@ -33,6 +33,7 @@ type nodeFlags struct {
 	preset           string
 	bootstrapTimeout time.Duration
 	logLevel         string
+	metrics          string // --metrics: listen address of /metrics, /healthz, /readyz
 }
 
 func newNodeCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -52,10 +53,15 @@ change of its state, leader and membership.
 With --swarm-key-file (a key made by 'tauraft swarm-key'), the member joins
 the libp2p private network of that key: peers without the same key, nodes
 and kv clients alike, cannot even connect to it. Private networks run over
-TCP only, so --listen must then name TCP addresses.`,
+TCP only, so --listen must then name TCP addresses.
+
+With --metrics HOST:PORT the member serves Prometheus series on /metrics,
+200 on /healthz while the process runs, and on /readyz 200 once it has a
+leader and has applied what it knows to be committed (503 otherwise).`,
 		Example: `  tauraft node --data ./n1 --listen /ip4/127.0.0.1/tcp/4001
   tauraft node --data ./n2 --bootstrap /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW...
-  tauraft node --data ./n1 --swarm-key-file swarm.key --listen /ip4/0.0.0.0/tcp/4001`,
+  tauraft node --data ./n1 --swarm-key-file swarm.key --listen /ip4/0.0.0.0/tcp/4001
+  tauraft node --data ./n1 --metrics 127.0.0.1:9100`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runNode(cmd.Context(), stdout, stderr, f)
@@ -71,6 +77,7 @@ TCP only, so --listen must then name TCP addresses.`,
 	fl.StringVar(&f.preset, "preset", "regional", "timeout preset: local, regional or global")
 	fl.DurationVar(&f.bootstrapTimeout, "bootstrap-timeout", 10*time.Second, "bootstrap window: how long to look for peers before forming a cluster")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "Raft log level on stderr: trace, debug, info, warn, error or off")
+	fl.StringVar(&f.metrics, "metrics", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port (off when empty)")
 	return cmd
 }
 
@@ -110,6 +117,16 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	swarmKey, err := readSwarmKeyFile(f.swarmKeyFile)
 	if err != nil {
 		return err
+	}
+
+	var metrics *metricsServer
+	if f.metrics != "" {
+		if metrics, err = listenMetrics(f.metrics, f.namespace); err != nil {
+			return err
+		}
+		// /healthz answers from here on, /readyz once the member is ready.
+		metrics.serve(stderr)
+		defer metrics.shutdown()
 	}
 
 	if err := os.MkdirAll(f.data, 0o700); err != nil {
@@ -152,6 +169,10 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	}
 	if key != nil {
 		opts = append(opts, raft.WithEncryptionKey(key))
+	}
+	if metrics != nil {
+		opts = append(opts, raft.WithMetrics(metrics.raftReg))
+		fmt.Fprintf(stdout, "metrics: %s\n", metrics.url())
 	}
 
 	// raft.New blocks for up to the bootstrap window; a signal meanwhile
