@@ -153,10 +153,9 @@ func histogramVec(name, help string, buckets []float64) *prometheus.HistogramVec
 		[]string{labelNamespace, labelMember})
 }
 
-// newMetricSet makes the collectors and registers them on reg, or takes
-// the ones a cluster registered there before.
-func newMetricSet(reg prometheus.Registerer) (*metricSet, error) {
-	s := &metricSet{
+// newCollectors makes the collectors, unregistered.
+func newCollectors() *metricSet {
+	return &metricSet{
 		leaderChanges: counterVec("leadership_changes_total",
 			"Leaderships this member has seen begin (a new leader, or a new term of the same one)."),
 		commit: histogramVec("commit_seconds",
@@ -183,13 +182,23 @@ func newMetricSet(reg prometheus.Registerer) (*metricSet, error) {
 			prometheus.ExponentialBuckets(0.001, 2, 18)),
 		gauges: newGaugeCollector(),
 	}
+}
+
+// newMetricSet makes the collectors and registers them on reg, or takes
+// the ones a cluster registered there before.
+func newMetricSet(reg prometheus.Registerer) (*metricSet, error) {
+	s := newCollectors()
 	var err error
+	var fresh []prometheus.Collector // registered here, not shared
 	register := func(c prometheus.Collector) prometheus.Collector {
 		if err != nil {
 			return c
 		}
 		var got prometheus.Collector
 		got, err = registerShared(reg, c)
+		if got == c {
+			fresh = append(fresh, c)
+		}
 		return got
 	}
 	// The type assertions hold: registerShared returns a collector of c's
@@ -206,6 +215,10 @@ func newMetricSet(reg prometheus.Registerer) (*metricSet, error) {
 	s.restore, _ = register(s.restore).(*prometheus.HistogramVec)
 	s.gauges, _ = register(s.gauges).(*gaugeCollector)
 	if err != nil {
+		// Leave the registerer as it was: a half set is of no use.
+		for _, c := range fresh {
+			reg.Unregister(c)
+		}
 		return nil, err
 	}
 	return s, nil

@@ -267,3 +267,23 @@ func TestMetricsNilIsNoop(t *testing.T) {
 		t.Fatal("a nil clusterMetrics read the clock")
 	}
 }
+
+// A registerer that already holds one of the names for something else is
+// refused with an error that says so, and left as it was.
+func TestMetricsNameTaken(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	other := prometheus.NewGauge(prometheus.GaugeOpts{Name: "tauraft_exchange_rounds_total", Help: "someone else's"})
+	reg.MustRegister(other)
+	_, err := newClusterMetrics(reg, "/raft/taken", rafttest.NewMesh(t, 1).Node(0).ID())
+	if err == nil || !strings.Contains(err.Error(), "WithMetrics") {
+		t.Fatalf("name taken: %v", err)
+	}
+	// The collectors registered before the refusal are gone: the same
+	// series register anew, with no AlreadyRegisteredError.
+	if err := reg.Register(newCollectors().commit); err != nil {
+		t.Fatalf("a collector outlived the refusal: %v", err)
+	}
+	if !reg.Unregister(other) {
+		t.Fatal("the other collector is gone")
+	}
+}
