@@ -228,7 +228,7 @@ func (s *commandService) handle(st network.Stream) {
 		s.serveWatch(st, from, req)
 		return
 	}
-	s.reply(st, s.codec, s.dispatch(from, req))
+	s.reply(st, s.codec, s.answer(from, req))
 }
 
 // refusedLogInterval is how often a refused peer is logged: one clear line
@@ -263,17 +263,17 @@ func (s *commandService) reply(st network.Stream, cd codec, resp *response) {
 	_ = st.Close()
 }
 
-// dispatch runs one request, builds its answer and counts it.
-func (s *commandService) dispatch(from peer.ID, req *request) *response {
-	resp := s.run(from, req)
+// answer is dispatch, counted (metrics).
+func (s *commandService) answer(from peer.ID, req *request) *response {
+	resp := s.dispatch(from, req)
 	s.metrics.request(req.Cmd, resp.Code)
 	return resp
 }
 
-// run runs one request and builds its answer. Each handler validates its
-// request once, here on the member that received it, then runs the
+// dispatch runs one request and builds its answer. Each handler validates
+// its request once, here on the member that received it, then runs the
 // Cluster's own code path, on the leader when the call is leader-only.
-func (s *commandService) run(from peer.ID, req *request) *response {
+func (s *commandService) dispatch(from peer.ID, req *request) *response {
 	switch req.Cmd {
 	case cmdKeys:
 		keys, err := s.kv.keys(req.Prefix)

@@ -478,7 +478,7 @@ func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
 		resp = errorResponse(fmt.Errorf("%w: a watch needs a stream of its own", ErrInvalidCommand))
 		s.metrics.request(cmdWatch, resp.Code)
 	default:
-		resp = s.dispatch(ss.from, req)
+		resp = s.answer(ss.from, req)
 	}
 	body, err := cborEnc.Marshal(resp)
 	if err == nil {
