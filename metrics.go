@@ -40,7 +40,7 @@ const (
 // commands of the command service, then the catch-alls.
 var commandLabels = []string{
 	cmdSet, cmdGet, cmdDelete, cmdKeys, cmdJoinVoter, cmdExchangePeers,
-	cmdReadIndex, cmdGetEntry, cmdTxn, cmdWatch, cmdClaimOf, "status",
+	cmdReadIndex, cmdGetEntry, cmdTxn, cmdWatch, cmdClaimOf, cmdStatus,
 	"other", // a command this build does not serve
 }
 
