@@ -232,6 +232,8 @@ type cluster struct {
 	// bootstraps counts the configurations this member bootstrapped (a
 	// test of formation counts them across members: exactly one).
 	bootstraps atomic.Int32
+	// book is the address book (addrbook.go).
+	book *addrBook
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -302,6 +304,12 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		return nil, err
 	}
 	c.kindsBook = book
+	addrs, saved, err := openAddrBook(ctx, node.Store(), namespace)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c.book = addrs
 	c.caller = newCaller(node.Peer(), Protocol(namespace), codec{key: c.key})
 	c.peers = newPeerTracker(trackerConfig{
 		node:      node,
@@ -312,7 +320,9 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		status:    c,
 		kinds:     cfg.kinds,
 		onKinds:   c.rememberKinds,
+		book:      c.book,
 	})
+	c.seedFromBook(saved)
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)
 	// Before Raft starts applying: the state machine rings the monitor.
@@ -341,6 +351,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	go c.leaseLoop()
 	c.wg.Add(1)
 	go c.autopilotLoop()
+	c.wg.Add(1)
+	go c.bookLoop()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
