@@ -113,7 +113,11 @@ func TestDHTSeedNamespaces(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n := newTestNode(t, Config{Datastore: ds, BootstrapPeers: []peer.AddrInfo{goneInfo}, SeedNamespaces: []string{ns, "/raft/empty"}})
+	start := time.Now()
+	n := newTestNode(t, Config{Datastore: ds, SeedNamespaces: []string{ns, "/raft/empty"}})
+	if took := time.Since(start); took > seedTimeout+2*time.Second {
+		t.Fatalf("New took %v with a dead member in the book; want at most seedTimeout (%v) and a little", took, seedTimeout)
+	}
 	if n.Peer().Network().Connectedness(member.ID()) != network.Connected {
 		t.Fatal("New returned without a connection to the member its address book names")
 	}
