@@ -244,6 +244,8 @@ type cluster struct {
 	// followers' reports a leader's Stats shows (stats.go, lag.go).
 	outcome outcomeCell
 	lags    lagBook
+	// book is the address book (addrbook.go).
+	book *addrBook
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -324,6 +326,12 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		return nil, err
 	}
 	c.kindsBook = book
+	addrs, saved, err := openAddrBook(ctx, node.Store(), namespace)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	c.book = addrs
 	c.caller = newCaller(node.Peer(), Protocol(namespace), codec{key: c.key})
 	c.peers = newPeerTracker(trackerConfig{
 		node:      node,
@@ -334,8 +342,10 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		status:    c,
 		kinds:     cfg.kinds,
 		onKinds:   c.rememberKinds,
+		book:      c.book,
 		metrics:   c.metrics,
 	})
+	c.seedFromBook(saved)
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c, metrics: c.metrics}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch, c.metrics)
 	c.svc.stats = c.Stats
@@ -366,6 +376,8 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	go c.leaseLoop()
 	c.wg.Add(1)
 	go c.autopilotLoop()
+	c.wg.Add(1)
+	go c.bookLoop()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

@@ -99,6 +99,9 @@ type trackerConfig struct {
 	// onKinds, when set, is told every advertisement the tracker takes
 	// from a tracked peer (outside the tracker's lock).
 	onKinds func(id peer.ID, kinds []uint8)
+	// book, when set, is the member's address book (addrbook.go): the
+	// last addresses members announced, tried when nothing else knows.
+	book *addrBook
 	// metrics counts exchange rounds (nil: not counted).
 	metrics *clusterMetrics
 }
@@ -346,13 +349,26 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration,
 		t.peers[id] = &trackedPeer{firstSeen: seen, heardOf: heardOf}
 	}
 	t.mu.Unlock()
-	ps := t.node.Peer().Peerstore()
 	if evicted != "" {
 		t.forgetAddrs(evicted)
 	}
-	if addrs = boundedAddrs(addrs); len(addrs) > 0 {
-		ps.AddAddrs(id, addrs, peerstore.AddressTTL)
+	t.addHeardAddrs(id, addrs)
+}
+
+// addHeardAddrs records addresses of id that someone else told us (a peer's
+// list, discovery, the address book): bounded, for TempAddrTTL only, and not
+// at all while we are connected to id, since then the host holds what id
+// announced itself (identify). Identify also drops them once id connects, so
+// an address that id no longer announces is never dialled again after that;
+// and since members pass on only the addresses of peers they are connected
+// to (see wireList), an address outlives its owner's announcement by at most
+// TempAddrTTL.
+func (t *peerTracker) addHeardAddrs(id peer.ID, addrs []ma.Multiaddr) {
+	h := t.node.Peer()
+	if addrs = boundedAddrs(addrs); len(addrs) == 0 || h.Network().Connectedness(id) == network.Connected {
+		return
 	}
+	h.Peerstore().AddAddrs(id, addrs, peerstore.TempAddrTTL)
 }
 
 // forgetAddrs drops the addresses of a peer that never answered and is no
@@ -437,7 +453,11 @@ func (t *peerTracker) ensureAddrs(ctx context.Context, id peer.ID) {
 	if h.Network().Connectedness(id) == network.Connected || len(h.Peerstore().Addrs(id)) > 0 {
 		return
 	}
-	t.lookup(ctx, id)
+	if !t.lookup(ctx, id) && t.book != nil {
+		// Discovery knows nothing (its bootstrap peer may be gone): try
+		// the last addresses the member announced, from the book.
+		t.addHeardAddrs(id, t.book.addrs(id))
+	}
 }
 
 // lookup searches discovery for id and records its addresses.
@@ -445,8 +465,10 @@ func (t *peerTracker) lookup(ctx context.Context, id peer.ID) bool {
 	return findAddrs(ctx, t.node, t.namespace, id)
 }
 
-// findAddrs searches the node's discovery under namespace for id, and adds
-// the addresses it finds to the peerstore.
+// findAddrs searches the node's discovery under namespace for id, adds the
+// addresses it finds to the peerstore, and reports whether any of them was
+// new: a lookup that only brings back the addresses that just failed (a
+// dead peer's old provider record) is no reason to dial again.
 func findAddrs(ctx context.Context, node Node, namespace string, id peer.ID) bool {
 	d := node.Discovery()
 	if d == nil {
@@ -458,11 +480,24 @@ func findAddrs(ctx context.Context, node Node, namespace string, id peer.ID) boo
 	if err != nil {
 		return false
 	}
+	ps := node.Peer().Peerstore()
 	found := false
 	for ai := range ch {
-		if ai.ID == id && len(ai.Addrs) > 0 {
-			node.Peer().Peerstore().AddAddrs(id, ai.Addrs, peerstore.AddressTTL)
-			found = true
+		if ai.ID != id || len(ai.Addrs) == 0 || found {
+			continue
+		}
+		known := map[string]bool{}
+		for _, a := range ps.Addrs(id) {
+			known[string(a.Bytes())] = true
+		}
+		addrs := boundedAddrs(ai.Addrs)
+		for _, a := range addrs {
+			found = found || !known[string(a.Bytes())]
+		}
+		// Third-party addresses (a DHT provider record may be old):
+		// short-lived, see addHeardAddrs.
+		ps.AddAddrs(id, addrs, peerstore.TempAddrTTL)
+		if found {
 			cancel()
 		}
 	}

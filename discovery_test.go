@@ -188,3 +188,45 @@ func TestPickProbes(t *testing.T) {
 		})
 	}
 }
+
+// TestWireListPassesOnFirstHandAddrsOnly: a member passes on the addresses
+// of the peers it is connected to (what they announced themselves), never
+// what it heard of the others, and takes no second-hand address for a peer
+// it is connected to. Otherwise a dead member's old address would circulate
+// for ever, each member refreshing the others' copy.
+func TestWireListPassesOnFirstHandAddrsOnly(t *testing.T) {
+	mesh := rafttest.NewMesh(t, 3)
+	node := mesh.Node(0)
+	tr := newPeerTracker(trackerConfig{
+		node: node, namespace: "/raft/tracker", window: time.Second,
+		logger: hclog.NewNullLogger(), caller: newCaller(node.Peer(), Protocol("/raft/tracker"), codec{}),
+	})
+	if err := mesh.Connect(0, 1); err != nil {
+		t.Fatal(err)
+	}
+	connected, away := mesh.ID(1), mesh.ID(2)
+	tr.answered(connected, &status{})
+	tr.answered(away, &status{})
+	_, fake := madeUpPeers(t, 2, 2, 8)
+	fake[0].ID, fake[1].ID = []byte(connected), []byte(away)
+	tr.merge(connected, fake, &status{})
+	ps := node.Peer().Peerstore()
+	if got, want := sortedAddrs(ps.Addrs(connected)), sortedAddrs(mesh.Node(1).Peer().Addrs()); got != want {
+		t.Fatalf("addresses of a connected peer: %s; want only what it announced, %s", got, want)
+	}
+	if n := len(ps.Addrs(away)); n != 2 {
+		t.Fatalf("%d addresses heard for a peer we are not connected to; want the 2 heard (short-lived)", n)
+	}
+	for _, wp := range tr.wireList() {
+		switch peer.ID(wp.ID) {
+		case connected:
+			if len(wp.Addrs) != len(mesh.Node(1).Peer().Addrs()) {
+				t.Fatalf("passed on %d addresses of a connected peer, want its own %d", len(wp.Addrs), len(mesh.Node(1).Peer().Addrs()))
+			}
+		case away:
+			if len(wp.Addrs) != 0 {
+				t.Fatalf("passed on %d second-hand addresses of a peer we are not connected to", len(wp.Addrs))
+			}
+		}
+	}
+}

@@ -124,9 +124,13 @@ func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds 
 }
 
 // wireList is the peer list this member sends in an exchange: the proven
-// peers, at most maxExchangePeers of them, with their addresses.
+// peers, at most maxExchangePeers of them, with the addresses of those it is
+// connected to. Only those are first-hand (what the peer announced itself,
+// through identify); passing on what others said would keep a dead peer's
+// old addresses alive for ever, each member refreshing the others' copy.
 func (t *peerTracker) wireList() []wirePeer {
-	ps := t.node.Peer().Peerstore()
+	h := t.node.Peer()
+	ps := h.Peerstore()
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -139,8 +143,10 @@ func (t *peerTracker) wireList() []wirePeer {
 			break
 		}
 		wp := wirePeer{ID: []byte(id), Age: now.Sub(p.firstSeen).Milliseconds()}
-		for _, a := range boundedAddrs(ps.Addrs(id)) {
-			wp.Addrs = append(wp.Addrs, a.Bytes())
+		if h.Network().Connectedness(id) == network.Connected {
+			for _, a := range boundedAddrs(ps.Addrs(id)) {
+				wp.Addrs = append(wp.Addrs, a.Bytes())
+			}
 		}
 		out = append(out, wp)
 	}

@@ -58,6 +58,10 @@ type streamLayer struct {
 	lookupMu   sync.Mutex
 	lastLookup map[peer.ID]time.Time
 
+	// gate spaces out the dials of a peer that stays unreachable (see
+	// dialgate.go).
+	gate dialGate
+
 	connMu     sync.Mutex
 	closed     bool
 	conns      map[*layerConn]struct{} // every open stream, to close on Close
@@ -100,11 +104,16 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	connected := s.host.Network().Connectedness(id) == network.Connected
+	if !connected && !s.gate.allow(id, time.Now()) {
+		return nil, fmt.Errorf("%w: %s", errDialGated, id)
+	}
 	if s.resolve != nil {
 		s.resolve(ctx, id)
 	}
-	// Raft backs off between retries itself; libp2p's own dial backoff
-	// would keep a restarted peer unreachable for seconds more.
+	// Raft backs off between retries itself and the gate spaces out the
+	// dials of a peer that stays down; libp2p's own dial backoff would
+	// keep a restarted peer unreachable for seconds more.
 	c, err := gostream.Dial(network.WithForceDirectDial(ctx, "raft"), s.host, id, s.protocol)
 	if err != nil && s.mayLookup(ctx, id) && s.lookup(ctx, id) {
 		// The peer may have restarted at another address while the
@@ -114,14 +123,22 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 		c, err = gostream.Dial(network.WithForceDirectDial(ctx, "raft"), s.host, id, s.protocol)
 	}
 	if err != nil {
+		if s.host.Network().Connectedness(id) != network.Connected {
+			s.gate.failed(id, time.Now())
+		}
 		return nil, err
 	}
+	s.gate.reached(id)
 	w, err := s.wrap(c)
 	if err != nil {
 		return nil, err
 	}
 	return s.track(w, c, id, false)
 }
+
+// errDialGated refuses a dial of a peer that has been unreachable for a
+// while, until the gate lets the next one out (see dialWait).
+var errDialGated = errors.New("raft: peer unreachable, next dial later")
 
 // lookupInterval bounds how often a failed dial may ask discovery about the
 // same peer: Raft keeps dialling a peer that is down, and a lookup can be a

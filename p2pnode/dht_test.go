@@ -5,7 +5,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-datastore"
+	dssync "github.com/ipfs/go-datastore/sync"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/tauraft/raft/addrbook"
 )
 
 // TestDHTDiscovery checks that a small private DHT is enough for discovery:
@@ -83,4 +88,38 @@ func checkDHTDiscovery(t *testing.T, all []*Node) {
 			}
 		}
 	}
+}
+
+// TestDHTSeedNamespaces: a node whose only bootstrap peer is gone, but
+// whose datastore holds a raft namespace's address book, reaches the
+// members it names at start and finds the others' advertisements through
+// them.
+func TestDHTSeedNamespaces(t *testing.T) {
+	const ns = "/raft/seeded"
+	seed := newTestNode(t, Config{})
+	member := newTestNode(t, Config{BootstrapPeers: []peer.AddrInfo{seed.AddrInfo()}})
+	gone := newTestNode(t, Config{})
+	goneInfo := gone.AddrInfo()
+	if err := gone.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	ds := dssync.MutexWrap(datastore.NewMapDatastore())
+	ctx := context.Background()
+	// The book names the member, and a member that is gone (its dial
+	// fails at once) must not hold New up.
+	for _, ai := range []peer.AddrInfo{member.AddrInfo(), goneInfo} {
+		if err := ds.Put(ctx, addrbook.Key(ns, ai.ID), addrbook.Encode(ai.Addrs)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	n := newTestNode(t, Config{Datastore: ds, SeedNamespaces: []string{ns, "/raft/empty"}})
+	if took := time.Since(start); took > seedTimeout+2*time.Second {
+		t.Fatalf("New took %v with a dead member in the book; want at most seedTimeout (%v) and a little", took, seedTimeout)
+	}
+	if n.Peer().Network().Connectedness(member.ID()) != network.Connected {
+		t.Fatal("New returned without a connection to the member its address book names")
+	}
+	checkDHTDiscovery(t, []*Node{seed, member, n})
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,6 +36,8 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	"github.com/multiformats/go-multiaddr"
+
+	"github.com/tauraft/raft/addrbook"
 )
 
 // DefaultListenAddrs are the addresses a node listens on when
@@ -106,6 +109,15 @@ type Config struct {
 	// using them whenever its routing table runs empty. There are no default
 	// bootstrap peers: public IPFS peers are never contacted.
 	BootstrapPeers []peer.AddrInfo
+
+	// SeedNamespaces are raft namespaces whose address book (the last
+	// addresses of each member, which a raft member keeps in this node's
+	// datastore; see package addrbook) seeds the DHT besides BootstrapPeers:
+	// New connects to those members too (at most seedTimeout each, in
+	// parallel) and the DHT falls back on them whenever its routing table
+	// runs empty. A node restarted after its bootstrap peers are gone for
+	// good so still finds the DHT through its namespace's members.
+	SeedNamespaces []string
 
 	// Discovery, if set, is used as the node's discovery service and no DHT is
 	// started. Tests use it to plug in a shared in-process registry.
@@ -205,6 +217,11 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		n.store, n.ownsStore = dssync.MutexWrap(datastore.NewMapDatastore()), true
 	}
 
+	seeds, err := savedSeeds(ctx, n.store, cfg.SeedNamespaces)
+	if err != nil {
+		return nil, err
+	}
+
 	h, err := newHost(priv, cfg)
 	if err != nil {
 		return nil, err
@@ -226,7 +243,7 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 		d, err := dht.New(h,
 			dht.Mode(dht.ModeServer),
 			dht.ProtocolPrefix(prefix),
-			dht.BootstrapPeers(cfg.BootstrapPeers...),
+			dht.BootstrapPeers(append(slices.Clone(cfg.BootstrapPeers), seeds...)...),
 		)
 		if err != nil {
 			return nil, fmt.Errorf("p2pnode: start dht: %w", err)
@@ -239,8 +256,25 @@ func New(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.ctx, n.cancel = context.WithCancel(ctx)
 	undo = append(undo, func() error { n.cancel(); return nil })
 
-	n.bootstrap(cfg.BootstrapPeers)
+	n.bootstrap(cfg.BootstrapPeers, seeds)
 	return n, nil
+}
+
+// seedTimeout bounds a connection attempt to a member from an address book:
+// its addresses may be old, and a node must not start late because of them.
+const seedTimeout = 3 * time.Second
+
+// savedSeeds reads the address books of namespaces from store.
+func savedSeeds(ctx context.Context, store datastore.Read, namespaces []string) ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	for _, ns := range namespaces {
+		infos, err := addrbook.Load(ctx, store, ns)
+		if err != nil {
+			return nil, fmt.Errorf("p2pnode: %w", err)
+		}
+		out = append(out, infos...)
+	}
+	return out, nil
 }
 
 // newHost builds the libp2p host. Relay, hole punching and NAT port mapping
@@ -353,20 +387,26 @@ func isTCP(s string) bool {
 // those are. The DHT does refresh by itself when its table gains its first
 // peer, but with several bootstrap peers that may happen before the others
 // are connected; one more refresh once all are connected is cheap.
-func (n *Node) bootstrap(peers []peer.AddrInfo) {
+func (n *Node) bootstrap(peers, seeds []peer.AddrInfo) {
 	var wg sync.WaitGroup
-	for _, pi := range peers {
+	connect := func(pi peer.AddrInfo, timeout time.Duration) {
 		if pi.ID == n.host.ID() {
-			continue
+			return
 		}
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(n.ctx, bootstrapTimeout)
+			ctx, cancel := context.WithTimeout(n.ctx, timeout)
 			defer cancel()
 			_ = n.host.Connect(ctx, pi) // tolerated: see bootstrapTimeout
 		})
 	}
+	for _, pi := range peers {
+		connect(pi, bootstrapTimeout)
+	}
+	for _, pi := range seeds {
+		connect(pi, seedTimeout)
+	}
 	wg.Wait()
-	if n.dht != nil && len(peers) > 0 {
+	if n.dht != nil && len(peers)+len(seeds) > 0 {
 		// Not waited for: the returned channel is buffered, and the refresh
 		// keeps going in the DHT's own goroutines until Close.
 		_ = n.dht.RefreshRoutingTable()

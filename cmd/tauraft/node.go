@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/spf13/cobra"
 
 	"github.com/tauraft/raft"
@@ -144,6 +145,9 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 		DataDir:        filepath.Join(f.data, "datastore"),
 		BootstrapPeers: bootstrap,
 		SwarmKey:       swarmKey,
+		// The namespace's address book re-seeds the DHT when the
+		// bootstrap peers are gone.
+		SeedNamespaces: []string{f.namespace},
 	})
 	if err != nil {
 		return failure(err)
@@ -242,7 +246,7 @@ func parsePresetFlag(s string) (raft.Preset, error) {
 // the member stops by itself.
 func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode.Node) error {
 	self := node.ID()
-	var lastState, lastLeader, lastMembers string
+	var lastState, lastLeader, lastMembers, lastBook string
 	tick := time.NewTicker(nodeStatusInterval)
 	defer tick.Stop()
 	for {
@@ -292,6 +296,12 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 				lastMembers = members
 			}
 		}
+		if infos, err := raft.SavedPeers(ctx, node.Store(), c.Namespace()); err == nil {
+			if book := bookLine(infos); book != lastBook {
+				fmt.Fprintf(out, "[%s] address book: %s\n", now, book)
+				lastBook = book
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -300,4 +310,21 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 		case <-tick.C:
 		}
 	}
+}
+
+// bookLine describes the member's address book: how many members it holds
+// and each one's saved addresses.
+func bookLine(infos []peer.AddrInfo) string {
+	if len(infos) == 0 {
+		return "empty"
+	}
+	parts := make([]string, 0, len(infos))
+	for _, ai := range infos {
+		addrs := make([]string, 0, len(ai.Addrs))
+		for _, a := range ai.Addrs {
+			addrs = append(addrs, a.String())
+		}
+		parts = append(parts, fmt.Sprintf("%s [%s]", ai.ID, strings.Join(addrs, " ")))
+	}
+	return fmt.Sprintf("%d: %s", len(infos), strings.Join(parts, ", "))
 }
