@@ -160,6 +160,7 @@ type cluster struct {
 	self      peer.ID
 	cfg       *config
 	logger    hclog.Logger
+	raftLogs  *raftLogState // Raft's log rules' state (logging_raft.go)
 	key       *secretKey
 
 	// ctx is cancelled by Close; every background loop watches it.
@@ -265,7 +266,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	cfg.autopilot = ap
 	logger := cfg.logger
 	if logger == nil {
-		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr})
+		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr, TimeFormat: LogTimeFormat})
 	}
 	logq := newLogQueue(logger)
 	logger = newAsyncLogger(logger, logq).With("namespace", namespace)
@@ -281,6 +282,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel:    cancel,
 		snapDir:   cfg.snapshotPath(namespace, node.ID()),
 		logq:      logq,
+		raftLogs:  newRaftLogState(nil),
 	}
 	// Every failed start below closes the log queue too.
 	cancel = func() { c.cancel(); logq.close() }
@@ -341,6 +343,11 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	go c.leaseLoop()
 	c.wg.Add(1)
 	go c.autopilotLoop()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.raftLogs.followResumes(c.ctx, c.logger.Named("raft"))
+	}()
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -442,7 +449,10 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 	// per batch; 256 small entries still fit easily in one pooled stream
 	// write.
 	rc.MaxAppendEntries = 256
-	rc.Logger = c.logger.Named("raft")
+	// Raft's routine warnings demoted, a down peer's failures summarized
+	// (logrules.go). One state per cluster, kept across resets, so an
+	// outage that spans one is summarized as one.
+	rc.Logger = newRaftLogger(c.logger.Named("raft"), c.raftLogs)
 	if err := hraft.ValidateConfig(rc); err != nil {
 		_ = trans.Close()
 		return false, nil, nil, fmt.Errorf("raft: %w", err)
@@ -460,6 +470,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		_ = trans.Close()
 		return false, nil, nil, fmt.Errorf("raft: starting raft: %w", err)
 	}
+	r.RegisterObserver(c.raftLogs.obs)
 	return hasState, r, layer, nil
 }
 

@@ -1,0 +1,196 @@
+package raft
+
+import (
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tauraft/raft/rafttest"
+)
+
+// Long versions of the log-volume scenarios (README "Long runs"):
+// TAURAFT_LONG_LOGS=1 runs the three-member one for 10 minutes (fewer than
+// 50 lines per live member) and the many-member one with 48 members and one
+// down for 60 s (at most 100 lines per remaining member).
+const longLogsEnv = "TAURAFT_LONG_LOGS"
+
+// lineSink keeps the lines one member logs, at INFO and above, the level
+// an operator who asks for more than the default reads.
+type lineSink struct {
+	t    testing.TB
+	name string
+
+	mu    sync.Mutex
+	lines []string
+	part  string
+}
+
+func (s *lineSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.part += string(p)
+	for {
+		line, rest, ok := strings.Cut(s.part, "\n")
+		if !ok {
+			break
+		}
+		s.lines = append(s.lines, line)
+		s.part = rest
+	}
+	return len(p), nil
+}
+
+func (s *lineSink) logger() hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{Name: s.name, Level: hclog.Info, Output: s, TimeFormat: LogTimeFormat})
+}
+
+// since returns the lines logged after the first n.
+func (s *lineSink) since(n int) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.lines[min(n, len(s.lines)):]...)
+}
+
+func (s *lineSink) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.lines)
+}
+
+// warnOrWorse returns the lines at WARN or ERROR among ls.
+func warnOrWorse(ls []string) []string {
+	var out []string
+	for _, l := range ls {
+		if strings.Contains(l, "[WARN]") || strings.Contains(l, "[ERROR]") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+func newLineSinks(t testing.TB, n int) []*lineSink {
+	sinks := make([]*lineSink, n)
+	for i := range sinks {
+		sinks[i] = &lineSink{t: t, name: "m" + string(rune('a'+i%26))}
+	}
+	return sinks
+}
+
+// logVolumeRun forms a cluster of n members, each logging at INFO into its
+// own sink, takes one follower off the network for down, writing once a
+// second meanwhile, brings it back, and returns the sinks, the index of
+// the member taken down, the leader, and how many lines each member had
+// logged when it went down.
+func logVolumeRun(t *testing.T, n int, down time.Duration) (sinks []*lineSink, gone, leader int, before []int) {
+	mesh := rafttest.NewMesh(t, n, rafttest.Connected())
+	tc := newTestCluster(t, mesh, "/raft/logs")
+	sinks = newLineSinks(t, n)
+	if err := tc.startEach(seq(n), func(i int) []Option { return []Option{WithLogger(sinks[i].logger())} }); err != nil {
+		t.Fatal(err)
+	}
+	tc.waitFor(60*time.Second, "one cluster of every member", func() bool { return settledOne(tc, n, min(n, DefaultMaxVoters)) })
+	leader = tc.leader(10 * time.Second)
+	tc.set("before", []byte("v"))
+	gone = tc.follower(leader, 0)
+
+	before = make([]int, n)
+	for i, s := range sinks {
+		before[i] = s.count()
+	}
+	t.Logf("%d members formed; member %d (%s) goes down for %v, member %d leads", n, gone, shortID(mesh.ID(gone)), down, leader)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the leader's lines since the member went down:\n%s", strings.Join(sinks[leader].since(before[leader]), "\n"))
+		}
+	})
+	mesh.Isolate(gone)
+	end := time.Now().Add(down)
+	for k := 0; time.Now().Before(end); k++ {
+		// A write a second through the leader, as a live service does.
+		_ = tc.get(leader).Set("tick", []byte{byte(k)}, time.Second)
+		time.Sleep(time.Second)
+	}
+	mesh.Rejoin(gone)
+	short := shortID(mesh.ID(gone))
+	tc.waitFor(30*time.Second, "the leader to log that the member is reachable again", func() bool {
+		for _, l := range sinks[leader].since(before[leader]) {
+			if strings.Contains(l, "member "+short+" reachable again") {
+				return true
+			}
+		}
+		return false
+	})
+	return sinks, gone, leader, before
+}
+
+// checkLogVolume fails the test if a member other than gone logged more than
+// bound lines since before, and shows what was logged.
+func checkLogVolume(t *testing.T, sinks []*lineSink, gone, leader int, before []int, bound int) {
+	most := 0
+	for i, s := range sinks {
+		if i == gone {
+			continue
+		}
+		ls := s.since(before[i])
+		most = max(most, len(ls))
+		if len(ls) > bound || i == leader {
+			t.Logf("member %d (leader %v) logged %d lines while member %d was down:\n%s", i, i == leader, len(ls), gone, strings.Join(ls, "\n"))
+		}
+		if len(ls) > bound {
+			t.Errorf("member %d logged %d lines, want at most %d", i, len(ls), bound)
+		}
+	}
+	t.Logf("at most %d lines per live member (bound %d)", most, bound)
+	var summaries int
+	for _, l := range sinks[leader].since(before[leader]) {
+		if strings.Contains(l, "unreachable for") {
+			summaries++
+		}
+	}
+	if summaries == 0 {
+		t.Errorf("the leader never said the member was unreachable")
+	}
+}
+
+// TestLogsQuietStartAndMemberDown: a normal start of three members logs no
+// warning or error; then, with one member down (30 s here, 10 minutes with
+// TAURAFT_LONG_LOGS), each live member logs a handful of lines, not one
+// per failed heartbeat: the leader summarizes the outage and says when the
+// member is back.
+func TestLogsQuietStartAndMemberDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 30 s outage")
+	}
+	t.Parallel()
+	down, bound := 30*time.Second, 20
+	if os.Getenv(longLogsEnv) != "" {
+		down, bound = 10*time.Minute, 50
+	}
+	sinks, gone, leader, before := logVolumeRun(t, 3, down)
+	for i, s := range sinks {
+		if bad := warnOrWorse(s.since(0)[:before[i]]); len(bad) > 0 {
+			t.Errorf("member %d logged warnings or errors during a normal start:\n%s", i, strings.Join(bad, "\n"))
+		}
+	}
+	checkLogVolume(t, sinks, gone, leader, before, bound)
+}
+
+// TestLogsManyMembersOneDown: twelve members (48 with TAURAFT_LONG_LOGS),
+// one down for 20 s (60 s): each remaining member logs at most 40 lines
+// (100).
+func TestLogsManyMembersOneDown(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 20 s outage")
+	}
+	t.Parallel()
+	n, down, bound := 12, 20*time.Second, 40
+	if os.Getenv(longLogsEnv) != "" {
+		n, down, bound = 48, 60*time.Second, 100
+	}
+	sinks, gone, leader, before := logVolumeRun(t, n, down)
+	checkLogVolume(t, sinks, gone, leader, before, bound)
+}
