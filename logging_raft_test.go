@@ -85,7 +85,7 @@ func newLineSinks(t testing.TB, n int) []*lineSink {
 // second meanwhile, brings it back, and returns the sinks, the index of
 // the member taken down, the leader, and how many lines each member had
 // logged when it went down.
-func logVolumeRun(t *testing.T, n int, down time.Duration, found bool) (sinks []*lineSink, gone, leader int, before []int) {
+func logVolumeRun(t *testing.T, n int, down time.Duration, found bool, progress func(int, BootstrapProgress)) (sinks []*lineSink, gone, leader int, before []int) {
 	mesh := rafttest.NewMesh(t, n, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/logs")
 	sinks = newLineSinks(t, n)
@@ -97,6 +97,9 @@ func logVolumeRun(t *testing.T, n int, down time.Duration, found bool) (sinks []
 		opts := []Option{WithLogger(sinks[i].logger())}
 		if found {
 			opts = append(opts, forceFirst(i)...)
+		}
+		if progress != nil {
+			opts = append(opts, WithBootstrapProgress(func(p BootstrapProgress) { progress(i, p) }))
 		}
 		return opts
 	}); err != nil {
@@ -180,13 +183,57 @@ func TestLogsQuietStartAndMemberDown(t *testing.T) {
 	if os.Getenv(longLogsEnv) != "" {
 		down, bound = 10*time.Minute, 50
 	}
-	sinks, gone, leader, before := logVolumeRun(t, 3, down, false)
+	var rec progressCalls
+	sinks, gone, leader, before := logVolumeRun(t, 3, down, false, rec.add)
 	for i, s := range sinks {
 		if bad := warnOrWorse(s.since(0)[:before[i]]); len(bad) > 0 {
 			t.Errorf("member %d logged warnings or errors during a normal start:\n%s", i, strings.Join(bad, "\n"))
 		}
 	}
+	rec.check(t, 3)
 	checkLogVolume(t, sinks, gone, leader, before, bound)
+}
+
+// progressCalls records WithBootstrapProgress calls per member.
+type progressCalls struct {
+	mu    sync.Mutex
+	calls map[int][]progressCall
+}
+
+type progressCall struct {
+	at time.Time
+	p  BootstrapProgress
+}
+
+func (r *progressCalls) add(i int, p BootstrapProgress) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.calls == nil {
+		r.calls = map[int][]progressCall{}
+	}
+	r.calls[i] = append(r.calls[i], progressCall{time.Now(), p})
+}
+
+// check: every member reported its window at least once, at most once a
+// second, with the time left within the window and counting down.
+func (r *progressCalls) check(t *testing.T, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := range n {
+		cs := r.calls[i]
+		if len(cs) == 0 {
+			t.Errorf("member %d never reported its bootstrap window", i)
+		}
+		for k, c := range cs {
+			if c.p.Left > testWindow || c.p.Found < 0 {
+				t.Errorf("member %d: progress %+v outside a %v window", i, c.p, testWindow)
+			}
+			if k > 0 && (c.at.Sub(cs[k-1].at) < 900*time.Millisecond || c.p.Left >= cs[k-1].p.Left) {
+				t.Errorf("member %d: progress %+v then %+v %v apart", i, cs[k-1].p, c.p, c.at.Sub(cs[k-1].at))
+			}
+		}
+		t.Logf("member %d: bootstrap progress %v", i, cs)
+	}
 }
 
 // TestLogsManyMembersOneDown: twelve members (48 with TAURAFT_LONG_LOGS),
@@ -201,6 +248,6 @@ func TestLogsManyMembersOneDown(t *testing.T) {
 	if os.Getenv(longLogsEnv) != "" {
 		n, down, bound = 48, 60*time.Second, 100
 	}
-	sinks, gone, leader, before := logVolumeRun(t, n, down, true)
+	sinks, gone, leader, before := logVolumeRun(t, n, down, true, nil)
 	checkLogVolume(t, sinks, gone, leader, before, bound)
 }
