@@ -426,6 +426,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 	lc := layerConfig{
 		logger: c.logger, resolve: c.peers.ensureAddrs, lookup: c.peers.lookup,
 		admit: c.admitRPC, isMember: c.inConfiguration,
+		dialed: func(id peer.ID) { c.raftLogs.reachable(id.String(), c.logger.Named("raft")) },
 	}
 	if c.key != nil {
 		lc.secure = c.key.secureConn

@@ -44,6 +44,19 @@ func newRaftLogState(now func() time.Time) *raftLogState {
 	return st
 }
 
+// reachable ends id's outage, if any: a stream to it opened. Raft's
+// heartbeat observation says the same, but only to the replication that
+// saw the failures: if leadership moved meanwhile, the dial is the only
+// sign.
+func (st *raftLogState) reachable(id string, out hclog.Logger) {
+	st.mu.Lock()
+	note := st.reach.resumed(id, st.now())
+	st.mu.Unlock()
+	if note.msg != "" {
+		out.Log(note.level, note.msg)
+	}
+}
+
 // followResumes logs, through out, the end of each outage it hears of
 // from Raft, until ctx is done.
 func (st *raftLogState) followResumes(ctx context.Context, out hclog.Logger) {
