@@ -157,23 +157,28 @@ func logVolumeRun(t *testing.T, n int, down time.Duration, found bool, progress 
 }
 
 // checkLogVolume fails the test if a member other than gone logged more than
-// bound lines since before, and shows what was logged.
+// bound lines at WARN or ERROR since before: what an operator sees at the
+// default level (New's default logger, `tauraft node`). The lines at INFO
+// are counted and shown, not bounded: on a loaded machine a leader that
+// misses its lease steps down and a new election logs a dozen INFO lines.
 func checkLogVolume(t *testing.T, sinks []*lineSink, gone, leader int, before []int, bound int) {
-	most := 0
+	most, mostInfo := 0, 0
 	for i, s := range sinks {
 		if i == gone {
 			continue
 		}
-		ls := s.since(before[i])
-		most = max(most, len(ls))
+		all := s.since(before[i])
+		ls := warnOrWorse(all)
+		most, mostInfo = max(most, len(ls)), max(mostInfo, len(all))
 		if len(ls) > bound || i == leader {
-			t.Logf("member %d (leader %v) logged %d lines while member %d was down:\n%s", i, i == leader, len(ls), gone, strings.Join(ls, "\n"))
+			t.Logf("member %d (leader %v) logged %d lines, %d at WARN or ERROR, while member %d was down:\n%s", i, i == leader, len(all), len(ls), gone, strings.Join(all, "\n"))
 		}
 		if len(ls) > bound {
-			t.Errorf("member %d logged %d lines, want at most %d", i, len(ls), bound)
+			t.Errorf("member %d logged %d lines at WARN or ERROR, want at most %d", i, len(ls), bound)
 		}
 	}
-	t.Logf("at most %d lines per live member (bound %d)", most, bound)
+	t.Logf("at most %d lines at INFO and above per live member", mostInfo)
+	t.Logf("at most %d lines at WARN or ERROR per live member (bound %d)", most, bound)
 	var summaries int
 	for i, s := range sinks {
 		if i != gone {
