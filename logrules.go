@@ -56,15 +56,22 @@ const (
 // member that starts before it knows its peers, a follower that is behind
 // and is sent older entries, a vote refused because a leader is known.
 var routineRaftLines = map[string]bool{
-	"no known peers, aborting election":                                 true,
-	"not part of stable configuration, aborting election":               true,
-	"failed to get previous log":                                        true,
-	"previous log term mis-match":                                       true,
-	"appendEntries rejected, sending older logs":                        true,
-	"rejecting vote request since we have a leader":                     true,
-	"rejecting pre-vote request since we have a leader":                 true,
-	"skipping application of old log":                                   true,
-	"pre-vote is disabled because it is not supported by the Transport": true,
+	"no known peers, aborting election":                   true,
+	"not part of stable configuration, aborting election": true,
+	"failed to get previous log":                          true,
+	"previous log term mis-match":                         true,
+	"appendEntries rejected, sending older logs":          true,
+	"rejecting vote request since we have a leader":       true,
+	"rejecting pre-vote request since we have a leader":   true,
+	// Refusals of a stale candidate: every election with two candidates
+	// (as at start) has them.
+	"rejecting vote request since our last term is greater":                                                          true,
+	"rejecting vote request since our last index is greater":                                                         true,
+	"rejecting pre-vote request since our last term is greater":                                                      true,
+	"rejecting pre-vote request since our last index is greater":                                                     true,
+	"duplicate requestVote from":                                                                                     true,
+	"skipping application of old log":                                                                                true,
+	"pre-vote is disabled because it is not supported by the Transport":                                              true,
 	"heartbeat timeout reached, not part of a stable configuration or a non-voter, not triggering a leader election": true,
 }
 
@@ -80,6 +87,10 @@ var attemptLines = map[string]string{
 	"failed to make requestVote RPC":          "target",
 }
 
+// splitVoteLine is Raft's warning that an election ended without a
+// winner: routine when two candidates start at once, so INFO.
+const splitVoteLine = "Election timeout reached, restarting election"
+
 // classifyRaftLine says what a line Raft logged means and, for the lines
 // about one peer, which peer (its ID as Raft knows it).
 func classifyRaftLine(msg string, args []interface{}) (lineClass, string) {
@@ -93,6 +104,8 @@ func classifyRaftLine(msg string, args []interface{}) (lineClass, string) {
 		return lineKeep, ""
 	}
 	switch msg {
+	case splitVoteLine:
+		return lineStartElection, ""
 	case "heartbeat timeout reached, starting election":
 		if s, _ := argValue(args, "last-leader-id").(string); s == "" {
 			if a, _ := argValue(args, "last-leader-addr").(hraft.ServerAddress); a == "" {

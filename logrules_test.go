@@ -27,6 +27,8 @@ func TestClassifyRaftLine(t *testing.T) {
 		{"election after a leader", "heartbeat timeout reached, starting election",
 			[]interface{}{"last-leader-addr", hraft.ServerAddress(logPeerID), "last-leader-id", logPeerID}, lineKeep, ""},
 		{"no peers yet", "no known peers, aborting election", nil, lineRoutine, ""},
+		{"stale candidate", "rejecting vote request since our last term is greater", []interface{}{"candidate", logPeerID, "last-term", 2}, lineRoutine, ""},
+		{"split vote", "Election timeout reached, restarting election", nil, lineStartElection, ""},
 		{"catch-up", "failed to get previous log", []interface{}{"previous-index", 7, "last-index", 3, "error", dialErr}, lineRoutine, ""},
 		{"older logs", "appendEntries rejected, sending older logs", []interface{}{"peer", srv, "next", 4}, lineRoutine, ""},
 		{"vote refused, leader known", "rejecting vote request since we have a leader", []interface{}{"from", logPeerID}, lineRoutine, ""},
