@@ -423,10 +423,11 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		return false, nil, nil, fmt.Errorf("raft: reading existing state: %w", err)
 	}
 
+	raftOut := c.logger.Named("raft") // where an outage's end is logged
 	lc := layerConfig{
 		logger: c.logger, resolve: c.peers.ensureAddrs, lookup: c.peers.lookup,
 		admit: c.admitRPC, isMember: c.inConfiguration,
-		dialed: func(id peer.ID) { c.raftLogs.reachable(id.String(), c.logger.Named("raft")) },
+		dialed: func(id peer.ID) { c.raftLogs.reachable(id.String(), raftOut) },
 	}
 	if c.key != nil {
 		lc.secure = c.key.secureConn
