@@ -34,6 +34,7 @@ func (c *cluster) bootstrap() error {
 		if c.formed() && c.inConfiguration(c.self) {
 			// A founder bootstrapped a configuration that includes us.
 			c.logger.Info("joined as a founder", "after", time.Since(start))
+			c.outcome.note(evFounder)
 			c.startMembership()
 			return nil
 		}
@@ -50,6 +51,7 @@ func (c *cluster) bootstrap() error {
 			// so a caller's first Members or Barrier already sees it.
 			c.waitMember(time.Now().Add(time.Second))
 			c.logger.Info("joined an existing cluster", "after", time.Since(start))
+			c.outcome.note(evJoined)
 			c.startMembership()
 			return nil
 		}
@@ -245,6 +247,7 @@ func (c *cluster) bootstrapWith(ids []peer.ID) error {
 		return fmt.Errorf("raft: bootstrap: %w", translateRaftError(err))
 	}
 	c.bootstraps.Add(1)
+	c.outcome.note(evBootstrapped)
 	c.logger.Info("bootstrapped", "voters", len(ids))
 	c.tellFounders(ids)
 	return nil

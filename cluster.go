@@ -122,6 +122,11 @@ type Cluster interface {
 	// when the claim lapsed (the item may have been claimed again, and only
 	// that claim can ack it now). Any member.
 	Ack(queue string, item Item, timeout time.Duration) error
+	// Stats is a snapshot of this member's view of the cluster: state,
+	// term, leader, indexes, members and, on the leader, how far behind
+	// each member is (see Stats). It never blocks, even while Raft is stuck
+	// or shutting down.
+	Stats() Stats
 	// Close stops Raft, the command service and every background loop, and
 	// waits for them. It leaves the Node, its host and datastore open. A
 	// leader first hands leadership to the most up-to-date voter (waiting at
@@ -233,6 +238,10 @@ type cluster struct {
 	// bootstraps counts the configurations this member bootstrapped (a
 	// test of formation counts them across members: exactly one).
 	bootstraps atomic.Int32
+	// outcome is how this member came to be in its cluster, and lags the
+	// followers' reports a leader's Stats shows (stats.go, lag.go).
+	outcome outcomeCell
+	lags    lagBook
 }
 
 var _ Cluster = (*cluster)(nil)
@@ -317,6 +326,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	})
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch)
+	c.svc.stats = c.Stats
 	// Before Raft starts applying: the state machine rings the monitor.
 	c.leaderMon = newLeaderMonitor(c)
 	c.fsm.onEpoch = c.leaderMon.ring
@@ -356,6 +366,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	switch {
 	case hasState:
 		logger.Debug("resuming from existing raft state")
+		c.outcome.note(evRestored)
 		c.startMembership()
 	case cfg.forceBootstrap:
 		if err := c.bootstrapAlone(); err != nil {

@@ -287,6 +287,7 @@ func (c *cluster) membershipLoop() {
 		case c.inConfiguration(c.self):
 			if !wasVoter {
 				c.logger.Info("member of the cluster")
+				c.outcome.note(c.membershipEvent())
 				wasVoter, warnedRemoved = true, false
 				t.fast.Store(false)
 				backoff = t.fastInterval()

@@ -341,6 +341,7 @@ func (c *cluster) reset() error {
 		return err
 	}
 	c.votedIn.Store(false)
+	c.outcome.note(evReset)
 	if err := os.RemoveAll(c.snapDir); err != nil {
 		return err
 	}

@@ -85,6 +85,10 @@ type commandService struct {
 	hub          *watchHub
 	watchPerPeer map[peer.ID]int
 	watchTotal   int
+
+	// stats makes this member's Stats for the status command
+	// (status_wire.go); nil answers ErrInvalidCommand.
+	stats func() Stats
 }
 
 // Command streams are capped per peer and in total: each holds a goroutine
@@ -284,6 +288,8 @@ func (s *commandService) dispatch(from peer.ID, req *request) *response {
 			return errorResponse(err)
 		}
 		return s.readIndex(req)
+	case cmdStatus:
+		return s.status()
 	case cmdExchangePeers:
 		peers, st, kinds := s.peers.exchange(from, req.Peers, req.status(), req.Kinds)
 		resp := &response{Peers: peers, Kinds: kinds}

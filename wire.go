@@ -35,6 +35,8 @@ const (
 	// the queue, Lease the lease, and Barrier (linearizable) or After (the
 	// index the member must have applied first) how current the read is.
 	cmdClaimOf = "claimOf"
+	// cmdStatus asks a member for its own Stats (status_wire.go).
+	cmdStatus = "status"
 )
 
 // Envelope bytes: the first byte of every frame says whether the rest is
@@ -121,6 +123,8 @@ type response struct {
 	// answers with Found, Item, Value and the claim's token in Index.
 	Item    uint64 `cbor:"30,keyasint,omitempty"`
 	Claimed bool   `cbor:"31,keyasint,omitempty"`
+	// A status answer (key 40; status_wire.go): the member's Stats.
+	Stats *wireStats `cbor:"40,keyasint,omitempty"`
 }
 
 // claimed is what a transaction's queue claim found, nil when it held

@@ -235,6 +235,13 @@ kv get) and watch again from a later index.`,
 // starts.
 // Errors fn returns are failures, except the raft errors that mean bad input.
 func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn func(*raft.Client, []peer.ID) error) error {
+	return withNodeClient(ctx, f, needKey, key, func(_ *p2pnode.Node, c *raft.Client, targets []peer.ID) error {
+		return fn(c, targets)
+	})
+}
+
+// withNodeClient is withClient that also hands fn the throwaway host's node.
+func withNodeClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn func(*p2pnode.Node, *raft.Client, []peer.ID) error) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
@@ -297,7 +304,7 @@ func withClient(ctx context.Context, f *kvFlags, needKey bool, key string, fn fu
 		return classify(err)
 	}
 	defer client.Close()
-	return classify(fn(client, targets))
+	return classify(fn(node, client, targets))
 }
 
 // watchLines prints the changes of a watch until ctx ends. A Client's watch

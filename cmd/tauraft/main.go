@@ -106,6 +106,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.CompletionOptions.DisableDefaultCmd = true
-	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newLockCmd(stdout, stderr), newQueueCmd(stdout, stderr), newSwarmKeyCmd(stdout))
+	root.AddCommand(newDemoCmd(stdout, stderr), newNodeCmd(stdout, stderr), newKVCmd(stdout, stderr), newLockCmd(stdout, stderr), newQueueCmd(stdout, stderr), newSwarmKeyCmd(stdout), newStatusCmd(stdout))
 	return root
 }
