@@ -171,6 +171,7 @@ type config struct {
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
+	bootstrapProgress  func(BootstrapProgress) // WithBootstrapProgress (bootstrap_progress.go)
 	// kinds, when set (tests only), replaces the operation kinds this
 	// member advertises, to play a member of an older build.
 	kinds        []uint8
