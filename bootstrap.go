@@ -23,12 +23,14 @@ func (c *cluster) bootstrap() error {
 	t.kick()
 	tick := time.NewTicker(t.fastInterval() / 2)
 	defer tick.Stop()
+	progress := newProgressReporter(c.cfg.bootstrapProgress)
 	for time.Now().Before(deadline) {
 		select {
 		case <-c.ctx.Done():
 			return ErrShutdown
 		case <-tick.C:
 		}
+		progress.report(t, deadline)
 		if c.formed() && c.inConfiguration(c.self) {
 			// A founder bootstrapped a configuration that includes us.
 			c.logger.Info("joined as a founder", "after", time.Since(start))

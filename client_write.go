@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,7 +145,11 @@ func (c *Client) writeFailed(last, unknown error) error {
 type unknownOutcome struct{ err error }
 
 func (e *unknownOutcome) Error() string {
-	return e.err.Error() + " (retried until the timeout; the outcome is unknown)"
+	msg := e.err.Error()
+	if strings.Contains(msg, "outcome is unknown") || strings.Contains(msg, "outcome unknown") {
+		return msg + " (retried until the timeout)"
+	}
+	return msg + " (retried until the timeout; the outcome is unknown)"
 }
 
 func (e *unknownOutcome) Unwrap() error { return e.err }

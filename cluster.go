@@ -165,6 +165,7 @@ type cluster struct {
 	self      peer.ID
 	cfg       *config
 	logger    hclog.Logger
+	raftLogs  *raftLogState // Raft's log rules' state (logging_raft.go)
 	key       *secretKey
 
 	// ctx is cancelled by Close; every background loop watches it.
@@ -279,7 +280,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	cfg.autopilot = ap
 	logger := cfg.logger
 	if logger == nil {
-		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr})
+		logger = hclog.New(&hclog.LoggerOptions{Name: "tauraft", Level: hclog.Warn, Output: os.Stderr, TimeFormat: LogTimeFormat})
 	}
 	logq := newLogQueue(logger)
 	logger = newAsyncLogger(logger, logq).With("namespace", namespace)
@@ -295,6 +296,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel:    cancel,
 		snapDir:   cfg.snapshotPath(namespace, node.ID()),
 		logq:      logq,
+		raftLogs:  newRaftLogState(nil),
 	}
 	if cfg.metrics != nil {
 		m, err := newClusterMetrics(cfg.metrics, namespace, c.self)
@@ -381,6 +383,11 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		c.raftLogs.followResumes(c.ctx, c.logger.Named("raft"))
+	}()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
 		c.leaderMon.run()
 	}()
 	switch {
@@ -457,9 +464,11 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		return false, nil, nil, fmt.Errorf("raft: reading existing state: %w", err)
 	}
 
+	raftOut := c.logger.Named("raft") // where an outage's end is logged
 	lc := layerConfig{
 		logger: c.logger, resolve: c.peers.ensureAddrs, lookup: c.peers.lookup,
 		admit: c.admitRPC, isMember: c.inConfiguration,
+		dialed: func(id peer.ID) { c.raftLogs.reachable(id.String(), raftOut) },
 	}
 	if c.key != nil {
 		lc.secure = c.key.secureConn
@@ -483,7 +492,10 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 	// per batch; 256 small entries still fit easily in one pooled stream
 	// write.
 	rc.MaxAppendEntries = 256
-	rc.Logger = c.logger.Named("raft")
+	// Raft's routine warnings demoted, a down peer's failures summarized
+	// (logrules.go). One state per cluster, kept across resets, so an
+	// outage that spans one is summarized as one.
+	rc.Logger = newRaftLogger(c.logger.Named("raft"), c.raftLogs)
 	if err := hraft.ValidateConfig(rc); err != nil {
 		_ = trans.Close()
 		return false, nil, nil, fmt.Errorf("raft: %w", err)
@@ -501,6 +513,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		_ = trans.Close()
 		return false, nil, nil, fmt.Errorf("raft: starting raft: %w", err)
 	}
+	r.RegisterObserver(c.raftLogs.obs)
 	return hasState, r, layer, nil
 }
 

@@ -7,16 +7,19 @@ import (
 	hraft "github.com/hashicorp/raft"
 )
 
-// Sentinel errors. Every error returned by a Cluster or a Client that has one of
+// Sentinel errors. Their messages say what a write that failed with them
+// became, where that is known: "(not applied)" for the refusals that
+// IsNotApplied matches, "outcome unknown" for those that leave it open.
+// Every error returned by a Cluster or a Client that has one of
 // these causes matches it with errors.Is, on both sides of the wire: the command
 // service sends the sentinel as a numeric code and the client maps it back.
 var (
 	// ErrNotLeader is returned by leader-only calls on a member that is not the
 	// leader. The call certainly was not applied.
-	ErrNotLeader = errors.New("raft: not the leader")
+	ErrNotLeader = errors.New("raft: not the leader (not applied)")
 	// ErrNoLeader means no leader is known (an election is running, or the
 	// member is cut off from the majority). The call certainly was not applied.
-	ErrNoLeader = errors.New("raft: no leader")
+	ErrNoLeader = errors.New("raft: no leader (not applied)")
 	// ErrShutdown is returned by calls on a closed cluster or client, and by a
 	// member that shuts down while serving a request.
 	ErrShutdown = errors.New("raft: shut down")
@@ -38,10 +41,10 @@ var (
 	ErrTooLarge = errors.New("raft: too large")
 	// ErrTimeout: the call did not finish within its timeout. For a write the
 	// outcome is unknown: it may still be applied later.
-	ErrTimeout = errors.New("raft: timed out")
+	ErrTimeout = errors.New("raft: timed out (for a write, the outcome is unknown: it may still be applied)")
 	// ErrLeadershipLost: the leader lost leadership while the write was in
 	// flight. The outcome is unknown: the entry may still commit.
-	ErrLeadershipLost = errors.New("raft: leadership lost while committing")
+	ErrLeadershipLost = errors.New("raft: leadership lost while committing (outcome unknown: the write may still be applied)")
 	// ErrEncryptionRequired: a member configured with an encryption key got a
 	// plaintext request, or a keyless client talked to such a member.
 	ErrEncryptionRequired = errors.New("raft: encryption required")
@@ -49,7 +52,7 @@ var (
 	ErrUnexpectedEncryption = errors.New("raft: peer sent an encrypted request but has no key configured")
 	// ErrNoMembers: a Client found no member of the namespace to talk to.
 	// Nothing was sent.
-	ErrNoMembers = errors.New("raft: no member of the namespace found")
+	ErrNoMembers = errors.New("raft: no member of the namespace found (nothing sent, not applied)")
 	// ErrCompacted: a Watch asked for changes older than the history the
 	// member keeps. Resync with GetEntry/Keys, then watch from that index.
 	ErrCompacted = errors.New("raft: watch history compacted")
@@ -62,11 +65,11 @@ var (
 // errAfterClose is ErrShutdown for a call made after Close (of a Cluster or
 // a Client): nothing was sent or proposed, so unlike a shutdown in the middle
 // of a write it certainly was not applied.
-var errAfterClose = fmt.Errorf("%w: called after Close", ErrShutdown)
+var errAfterClose = fmt.Errorf("%w: called after Close (not applied)", ErrShutdown)
 
 // errNotSent marks a call that failed before its request left this node, so
 // it is safe to try another member.
-var errNotSent = errors.New("raft: request not sent")
+var errNotSent = errors.New("raft: request not sent (not applied)")
 
 // notApplied lists the causes that mean a write certainly was not applied:
 // refusals before Raft saw the write, and bad input. The README's "Errors"

@@ -42,6 +42,9 @@ type logQueue struct {
 	root    hclog.Logger // says how many lines a closed queue dropped
 	lines   chan logLine
 	dropped atomic.Uint64
+	// repeats holds back a warning or error that repeats one logged
+	// less than repeatLogInterval ago (see repeatKey).
+	repeats *logLimiter
 	stop    chan struct{}
 	done    chan struct{}
 	// abandoned is set when Close gave up waiting: the rest is dropped.
@@ -56,10 +59,11 @@ type logQueue struct {
 // newLogQueue starts the writer; root is the wrapped root logger.
 func newLogQueue(root hclog.Logger) *logQueue {
 	q := &logQueue{
-		root:  root,
-		lines: make(chan logLine, logQueueSize),
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
+		root:    root,
+		lines:   make(chan logLine, logQueueSize),
+		repeats: newLogLimiter(repeatLogInterval),
+		stop:    make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	go q.run()
 	return q
@@ -154,26 +158,22 @@ func newAsyncLogger(l hclog.Logger, q *logQueue) hclog.Logger {
 	return asyncLogger{inner: l, q: q}
 }
 
-func (a asyncLogger) enabled(level hclog.Level) bool {
-	switch level {
-	case hclog.Trace:
-		return a.inner.IsTrace()
-	case hclog.Debug:
-		return a.inner.IsDebug()
-	case hclog.Info:
-		return a.inner.IsInfo()
-	case hclog.Warn:
-		return a.inner.IsWarn()
-	case hclog.Error:
-		return a.inner.IsError()
-	}
-	return level != hclog.Off
-}
-
-// Log queues a line at level, unless the wrapped logger filters it.
+// Log queues a line at level, unless the wrapped logger filters it or the
+// same error about the same peer was logged less than repeatLogInterval ago.
 func (a asyncLogger) Log(level hclog.Level, msg string, args ...interface{}) {
-	if !a.enabled(level) {
+	if !levelEnabled(a.inner, level) {
 		return
+	}
+	if level >= hclog.Warn {
+		if key, ok := repeatKey(a.inner.Name(), msg, args); ok {
+			ok, dropped := a.q.repeats.allow(key, time.Now())
+			if !ok {
+				return
+			}
+			if dropped > 0 {
+				args = append(append([]interface{}(nil), args...), "repeats_dropped", dropped)
+			}
+		}
 	}
 	a.q.put(logLine{to: a.inner, level: level, msg: msg, args: args})
 }

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -103,5 +104,29 @@ func TestAsyncLoggerNeverBlocks(t *testing.T) {
 	case <-q.done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the writer did not end once the sink moved")
+	}
+}
+
+// TestAsyncLoggerLimitsRepeatedErrors: the same error about the same peer
+// logs once (a minute); another peer's, or a warning without an error,
+// still logs.
+func TestAsyncLoggerLimitsRepeatedErrors(t *testing.T) {
+	sink := &lockedBuf{}
+	inner := hclog.New(&hclog.LoggerOptions{Name: "root", Level: hclog.Info, Output: sink})
+	q := newLogQueue(inner)
+	l := newAsyncLogger(inner, q)
+	dial := errors.New("dial failed")
+	for range 5 {
+		l.Error("send failed", "peer", "p1", "error", dial)
+		l.Warn("member joined", "peer", "p1")
+	}
+	l.Error("send failed", "peer", "p2", "error", dial)
+	q.close()
+	out := sink.String()
+	if n := strings.Count(out, "send failed: peer=p1"); n != 1 {
+		t.Fatalf("the repeated error logged %d times, want 1:\n%s", n, out)
+	}
+	if strings.Count(out, "member joined") != 5 || !strings.Contains(out, "peer=p2") {
+		t.Fatalf("lines that are not repeats of one error were held back:\n%s", out)
 	}
 }

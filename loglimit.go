@@ -46,3 +46,31 @@ func (l *logLimiter) allow(key string, now time.Time) (ok bool, suppressed int) 
 	l.lines[key] = limitedLine{at: now}
 	return true, last.suppressed
 }
+
+// repeatLogInterval is how often the same error about the same peer is
+// logged: once, then at most once a minute with the count of the repeats
+// held back in between.
+const repeatLogInterval = time.Minute
+
+// peerArgKeys are the argument names that name the peer a line is about,
+// in this package's lines and in Raft's.
+var peerArgKeys = []string{"peer", "server-id", "target", "from", "via", "candidate"}
+
+// repeatKey is what makes two warnings "the same error about the same
+// peer": the logger, the message, the peer named, and the error's text.
+// Only lines that carry an error are rate-limited (ok false for the
+// others): a warning without one reports an event, not a failure that may
+// repeat.
+func repeatKey(name, msg string, args []interface{}) (key string, ok bool) {
+	errv, isErr := argValue(args, "error").(error)
+	if !isErr || errv == nil {
+		return "", false
+	}
+	var who string
+	for _, k := range peerArgKeys {
+		if who = peerString(argValue(args, k)); who != "" {
+			break
+		}
+	}
+	return name + "\x00" + msg + "\x00" + who + "\x00" + errv.Error(), true
+}

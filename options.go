@@ -172,7 +172,8 @@ type config struct {
 	key                []byte
 	snapshotDir        string
 	logger             hclog.Logger
-	metrics            prometheus.Registerer // WithMetrics; nil: none
+	bootstrapProgress  func(BootstrapProgress) // WithBootstrapProgress (bootstrap_progress.go)
+	metrics            prometheus.Registerer   // WithMetrics; nil: none
 	// kinds, when set (tests only), replaces the operation kinds this
 	// member advertises, to play a member of an older build.
 	kinds        []uint8

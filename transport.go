@@ -41,7 +41,10 @@ type layerConfig struct {
 	// configuration, which sets how many inbound streams it may hold.
 	admit    func(rpcType byte, from peer.ID) error
 	isMember func(id peer.ID) bool
-	logger   hclog.Logger
+	// dialed, when set, hears of every stream opened to a peer: the peer
+	// is reachable (it ends an outage in the log, logging_raft.go).
+	dialed func(id peer.ID)
+	logger hclog.Logger
 }
 
 // streamLayer carries Raft RPC on libp2p streams of TransportProtocol(ns).
@@ -132,6 +135,9 @@ func (s *streamLayer) Dial(address hraft.ServerAddress, timeout time.Duration) (
 	w, err := s.wrap(c)
 	if err != nil {
 		return nil, err
+	}
+	if s.dialed != nil {
+		s.dialed(id)
 	}
 	return s.track(w, c, id, false)
 }

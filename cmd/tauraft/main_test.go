@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tauraft/raft"
 )
 
 // TestDemo runs the whole demo in-process and checks its timeline.
@@ -91,6 +93,8 @@ func TestUsageErrors(t *testing.T) {
 		{"node", "--data", "x", "--bootstrap", "/ip4/127.0.0.1/tcp/1"},
 		{"node", "--data", "x", "--swarm-key-file", "/does/not/exist"},
 		{"node", "--data", "x", "--swarm-key-file", "main_test.go"},
+		{"node", "--data", "x", "--name", "two words"},
+		{"node", "--data", "x", "--name", strings.Repeat("n", 33)},
 		{"swarm-key", "extra"},
 		{"demo", "--nodes", "2"},
 		{"demo", "extra"},
@@ -355,7 +359,7 @@ func TestNodesAndKV(t *testing.T) {
 	dir := t.TempDir()
 	const ns = "/raft/clitest"
 	common := []string{"--namespace", ns, "--preset", "local", "--bootstrap-timeout", "2s"}
-	n1 := startNode(t, bin, "node1", append(common, "--data", filepath.Join(dir, "n1"))...)
+	n1 := startNode(t, bin, "node1", append(common, "--data", filepath.Join(dir, "n1"), "--name", "first", "--log-level", "info")...)
 	a1 := n1.addr(t)
 	n2 := startNode(t, bin, "node2", append(common, "--data", filepath.Join(dir, "n2"), "--bootstrap", a1)...)
 	n3 := startNode(t, bin, "node3", append(common, "--data", filepath.Join(dir, "n3"), "--bootstrap", a1)...)
@@ -371,6 +375,8 @@ func TestNodesAndKV(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+
+	checkNodeOutput(t, n1, n2, n3)
 
 	// A write through node3 (retried while a leader is being elected), then
 	// a linearizable read through node2.
@@ -786,10 +792,9 @@ func TestKillLeaderMidWrites(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	for _, l := range old.p.lines() {
-		// "[15:04:05.000] leader: <ID>": when the restarted member first knew a leader.
+		// "[2006-01-02T15:04:05.000Z07:00] leader: <ID>": when the restarted member first knew a leader.
 		if ts, v, ok := strings.Cut(strings.TrimPrefix(l, "["), "] leader: "); ok && v != "none" {
-			if at, err := time.ParseInLocation("15:04:05.000", ts, time.Local); err == nil {
-				at = time.Date(restartedAt.Year(), restartedAt.Month(), restartedAt.Day(), at.Hour(), at.Minute(), at.Second(), at.Nanosecond(), time.Local)
+			if at, err := time.Parse(raft.LogTimeFormat, ts); err == nil {
 				t.Logf("restarted %s followed a leader %.1fs after its restart", old.name, at.Sub(restartedAt).Seconds())
 			}
 			break
@@ -834,3 +839,42 @@ func TestKillLeaderMidWrites(t *testing.T) {
 }
 
 var _ io.Writer = (*syncBuffer)(nil)
+
+// checkNodeOutput checks what starting nodes printed: every line stamped
+// with raft.LogTimeFormat, stdout and stderr alike; the bootstrap window's
+// progress on stderr; no warning or error (a normal start); with --name,
+// the name on the node's log lines. n1 runs with --name first and
+// --log-level info.
+func checkNodeOutput(t *testing.T, n1 *proc, others ...*proc) {
+	t.Helper()
+	for _, p := range append([]*proc{n1}, others...) {
+		progress := 0
+		for _, l := range strings.Split(strings.TrimSpace(p.stderr.String()), "\n") {
+			ts, rest, _ := strings.Cut(l, " ")
+			if _, err := time.Parse(raft.LogTimeFormat, ts); err != nil {
+				t.Errorf("%s: stderr line not stamped with raft.LogTimeFormat: %q", p.name, l)
+			}
+			if strings.HasPrefix(rest, "looking for peers: ") {
+				progress++
+			}
+			if strings.Contains(l, "[WARN]") || strings.Contains(l, "[ERROR]") {
+				t.Errorf("%s: a normal start logged %q", p.name, l)
+			}
+			if p == n1 && strings.Contains(l, "[INFO]") && !strings.Contains(l, "tauraft.first") {
+				t.Errorf("%s: a log line without the node's --name: %q", p.name, l)
+			}
+		}
+		if progress == 0 || progress > 3 {
+			t.Errorf("%s printed %d bootstrap progress lines in a 2 s window, want 1 to 3", p.name, progress)
+		}
+		for _, l := range p.lines() {
+			ts, _, ok := strings.Cut(strings.TrimPrefix(l, "["), "] ")
+			if !ok || !strings.HasPrefix(l, "[") {
+				continue // the start banner: peer ID, addresses
+			}
+			if _, err := time.Parse(raft.LogTimeFormat, ts); err != nil {
+				t.Errorf("%s: stdout line not stamped with raft.LogTimeFormat: %q", p.name, l)
+			}
+		}
+	}
+}

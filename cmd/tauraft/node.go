@@ -34,6 +34,7 @@ type nodeFlags struct {
 	preset           string
 	bootstrapTimeout time.Duration
 	logLevel         string
+	name             string
 	metrics          string // --metrics: listen address of /metrics, /healthz, /readyz
 }
 
@@ -78,6 +79,7 @@ leader and has applied what it knows to be committed (503 otherwise).`,
 	fl.StringVar(&f.preset, "preset", "regional", "timeout preset: local, regional or global")
 	fl.DurationVar(&f.bootstrapTimeout, "bootstrap-timeout", 10*time.Second, "bootstrap window: how long to look for peers before forming a cluster")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "Raft log level on stderr: trace, debug, info, warn, error or off")
+	fl.StringVar(&f.name, "name", "", "a name for this member, shown in its log lines (letters, digits, '-', '_', '.')")
 	fl.StringVar(&f.metrics, "metrics", "", "serve /metrics (Prometheus), /healthz and /readyz on this host:port (off when empty)")
 	return cmd
 }
@@ -106,6 +108,9 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 	level := hclog.LevelFromString(f.logLevel)
 	if level == hclog.NoLevel {
 		return usageErr("--log-level %q: want trace, debug, info, warn, error or off", f.logLevel)
+	}
+	if err := checkNodeName(f.name); err != nil {
+		return err
 	}
 	bootstrap, err := parsePeerAddrs("bootstrap", f.bootstrap)
 	if err != nil {
@@ -169,7 +174,8 @@ func runNode(ctx context.Context, stdout, stderr io.Writer, f nodeFlags) error {
 		raft.WithTimeoutPreset(preset),
 		raft.WithBootstrapTimeout(f.bootstrapTimeout),
 		raft.WithSnapshotDir(filepath.Join(f.data, "snapshots")),
-		raft.WithLogger(newLogger("tauraft", level, stderr)),
+		raft.WithLogger(newLogger(loggerName(f.name), level, stderr)),
+		raft.WithBootstrapProgress(bootstrapProgressPrinter(stderr)),
 	}
 	if key != nil {
 		opts = append(opts, raft.WithEncryptionKey(key))
@@ -250,9 +256,9 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 	tick := time.NewTicker(nodeStatusInterval)
 	defer tick.Stop()
 	for {
-		now := time.Now().Format("15:04:05.000")
+		now := stamp(time.Now())
 		if st := strings.ToLower(c.State().String()); st != lastState {
-			fmt.Fprintf(out, "[%s] state: %s\n", now, st)
+			fmt.Fprintf(out, "%s state: %s\n", now, st)
 			lastState = st
 		}
 		if c.State() == hraft.Shutdown && ctx.Err() == nil {
@@ -271,7 +277,7 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 			}
 		}
 		if leader != lastLeader {
-			fmt.Fprintf(out, "[%s] leader: %s\n", now, leader)
+			fmt.Fprintf(out, "%s leader: %s\n", now, leader)
 			lastLeader = leader
 		}
 		if ms, err := c.Members(); err == nil {
@@ -291,8 +297,9 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 			if len(parts) > 0 {
 				members = fmt.Sprintf("%d: %s", len(parts), strings.Join(parts, ", "))
 			}
-			if members != lastMembers {
-				fmt.Fprintf(out, "[%s] members: %s\n", now, members)
+			// "none" before the first configuration is routine, not news.
+			if members != lastMembers && (lastMembers != "" || len(parts) > 0) {
+				fmt.Fprintf(out, "%s members: %s\n", now, members)
 				lastMembers = members
 			}
 		}
@@ -327,4 +334,23 @@ func bookLine(infos []peer.AddrInfo) string {
 		parts = append(parts, fmt.Sprintf("%s [%s]", ai.ID, strings.Join(addrs, " ")))
 	}
 	return fmt.Sprintf("%d: %s", len(infos), strings.Join(parts, ", "))
+}
+
+// loggerName is the name on the member's log lines: "tauraft", or
+// "tauraft.NAME" with --name.
+func loggerName(name string) string {
+	if name == "" {
+		return "tauraft"
+	}
+	return "tauraft." + name
+}
+
+// bootstrapProgressPrinter prints the bootstrap window's progress as it
+// is reported (about once a second) on w: one line each, stamped like the
+// log lines next to it.
+func bootstrapProgressPrinter(w io.Writer) func(raft.BootstrapProgress) {
+	return func(p raft.BootstrapProgress) {
+		fmt.Fprintf(w, "%s looking for peers: %d found, %d s left\n",
+			time.Now().Format(raft.LogTimeFormat), p.Found, int((p.Left+time.Second/2)/time.Second))
+	}
 }

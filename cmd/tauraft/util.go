@@ -4,10 +4,13 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/multiformats/go-multiaddr"
+
+	"github.com/tauraft/raft"
 )
 
 // shortID abbreviates a peer ID for humans: "12D3…abcd".
@@ -60,9 +63,33 @@ func readKeyFile(path string) ([]byte, error) {
 	return key, nil
 }
 
-// newLogger returns an hclog logger writing lines at level or above to w.
+// newLogger returns an hclog logger writing lines at level or above to w,
+// stamped like every other line tauraft prints (raft.LogTimeFormat).
 func newLogger(name string, level hclog.Level, w io.Writer) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: w})
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: w, TimeFormat: raft.LogTimeFormat})
+}
+
+// stamp is the timestamp of a line tauraft prints on stdout, the same as
+// on its log lines: "[2006-01-02T15:04:05.000Z07:00]".
+func stamp(t time.Time) string { return "[" + t.Format(raft.LogTimeFormat) + "]" }
+
+// maxNodeName bounds --name: it is printed on every log line.
+const maxNodeName = 32
+
+// checkNodeName accepts a --name of letters, digits and "-_.", at most
+// maxNodeName long: it shows in every log line, so nothing that could
+// break a line or pass for another field.
+func checkNodeName(name string) error {
+	if len(name) > maxNodeName {
+		return usageErr("--name %q: at most %d characters", name, maxNodeName)
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		if !ok {
+			return usageErr("--name %q: use letters, digits, '-', '_' and '.' only", name)
+		}
+	}
+	return nil
 }
 
 // plural returns "1 thing" or "n things".
