@@ -305,7 +305,7 @@ func watchNode(ctx context.Context, out io.Writer, c raft.Cluster, node *p2pnode
 		}
 		if infos, err := raft.SavedPeers(ctx, node.Store(), c.Namespace()); err == nil {
 			if book := bookLine(infos); book != lastBook {
-				fmt.Fprintf(out, "[%s] address book: %s\n", now, book)
+				fmt.Fprintf(out, "%s address book: %s\n", now, book)
 				lastBook = book
 			}
 		}
