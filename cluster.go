@@ -351,6 +351,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 	c.fwd = &forwarder{ctx: ctx, self: c.self, caller: c.caller, role: c, metrics: c.metrics}
 	c.svc = newCommandService(node.Peer(), Protocol(namespace), c.caller.codec, logger, c.fsm, c.peers, c, c.fwd, c.watch, c.metrics)
 	c.svc.stats = c.Stats
+	c.svc.listen()
 	// Before Raft starts applying: the state machine rings the monitor.
 	c.leaderMon = newLeaderMonitor(c)
 	c.fsm.onEpoch = c.leaderMon.ring

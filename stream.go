@@ -119,11 +119,16 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 		refusals: newLogLimiter(refusedLogInterval),
 		budget:   newReadBudget(commandReadBudget, requestReadTimeout),
 	}
+	return s
+}
+
+// listen starts taking streams. Everything the handlers read is set
+// before: a request may arrive the moment the handlers are in place.
+func (s *commandService) listen() {
 	// Sessions first: a member that answers on proto always speaks them
 	// too, so a Client never takes it for an older build.
-	h.SetStreamHandler(sessionProtocolOf(proto), s.handleSession)
-	h.SetStreamHandler(proto, s.handle)
-	return s
+	s.host.SetStreamHandler(sessionProtocolOf(s.proto), s.handleSession)
+	s.host.SetStreamHandler(s.proto, s.handle)
 }
 
 // close stops taking streams and waits for the ones being served.
