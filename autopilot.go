@@ -215,19 +215,14 @@ func (c *cluster) autopilotLoop() {
 		return
 	}
 	obsCh := make(chan hraft.Observation, 256)
-	obs := hraft.NewObserver(obsCh, false, func(o *hraft.Observation) bool {
+	obs := observeRaft(obsCh, func(o *hraft.Observation) bool {
 		switch o.Data.(type) {
 		case hraft.FailedHeartbeatObservation, hraft.ResumedHeartbeatObservation:
 			return true
 		}
 		return false
 	})
-	var observed *hraft.Raft
-	defer func() {
-		if observed != nil {
-			observed.DeregisterObserver(obs)
-		}
-	}()
+	defer obs.stop()
 	lost := map[peer.ID]time.Time{}
 	tick := time.NewTicker(c.autopilotInterval())
 	defer tick.Stop()
@@ -255,12 +250,7 @@ func (c *cluster) autopilotLoop() {
 		if err != nil {
 			return
 		}
-		if r != observed {
-			if observed != nil {
-				observed.DeregisterObserver(obs)
-			}
-			r.RegisterObserver(obs)
-			observed = r
+		if obs.follow(r) {
 			clear(lost)
 		}
 		if r.State() != hraft.Leader {

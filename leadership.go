@@ -188,19 +188,14 @@ type epochResult struct {
 func (m *leaderMonitor) run() {
 	c := m.c
 	obsCh := make(chan hraft.Observation, 1)
-	obs := hraft.NewObserver(obsCh, false, func(o *hraft.Observation) bool {
+	obs := observeRaft(obsCh, func(o *hraft.Observation) bool {
 		switch o.Data.(type) {
 		case hraft.RaftState, hraft.LeaderObservation:
 			return true
 		}
 		return false
 	})
-	var observed *hraft.Raft
-	defer func() {
-		if observed != nil {
-			observed.DeregisterObserver(obs)
-		}
-	}()
+	defer obs.stop()
 	tick := time.NewTicker(leaderPollInterval)
 	defer tick.Stop()
 
@@ -217,14 +212,7 @@ func (m *leaderMonitor) run() {
 			m.finish(err)
 			return
 		}
-		if r != observed {
-			// A reset replaced Raft (merge.go): follow the new one.
-			if observed != nil {
-				observed.DeregisterObserver(obs)
-			}
-			r.RegisterObserver(obs)
-			observed = r
-		}
+		obs.follow(r) // a reset may have replaced Raft (merge.go)
 		term := r.CurrentTerm()
 		leading := r.State() == hraft.Leader
 		m.endLostLeadership(leading, term)
@@ -404,4 +392,40 @@ func (c *cluster) WatchLeader(ctx context.Context) <-chan LeaderEvent {
 		}
 	})
 	return ch
+}
+
+// raftObserver keeps one hashicorp observer registered on the member's
+// current Raft instance, which a reset replaces (merge.go). Only the loop
+// that made it uses it.
+type raftObserver struct {
+	obs *hraft.Observer
+	on  *hraft.Raft // the instance it is registered on; nil: none
+}
+
+// observeRaft makes an observer that delivers the observations want keeps
+// to ch without blocking Raft (a full ch drops them).
+func observeRaft(ch chan hraft.Observation, want hraft.FilterFn) *raftObserver {
+	return &raftObserver{obs: hraft.NewObserver(ch, false, want)}
+}
+
+// follow registers the observer on r unless it is on r already, and
+// tells whether it moved.
+func (o *raftObserver) follow(r *hraft.Raft) bool {
+	if r == o.on {
+		return false
+	}
+	if o.on != nil {
+		o.on.DeregisterObserver(o.obs)
+	}
+	r.RegisterObserver(o.obs)
+	o.on = r
+	return true
+}
+
+// stop deregisters the observer.
+func (o *raftObserver) stop() {
+	if o.on != nil {
+		o.on.DeregisterObserver(o.obs)
+		o.on = nil
+	}
 }
