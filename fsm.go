@@ -173,10 +173,12 @@ func (f *kvStore) loadRequests() error {
 	return nil
 }
 
-// scanRequests calls fn for every stored client record.
-func (f *kvStore) scanRequests(fn func(id [clientIDSize]byte, rec []byte) error) error {
-	base := f.prefix + "/" + requestSegment
-	res, err := f.ds.Query(context.Background(), query.Query{Prefix: base})
+// scanBelow calls fn for every record of the store's subspace segment,
+// with the rest of its key below it (each caller parses its own layout and
+// skips what does not fit); keysOnly leaves the values out.
+func (f *kvStore) scanBelow(segment string, keysOnly bool, fn func(rest string, value []byte) error) error {
+	base := f.prefix + "/" + segment + "/"
+	res, err := f.ds.Query(context.Background(), query.Query{Prefix: base, KeysOnly: keysOnly})
 	if err != nil {
 		return err
 	}
@@ -185,19 +187,24 @@ func (f *kvStore) scanRequests(fn func(id [clientIDSize]byte, rec []byte) error)
 		if r.Error != nil {
 			return r.Error
 		}
-		rest, ok := strings.CutPrefix(r.Key, base+"/")
-		if !ok {
-			continue
-		}
-		id, ok := clientFromHex(rest)
-		if !ok {
-			continue
-		}
-		if err := fn(id, r.Value); err != nil {
-			return err
+		if rest, ok := strings.CutPrefix(r.Key, base); ok {
+			if err := fn(rest, r.Value); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// scanRequests calls fn for every stored client record.
+func (f *kvStore) scanRequests(fn func(id [clientIDSize]byte, rec []byte) error) error {
+	return f.scanBelow(requestSegment, false, func(rest string, rec []byte) error {
+		id, ok := clientFromHex(rest)
+		if !ok {
+			return nil
+		}
+		return fn(id, rec)
+	})
 }
 
 // clock is the state machine's clock (see clockNanos), for leases.

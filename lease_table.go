@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-datastore"
-	"github.com/ipfs/go-datastore/query"
 )
 
 // Operation kinds of leases (11-19 are the leases'). Append only.
@@ -216,29 +215,16 @@ func (f *kvStore) leaseKey(id LeaseID) datastore.Key {
 
 // scanLeases calls fn for every stored lease record.
 func (f *kvStore) scanLeases(fn func(id LeaseID, rec []byte) error) error {
-	base := f.prefix + "/" + leaseSegment + "/"
-	res, err := f.ds.Query(context.Background(), query.Query{Prefix: base})
-	if err != nil {
-		return err
-	}
-	defer res.Close()
-	for r := range res.Next() {
-		if r.Error != nil {
-			return r.Error
-		}
-		rest, ok := strings.CutPrefix(r.Key, base)
-		if !ok || len(rest) != 16 {
-			continue
+	return f.scanBelow(leaseSegment, false, func(rest string, rec []byte) error {
+		if len(rest) != 16 {
+			return nil
 		}
 		b, err := hex.DecodeString(rest)
 		if err != nil || strings.ToLower(rest) != rest {
-			continue
+			return nil
 		}
-		if err := fn(LeaseID(binary.BigEndian.Uint64(b)), r.Value); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(LeaseID(binary.BigEndian.Uint64(b)), rec)
+	})
 }
 
 // loadLeases reads the lease table: the lease records, then the keys bound

@@ -190,34 +190,18 @@ func (f *kvStore) flatKey(key []byte) datastore.Key {
 // scanNested calls fn for every key of the queue subspace: exactly two
 // valid segments below it.
 func (f *kvStore) scanNested(keysOnly bool, fn func(key string, value []byte) error) error {
-	base := f.prefix + "/" + queueSegment + "/"
-	res, err := f.ds.Query(context.Background(), query.Query{Prefix: base, KeysOnly: keysOnly})
-	if err != nil {
-		return err
-	}
-	defer res.Close()
-	for r := range res.Next() {
-		if r.Error != nil {
-			return r.Error
-		}
-		rest, ok := strings.CutPrefix(r.Key, base)
-		if !ok {
-			continue
-		}
+	return f.scanBelow(queueSegment, keysOnly, func(rest string, value []byte) error {
 		dirSeg, leafSeg, ok := strings.Cut(rest, "/")
 		if !ok || strings.Contains(leafSeg, "/") {
-			continue
+			return nil
 		}
 		dir, err1 := keyEncoding.DecodeString(dirSeg)
 		leaf, err2 := keyEncoding.DecodeString(leafSeg)
 		if err1 != nil || err2 != nil || len(dir) == 0 || len(leaf) != queueIDSize {
-			continue
+			return nil
 		}
-		if err := fn(queueKeyPrefix+string(dir)+string(leaf), r.Value); err != nil {
-			return err
-		}
-	}
-	return nil
+		return fn(queueKeyPrefix+string(dir)+string(leaf), value)
+	})
 }
 
 // maxClaimedAhead bounds the claimed items a claim steps over before the
