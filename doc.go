@@ -22,7 +22,8 @@
 // and store_stable.go (Raft's storage in the datastore), transport.go and
 // crypto.go (Raft RPC over libp2p, encryption), addrbook.go and dialgate.go
 // (the address book, the pace of dials to a peer that stays down),
-// suffrage.go and autopilot.go (voters and non-voters), stats.go, lag.go
+// suffrage.go, autopilot.go and replication_pace.go (voters and
+// non-voters, and how the leader feeds non-voters), stats.go, lag.go
 // and status_wire.go (Stats and the status command), metrics.go
 // (WithMetrics), logging.go, logging_raft.go and logrules.go (the log
 // queue, and what of Raft's output an operator sees), limits.go and
