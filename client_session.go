@@ -34,15 +34,50 @@ type clientSession struct {
 	lastUse  time.Time
 }
 
-// pendingCall is a request waiting for its answer.
+// pendingCall is a request waiting for its answer. Calls are reused
+// (pendingCalls) with their channel, timer and encoding buffer: one goes
+// back only once its caller has taken its result (finished) and the write
+// that carried its frame is done with it (inWriter false), so that no late
+// callback touches a call in its next use. A call whose caller gave up
+// waiting (timeout, cancelled) is left to the collector: a result may still
+// be sent to it.
 type pendingCall struct {
 	req *request
 	id  uint64
 	// taken: a write took its frame (it may have left); written: that
-	// write went through. Both under clientSession.mu.
-	taken   bool
-	written bool
-	ch      chan callResult // buffered: one result
+	// write went through; inWriter: queued, and the write's done has not
+	// seen it yet; finished: its caller has its result. All under
+	// clientSession.mu.
+	taken    bool
+	written  bool
+	inWriter bool
+	finished bool
+	ch       chan callResult // buffered: one result
+	timer    *time.Timer     // the call's deadline
+	buf      []byte          // the request's encoding
+}
+
+var pendingCalls = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &pendingCall{ch: make(chan callResult, 1), timer: t}
+}}
+
+// newPendingCall takes a call from the pool for req.
+func newPendingCall(req *request) *pendingCall {
+	pc := pendingCalls.Get().(*pendingCall)
+	pc.req, pc.id = req, 0
+	pc.taken, pc.written, pc.inWriter, pc.finished = false, false, false, false
+	return pc
+}
+
+// recycle puts a call back; only for one nothing refers to any more.
+func (pc *pendingCall) recycle() {
+	pc.req = nil
+	if cap(pc.buf) > 64<<10 {
+		pc.buf = nil
+	}
+	pendingCalls.Put(pc)
 }
 
 type callResult struct {
@@ -52,52 +87,77 @@ type callResult struct {
 
 // call sends one request and waits for its answer.
 func (s *clientSession) call(ctx context.Context, req *request, deadline time.Time) (*response, error) {
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
+	pc := newPendingCall(req)
+	pc.timer.Reset(time.Until(deadline))
 	select {
 	case s.slots <- struct{}{}:
 	case <-ctx.Done():
+		pc.timer.Stop()
+		pc.recycle()
 		return nil, fmt.Errorf("%w: %w", errNotSent, ctx.Err())
-	case <-timer.C:
+	case <-pc.timer.C:
+		pc.recycle()
 		return nil, fmt.Errorf("%w: %w: no room on the session to %s", errNotSent, ErrTimeout, s.peer)
 	}
 	defer func() { <-s.slots }()
-	body, err := cborEnc.Marshal(req)
+	body, err := appendRequest(pc.buf[:0], req)
+	pc.buf = body
+	if err == nil {
+		err = checkSize("message", len(body)+1, MaxMessageSize)
+	}
 	if err != nil {
+		pc.timer.Stop()
+		pc.recycle()
 		return nil, fmt.Errorf("%w: %w", errNotSent, err)
 	}
-	if err := checkSize("message", len(body)+1, MaxMessageSize); err != nil {
-		return nil, fmt.Errorf("%w: %w", errNotSent, err)
-	}
-	pc := &pendingCall{req: req, ch: make(chan callResult, 1)}
-	_, err = s.w.send(func(id uint64) []byte {
-		pc.id = id
-		s.mu.Lock()
-		s.pending[id] = pc
-		s.lastUse = time.Now()
-		s.mu.Unlock()
-		return append(framePayload(frameRequest, id, len(body)), body...)
-	}, pc)
-	if err != nil {
+	if _, err = s.w.send(frameRequest, body, pc); err != nil {
+		pc.timer.Stop()
 		s.forget(pc)
 		return nil, fmt.Errorf("%w: session to %s: %w", errNotSent, s.peer, err)
 	}
 	select {
 	case r := <-pc.ch:
+		pc.timer.Stop()
+		s.finish(pc)
 		if r.err != nil {
 			return nil, r.err
 		}
-		var resp response
-		if err := wireDec.Unmarshal(r.raw, &resp); err != nil {
+		resp := new(response)
+		if err := decodeResponse(r.raw, resp); err != nil {
 			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
 		}
-		return &resp, nil
+		return resp, nil
 	case <-ctx.Done():
+		pc.timer.Stop()
 		s.forget(pc)
 		return nil, ctx.Err()
-	case <-timer.C:
+	case <-pc.timer.C:
 		s.forget(pc)
 		return nil, fmt.Errorf("%w: no answer from %s", ErrTimeout, s.peer)
+	}
+}
+
+// queued registers a call whose frame is being queued as id
+// (frameWriter.queued).
+func (s *clientSession) queued(tag any, id uint64) {
+	pc := tag.(*pendingCall)
+	pc.id = id
+	s.mu.Lock()
+	pc.inWriter = true
+	s.pending[id] = pc
+	s.lastUse = time.Now()
+	s.mu.Unlock()
+}
+
+// finish records that pc's caller has its result, and puts pc back unless
+// a write still holds it (written then does).
+func (s *clientSession) finish(pc *pendingCall) {
+	s.mu.Lock()
+	pc.finished = true
+	reuse := !pc.inWriter
+	s.mu.Unlock()
+	if reuse {
+		pc.recycle()
 	}
 }
 
@@ -123,9 +183,17 @@ func (s *clientSession) taken(tags []any) {
 // written learns the fate of a write of frames (frameWriter.done).
 func (s *clientSession) written(tags []any, ends []int, n int, err error) {
 	var lost []*pendingCall
+	var reuse []*pendingCall
+	hook := s.pool.caller.afterWrite
 	s.mu.Lock()
 	for i, t := range tags {
 		pc := t.(*pendingCall)
+		if hook == nil {
+			pc.inWriter = false
+			if pc.finished {
+				reuse = append(reuse, pc)
+			}
+		}
 		if err == nil || ends[i] <= n {
 			pc.written = true
 			continue
@@ -136,14 +204,31 @@ func (s *clientSession) written(tags []any, ends []int, n int, err error) {
 		}
 	}
 	s.mu.Unlock()
+	for _, pc := range reuse {
+		pc.recycle()
+	}
 	for _, pc := range lost {
 		pc.ch <- callResult{err: fmt.Errorf("%w: write to %s: %w", errNotSent, s.peer, err)}
 	}
-	if hook := s.pool.caller.afterWrite; hook != nil {
+	if hook != nil {
+		// The tests' hook reads the calls' requests: they are released
+		// only after it.
 		for i, t := range tags {
 			if err == nil || ends[i] <= n {
 				hook(s.peer, t.(*pendingCall).req)
 			}
+		}
+		s.mu.Lock()
+		for _, t := range tags {
+			pc := t.(*pendingCall)
+			pc.inWriter = false
+			if pc.finished {
+				reuse = append(reuse, pc)
+			}
+		}
+		s.mu.Unlock()
+		for _, pc := range reuse {
+			pc.recycle()
 		}
 	}
 	if err != nil {

@@ -337,6 +337,7 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 	s.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
 	s.w.done = s.written
 	s.w.taken = s.taken
+	s.w.queued = s.queued
 	s.w.busy = func() bool { return len(s.slots) > 1 }
 	s.idle = time.AfterFunc(sessionIdle, s.closeIfIdle)
 	p.opened.Add(1)

@@ -48,6 +48,7 @@ import (
 	"io"
 	"math"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 
@@ -235,23 +236,22 @@ func parseHint(b []byte) (leader peer.ID, self bool, rest []byte, err error) {
 }
 
 // readSessionFrame reads one frame body of at most maxSessionFrame bytes;
-// take, when set, reserves room for it first (a member's read budget).
-func readSessionFrame(r io.ByteReader, full io.Reader, take func(n int) (func(), error)) ([]byte, func(), error) {
+// a member reserves room for it in its read budget first (nil: none) and
+// gives back the weight returned once the request is decoded.
+func readSessionFrame(r io.ByteReader, full io.Reader, budget *readBudget) ([]byte, int64, error) {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return nil, func() {}, err
+		return nil, 0, err
 	}
 	if n == 0 || n > maxSessionFrame {
-		return nil, func() {}, fmt.Errorf("%w: session frame of %d bytes", ErrTooLarge, n)
+		return nil, 0, fmt.Errorf("%w: session frame of %d bytes", ErrTooLarge, n)
 	}
-	release := func() {}
-	if take != nil {
-		if release, err = take(int(n)); err != nil {
-			return nil, func() {}, err
-		}
+	weight, err := budget.reserve(int(n))
+	if err != nil {
+		return nil, 0, err
 	}
 	b, err := readFull(full, int(n))
-	return b, release, err
+	return b, weight, err
 }
 
 // frameWriter writes one direction's frames. Frames are sealed in the order
@@ -268,6 +268,9 @@ type frameWriter struct {
 	// (more than one request in flight): the sender that is to write then
 	// yields once first, so they join its write.
 	busy func() bool
+	// queued, when set, is called under the lock with the tag and id of a
+	// frame send is about to queue.
+	queued func(tag any, id uint64)
 	// taken, when set, is called under the lock with the tags of the
 	// frames a write is about to carry.
 	taken func(tags []any)
@@ -281,6 +284,8 @@ type frameWriter struct {
 	spare   []byte
 	tags    []any
 	ends    []int
+	spareT  []any
+	spareE  []int
 	writing bool
 	err     error
 	nextID  uint64
@@ -289,11 +294,11 @@ type frameWriter struct {
 // errWriterClosed refuses frames queued after the writer failed or closed.
 var errWriterClosed = errors.New("raft: session closed")
 
-// send queues the frame built from payload (its id slot is filled by
-// build, called under the lock with the next id) and, unless a write is
-// under way, writes everything queued. It returns the frame's id, or an
-// error when the frame was not queued.
-func (fw *frameWriter) send(build func(id uint64) []byte, tag any) (uint64, error) {
+// send queues the frame of kind for the next id, with body after the id,
+// and, unless a write is under way, writes everything queued. It returns
+// the frame's id, or an error when the frame was not queued. body is copied
+// before send returns.
+func (fw *frameWriter) send(kind byte, body []byte, tag any) (uint64, error) {
 	fw.mu.Lock()
 	if fw.err != nil {
 		fw.mu.Unlock()
@@ -301,8 +306,11 @@ func (fw *frameWriter) send(build func(id uint64) []byte, tag any) (uint64, erro
 	}
 	fw.nextID++
 	id := fw.nextID
-	payload := build(id)
-	if err := fw.queueLocked(payload, tag); err != nil {
+	if fw.queued != nil {
+		fw.queued(tag, id)
+	}
+	var head [1 + binary.MaxVarintLen64]byte
+	if err := fw.queueLocked(binary.AppendUvarint(append(head[:0], kind), id), body, tag); err != nil {
 		fw.mu.Unlock()
 		return 0, err
 	}
@@ -310,14 +318,15 @@ func (fw *frameWriter) send(build func(id uint64) []byte, tag any) (uint64, erro
 	return id, nil
 }
 
-// sendID is send for a frame whose id is given (answers: the request's).
-func (fw *frameWriter) sendID(payload []byte) error {
+// sendID is send for a frame whose head (kind, id and what follows) is
+// given: answers, with the request's id.
+func (fw *frameWriter) sendID(head, body []byte) error {
 	fw.mu.Lock()
 	if fw.err != nil {
 		fw.mu.Unlock()
 		return fw.err
 	}
-	if err := fw.queueLocked(payload, nil); err != nil {
+	if err := fw.queueLocked(head, body, nil); err != nil {
 		fw.mu.Unlock()
 		return err
 	}
@@ -325,17 +334,28 @@ func (fw *frameWriter) sendID(payload []byte) error {
 	return nil
 }
 
-func (fw *frameWriter) queueLocked(payload []byte, tag any) error {
-	body := payload
+// queueLocked appends the frame of payload head||body to the queue, sealed
+// in place under a key (no copy of its own).
+func (fw *frameWriter) queueLocked(head, body []byte, tag any) error {
+	n := len(head) + len(body)
 	if fw.ciph != nil {
-		sealed, err := fw.ciph.seal(make([]byte, 0, len(payload)+gcmTagSize), payload)
+		n += gcmTagSize
+	}
+	mark := len(fw.buf)
+	fw.buf = binary.AppendUvarint(fw.buf, uint64(n))
+	start := len(fw.buf)
+	fw.buf = append(append(slices.Grow(fw.buf, n), head...), body...)
+	if fw.ciph != nil {
+		// The payload's own bytes take the sealed payload: Seal
+		// writes over its plaintext when dst is plaintext[:0], and the
+		// room for the tag is there, so nothing is reallocated.
+		sealed, err := fw.ciph.seal(fw.buf[start:start], fw.buf[start:])
 		if err != nil {
+			fw.buf = fw.buf[:mark]
 			return err
 		}
-		body = sealed
+		fw.buf = fw.buf[:start+len(sealed)]
 	}
-	fw.buf = binary.AppendUvarint(fw.buf, uint64(len(body)))
-	fw.buf = append(fw.buf, body...)
 	fw.tags = append(fw.tags, tag)
 	fw.ends = append(fw.ends, len(fw.buf))
 	return nil
@@ -357,7 +377,8 @@ func (fw *frameWriter) flushLocked() {
 	}
 	for len(fw.buf) > 0 {
 		buf, tags, ends := fw.buf, fw.tags, fw.ends
-		fw.buf, fw.spare, fw.tags, fw.ends = fw.spare[:0], nil, nil, nil
+		fw.buf, fw.spare = fw.spare[:0], nil
+		fw.tags, fw.ends, fw.spareT, fw.spareE = fw.spareT[:0], fw.spareE[:0], nil, nil
 		if fw.taken != nil {
 			fw.taken(tags)
 		}
@@ -370,8 +391,14 @@ func (fw *frameWriter) flushLocked() {
 			fw.done(tags, ends, n, err)
 		}
 		fw.mu.Lock()
+		// The batch's slices go back for the next one (done has
+		// returned, and keeps none of them).
 		if cap(buf) <= 64<<10 {
 			fw.spare = buf[:0]
+		}
+		if cap(tags) <= 1024 {
+			clear(tags)
+			fw.spareT, fw.spareE = tags[:0], ends[:0]
 		}
 		if err != nil {
 			fw.failLocked(err)

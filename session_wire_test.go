@@ -259,7 +259,7 @@ func TestFrameWriter(t *testing.T) {
 		}
 	}
 	for i := range 3 {
-		if _, err := fw.send(func(id uint64) []byte { return append(framePayload(frameRequest, id, 1), byte(i)) }, i); err != nil {
+		if _, err := fw.send(frameRequest, []byte{byte(i)}, i); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -279,13 +279,13 @@ func TestFrameWriter(t *testing.T) {
 	}
 	// A write that fails half way: the frame cut short did not leave.
 	sw.n = 1
-	if _, err := fw.send(func(id uint64) []byte { return framePayload(frameRequest, id, 0) }, "cut"); err != nil {
+	if _, err := fw.send(frameRequest, nil, "cut"); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(lost, []any{"cut"}) {
 		t.Errorf("lost %v", lost)
 	}
-	if _, err := fw.send(func(id uint64) []byte { return framePayload(frameRequest, id, 0) }, "late"); !errors.Is(err, errWriterClosed) {
+	if _, err := fw.send(frameRequest, nil, "late"); !errors.Is(err, errWriterClosed) {
 		t.Errorf("send after a failed write: %v", err)
 	}
 	// Oversized and empty frames are refused when read.

@@ -228,7 +228,7 @@ func (ss *serverSession) serve() {
 	<-ss.readDone
 	if ss.clean {
 		// Requests up to last were read and get their answers; none after.
-		_ = ss.w.sendID(framePayload(frameGoaway, ss.last, 0))
+		_ = ss.w.sendID(framePayload(frameGoaway, ss.last, 0), nil)
 	}
 	ss.handlers.Wait()
 	close(ss.jobs)
@@ -258,7 +258,7 @@ func (ss *serverSession) read() {
 		}
 		ss.handlers.Add(1)
 		ss.pass(sessionJob{read: true})
-		ss.handle(j.id, j.raw, j.release)
+		ss.handle(j.id, j.raw, j.weight)
 		ss.handlers.Done()
 		return
 	}
@@ -288,9 +288,9 @@ func (ss *serverSession) next() (sessionJob, bool) {
 		if !frameBuffered(br) && !ss.deadline(requestReadTimeout) {
 			return ss.ended(true)
 		}
-		body, release, err := readSessionFrame(br, br, func(n int) (func(), error) { return takeBudget(s.budget, n) })
+		body, weight, err := readSessionFrame(br, br, s.budget)
 		if err != nil {
-			release()
+			s.budget.give(weight)
 			// Out of read budget, or halted: the frame was not read, and
 			// the goaway says so. Anything else breaks the session.
 			clean := errors.Is(err, errBusy) || ss.stopped()
@@ -301,24 +301,24 @@ func (ss *serverSession) next() (sessionJob, bool) {
 		}
 		if ss.recv != nil {
 			if body, err = ss.recv.open(body); err != nil {
-				release()
+				s.budget.give(weight)
 				s.refused(ss.from, err)
 				return ss.ended(false)
 			}
 		}
 		kind, id, rest, err := parsePayload(body)
 		if err != nil || kind != frameRequest || id <= ss.last {
-			release()
+			s.budget.give(weight)
 			s.logger.Debug("bad session frame", "peer", ss.from, "kind", kind, "id", id, "error", err)
 			return ss.ended(false)
 		}
 		ss.last = id
 		if !ss.admit() {
-			release()
-			_ = ss.w.sendID(framePayload(frameBusy, id, 0))
+			s.budget.give(weight)
+			_ = ss.w.sendID(framePayload(frameBusy, id, 0), nil)
 			continue
 		}
-		return sessionJob{id: id, raw: rest, release: release}, true
+		return sessionJob{id: id, raw: rest, weight: weight}, true
 	}
 }
 
@@ -334,18 +334,6 @@ func frameBuffered(br *bufio.Reader) bool {
 	head, _ := br.Peek(min(br.Buffered(), binary.MaxVarintLen64))
 	n, k := binary.Uvarint(head)
 	return k > 0 && uint64(br.Buffered()-k) >= n
-}
-
-// takeBudget is readBudget.take without its timer when there is room.
-func takeBudget(b *readBudget, n int) (func(), error) {
-	if b == nil {
-		return func() {}, nil
-	}
-	if w := 2 * int64(n); b.sem.TryAcquire(w) {
-		var once sync.Once
-		return func() { once.Do(func() { b.sem.Release(w) }) }, nil
-	}
-	return b.take(n)
 }
 
 // deadline sets the read deadline d from now; false once close halted the
@@ -386,10 +374,10 @@ func (ss *serverSession) busy() bool { return ss.inFlight() > 1 }
 // sessionJob is one request read, for a worker, or (read) the reader's
 // role.
 type sessionJob struct {
-	read    bool
-	id      uint64
-	raw     []byte
-	release func()
+	read   bool
+	id     uint64
+	raw    []byte
+	weight int64 // its room in the read budget, given back once decoded
 }
 
 // sessionWorkerIdle is how long a session's worker waits for its next
@@ -424,7 +412,7 @@ func (ss *serverSession) worker(j sessionJob) {
 		if j.read {
 			ss.read()
 		} else {
-			ss.handle(j.id, j.raw, j.release)
+			ss.handle(j.id, j.raw, j.weight)
 			ss.handlers.Done()
 		}
 		idle.Reset(sessionWorkerIdle)
@@ -454,12 +442,13 @@ func (ss *serverSession) admit() bool {
 	return true
 }
 
-// handle decodes and serves one request (release gives its bytes back to
-// the read budget) and answers it with a leader hint.
-func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
+// handle decodes and serves one request (weight is its room in the read
+// budget, given back once it is decoded) and answers it with a leader
+// hint.
+func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	s := ss.svc
 	req, decodeErr := decodeRequest(raw)
-	release()
+	s.budget.give(weight)
 	defer func() {
 		s.mu.Lock()
 		if s.perPeer[ss.from]--; s.perPeer[ss.from] <= 0 {
@@ -480,21 +469,24 @@ func (ss *serverSession) handle(id uint64, raw []byte, release func()) {
 	default:
 		resp = s.answer(ss.from, req)
 	}
-	body, err := cborEnc.Marshal(resp)
+	buf := getWireBuf()
+	body, err := appendResponse(buf.b[:0], resp)
 	if err == nil {
 		err = checkSize("answer", len(body)+1, MaxMessageSize)
 	}
 	if err != nil {
-		body, _ = cborEnc.Marshal(errorResponse(err))
+		body, _ = appendResponse(body[:0], errorResponse(err))
 	}
 	var self bool
 	var leader peer.ID
 	if s.fwd != nil && s.fwd.role != nil {
 		self, leader, _ = s.fwd.role.leadership()
 	}
-	p := framePayload(frameAnswer, id, 2+len(leader)+len(body))
-	p = appendHint(p, self, leader)
-	_ = ss.w.sendID(append(p, body...))
+	var hb [1 + 2*binary.MaxVarintLen64 + 1 + 64]byte
+	head := appendHint(binary.AppendUvarint(append(hb[:0], frameAnswer), id), self, leader)
+	_ = ss.w.sendID(head, body) // copies body
+	buf.b = body
+	putWireBuf(buf)
 }
 
 // idleTimeout is how long a session may stay without requests.

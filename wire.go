@@ -227,15 +227,6 @@ func errorResponse(err error) *response {
 // tolerant of fields it does not know (newer peers may send more).
 var wireDec = strictDecMode(1<<16, 64, cbor.ExtraDecErrorNone)
 
-// decodeRequest decodes a plaintext request body.
-func decodeRequest(b []byte) (*request, error) {
-	var req request
-	if err := wireDec.Unmarshal(b, &req); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
-	}
-	return &req, nil
-}
-
 // codec frames and (optionally) seals messages of one namespace.
 type codec struct {
 	key *secretKey
@@ -249,13 +240,28 @@ func (c codec) encode(v any) ([]byte, error) {
 // encodeAAD is encode with the sealed body bound to aad (see sealAAD);
 // plaintext frames carry no aad.
 func (c codec) encodeAAD(v any, aad []byte) ([]byte, error) {
-	b, err := cborEnc.Marshal(v)
+	// Requests and responses have an encoder of their own (wire_codec.go),
+	// which writes the same bytes as cborEnc without reflection.
+	var b []byte
+	var err error
+	switch m := v.(type) {
+	case *request:
+		b, err = appendRequest([]byte{envelopePlain}, m)
+	case *response:
+		b, err = appendResponse([]byte{envelopePlain}, m)
+	default:
+		var enc []byte
+		if enc, err = cborEnc.Marshal(v); err == nil {
+			b = append([]byte{envelopePlain}, enc...)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	if c.key == nil {
-		return append([]byte{envelopePlain}, b...), nil
+		return b, nil
 	}
+	b = b[1:] // under a key the CBOR alone is sealed
 	sealed, err := c.key.sealAAD(b, aad)
 	if err != nil {
 		return nil, err
@@ -405,6 +411,32 @@ func (b *readBudget) take(n int) (func(), error) {
 	}
 	var once sync.Once
 	return func() { once.Do(func() { b.sem.Release(w) }) }, nil
+}
+
+// reserve is take for a session frame, returning the weight to give back
+// (give) instead of a closure: one frame per request is read this way, and
+// with room to spare it waits on no timer.
+func (b *readBudget) reserve(n int) (int64, error) {
+	if b == nil {
+		return 0, nil
+	}
+	w := 2 * int64(n)
+	if b.sem.TryAcquire(w) {
+		return w, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.wait)
+	defer cancel()
+	if err := b.sem.Acquire(ctx, w); err != nil {
+		return 0, errBusy
+	}
+	return w, nil
+}
+
+// give gives back the weight reserve took (0: none).
+func (b *readBudget) give(w int64) {
+	if b != nil && w > 0 {
+		b.sem.Release(w)
+	}
 }
 
 // readFrameLength reads a frame's varint length, at most MaxMessageSize.
