@@ -221,7 +221,8 @@ func (c *Client) callFrom(req *request, timeout time.Duration, idempotent bool, 
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
-	targets := c.targets(peers)
+	var targets targetList
+	c.targets(peers, &targets)
 	deadline := time.Now().Add(timeout + callMargin)
 	var lastErr error
 	for i := 0; ; i++ {
@@ -319,40 +320,50 @@ func (c *Client) findMembers() []peer.ID {
 
 // targetList is the order in which a call tries members: the ones it was
 // given, or the leader it knows, then (found only if those fail) the
-// namespace's members.
+// namespace's members. It lives on its caller's stack (a write looks it
+// up for every attempt), so it is filled in place and never copied.
 type targetList struct {
-	ids  []peer.ID
-	more func() []peer.ID // nil once used, or when there is nothing more
+	ids []peer.ID
+	one [1]peer.ID
+	// more: the namespace's members are still to be looked up (through c)
+	// after ids.
+	more bool
+	c    *Client
 }
 
 // targets orders a call's targets: the given peers, the known leader first
 // among them; with none given, the known leader, then the members
 // findMembers lists. Members whose session could not be opened a moment ago
 // go last (see orderTargets).
-func (c *Client) targets(peers []peer.ID) *targetList {
+func (c *Client) targets(peers []peer.ID, t *targetList) {
 	leader := c.sessions.leaderHint()
 	unreachable := c.sessions.unreachable
-	if len(peers) > 0 {
-		return &targetList{ids: orderTargets(peers, leader, unreachable)}
+	t.c = c
+	switch {
+	case len(peers) == 1:
+		// Nothing to order (and peers is not changed: no more to add).
+		t.ids = peers
+	case len(peers) > 0:
+		t.ids = orderTargets(peers, leader, unreachable)
+	case leader == "" || unreachable(leader):
+		t.ids = orderTargets(c.findMembers(), "", unreachable)
+	default:
+		t.one[0] = leader
+		t.ids, t.more = t.one[:], true
 	}
-	if leader == "" || unreachable(leader) {
-		return &targetList{ids: orderTargets(c.findMembers(), "", unreachable)}
-	}
-	return &targetList{ids: []peer.ID{leader}, more: func() []peer.ID {
-		return orderTargets(c.findMembers(), "", unreachable)
-	}}
 }
 
 // at is the i-th target; false past the last.
 func (t *targetList) at(i int) (peer.ID, bool) {
-	if i >= len(t.ids) && t.more != nil {
-		more := t.more
-		t.more = nil
-		for _, id := range more() {
-			if !slices.Contains(t.ids, id) {
-				t.ids = append(t.ids, id)
+	if i >= len(t.ids) && t.more {
+		t.more = false
+		ids := slices.Clone(t.ids)
+		for _, id := range orderTargets(t.c.findMembers(), "", t.c.sessions.unreachable) {
+			if !slices.Contains(ids, id) {
+				ids = append(ids, id)
 			}
 		}
+		t.ids = ids
 	}
 	if i >= len(t.ids) {
 		return "", false

@@ -42,8 +42,10 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 	defer c.seqs.release(ticket)
 	req.Client = ticket.lane.identity[:]
 	req.Seq = ticket.seq
-	targets := c.targets(peers)
+	var targets targetList
+	c.targets(peers, &targets)
 	var lastErr, unknown error
+	attempts := 0
 	for {
 		// served tells whether any target still serves the namespace.
 		served := false
@@ -63,9 +65,17 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 				continue // a node cannot open a stream to itself
 			}
 			c.ensureAddrs(id)
-			attempt := *req
+			// Each attempt carries the time left. The first sends req
+			// itself; later ones a copy, as an earlier attempt's request
+			// may still be read (a write under way when its call gave up).
+			attempt := req
+			if attempts > 0 {
+				attempt = new(request)
+				*attempt = *req
+			}
+			attempts++
 			attempt.Timeout = int64(left)
-			resp, err := c.sessions.call(c.ctx, id, &attempt, deadline.Add(callMargin))
+			resp, err := c.sessions.call(c.ctx, id, attempt, deadline.Add(callMargin))
 			if err == nil {
 				err = resp.err()
 			}
@@ -157,6 +167,9 @@ func (e *unknownOutcome) Unwrap() error { return e.err }
 // notServed tells whether an attempt found a node that does not serve the
 // namespace at all (protocol not supported).
 func notServed(err error) bool {
+	if err == nil {
+		return false // without the target below, which escapes
+	}
 	var ns msmux.ErrNotSupported[protocol.ID]
 	return errors.As(err, &ns)
 }
@@ -187,6 +200,9 @@ type seqWindow struct {
 	mu      sync.Mutex
 	lanes   []*seqLane
 	changed chan struct{} // closed and replaced when a window moves
+	// watched: a write waits on changed (it is replaced only then, not
+	// at every write's end).
+	watched bool
 }
 
 // seqLane is one identity of a Client and its window.
@@ -252,6 +268,7 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket,
 			return t, nil
 		}
 		changed := w.changed
+		w.watched = true
 		w.mu.Unlock()
 		if timer == nil {
 			timer = time.NewTimer(time.Until(deadline))
@@ -278,9 +295,10 @@ func (w *seqWindow) release(t seqTicket) {
 			break
 		}
 	}
-	if lowest {
+	if lowest && w.watched {
 		close(w.changed)
 		w.changed = make(chan struct{})
+		w.watched = false
 	}
 	w.mu.Unlock()
 }

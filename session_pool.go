@@ -105,7 +105,8 @@ func (p *sessionPool) noteLeader(from, leader peer.ID, self bool) {
 	cur := p.leader.Load()
 	switch {
 	case leader != "" && (cur == nil || *cur != leader):
-		p.leader.Store(&leader)
+		l := leader // only a change allocates
+		p.leader.Store(&l)
 	case leader == "" && cur != nil && *cur == from:
 		p.leader.CompareAndSwap(cur, nil)
 	}
@@ -334,7 +335,12 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 		s.w.ciph, s.recv = c2s, s2c
 	}
 	s.w.w = st
-	s.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
+	var wd lazyDeadline // used by one write at a time
+	s.w.deadline = func() {
+		if now := time.Now(); wd.due(now, sessionWriteTimeout) {
+			_ = st.SetWriteDeadline(now.Add(sessionWriteTimeout))
+		}
+	}
 	s.w.done = s.written
 	s.w.taken = s.taken
 	s.w.queued = s.queued

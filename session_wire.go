@@ -51,6 +51,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
@@ -252,6 +253,25 @@ func readSessionFrame(r io.ByteReader, full io.Reader, budget *readBudget) ([]by
 	}
 	b, err := readFull(full, int(n))
 	return b, weight, err
+}
+
+// lazyDeadline moves a stream's deadline only when it has drifted: setting
+// one costs a timer on the stream, and a session would set one for every
+// frame it reads or writes. A deadline of d asked for again is kept while
+// at least d - d/16 of it is left, so every wait is still bounded by d, and
+// given at least 15/16 of it.
+type lazyDeadline struct {
+	until time.Time
+	d     time.Duration
+}
+
+// due tells whether the deadline d from now must be set (and records it).
+func (l *lazyDeadline) due(now time.Time, d time.Duration) bool {
+	if d == l.d && l.until.Sub(now) >= d-d/16 {
+		return false
+	}
+	l.d, l.until = d, now.Add(d)
+	return true
 }
 
 // frameWriter writes one direction's frames. Frames are sealed in the order

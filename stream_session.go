@@ -61,6 +61,7 @@ type serverSession struct {
 	br       *bufio.Reader
 	last     uint64
 	clean    bool
+	rd       lazyDeadline // the read deadline last set
 	readDone chan struct{}
 }
 
@@ -187,7 +188,12 @@ func (ss *serverSession) hello() bool {
 	}
 	ss.w.w = st
 	ss.w.busy = ss.busy
-	ss.w.deadline = func() { _ = st.SetWriteDeadline(time.Now().Add(sessionWriteTimeout)) }
+	var wd lazyDeadline // used by one write at a time
+	ss.w.deadline = func() {
+		if now := time.Now(); wd.due(now, sessionWriteTimeout) {
+			_ = st.SetWriteDeadline(now.Add(sessionWriteTimeout))
+		}
+	}
 	ss.w.done = func(_ []any, _ []int, _ int, err error) {
 		if err != nil {
 			_ = st.Reset()
@@ -339,7 +345,9 @@ func frameBuffered(br *bufio.Reader) bool {
 // deadline sets the read deadline d from now; false once close halted the
 // session.
 func (ss *serverSession) deadline(d time.Duration) bool {
-	_ = ss.st.SetReadDeadline(time.Now().Add(d))
+	if now := time.Now(); ss.rd.due(now, d) {
+		_ = ss.st.SetReadDeadline(now.Add(d))
+	}
 	return !ss.stopped()
 }
 

@@ -240,6 +240,33 @@ func (r *wireReader) text() (string, bool) {
 	return string(s), ok
 }
 
+// command reads a request's command: the known ones without a copy.
+func (r *wireReader) command() (string, bool) {
+	s, ok := r.str(3)
+	if !ok {
+		return "", false
+	}
+	switch string(s) {
+	case cmdSet:
+		return cmdSet, true
+	case cmdGet:
+		return cmdGet, true
+	case cmdDelete:
+		return cmdDelete, true
+	case cmdTxn:
+		return cmdTxn, true
+	case cmdGetEntry:
+		return cmdGetEntry, true
+	case cmdReadIndex:
+		return cmdReadIndex, true
+	case cmdKeys:
+		return cmdKeys, true
+	case cmdClaimOf:
+		return cmdClaimOf, true
+	}
+	return string(s), true
+}
+
 // bytes reads a non-empty byte string, aliasing the message (an empty one
 // is left to wireDec, which decides between nil and empty).
 func (r *wireReader) bytes() ([]byte, bool) {
@@ -291,7 +318,7 @@ func parseRequest(b []byte, req *request) bool {
 	return r.fields(func(key uint64) (ok bool) {
 		switch key {
 		case reqKeyCmd:
-			req.Cmd, ok = r.text()
+			req.Cmd, ok = r.command()
 		case reqKeyKey:
 			req.Key, ok = r.text()
 		case reqKeyValue:
