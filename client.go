@@ -323,8 +323,10 @@ func (c *Client) findMembers() []peer.ID {
 // namespace's members. It lives on its caller's stack (a write looks it
 // up for every attempt), so it is filled in place and never copied.
 type targetList struct {
-	ids []peer.ID
-	one [1]peer.ID
+	// first, when set, goes before ids: the leader, when no targets were
+	// given.
+	first peer.ID
+	ids   []peer.ID
 	// more: the namespace's members are still to be looked up (through c)
 	// after ids.
 	more bool
@@ -348,18 +350,23 @@ func (c *Client) targets(peers []peer.ID, t *targetList) {
 	case leader == "" || unreachable(leader):
 		t.ids = orderTargets(c.findMembers(), "", unreachable)
 	default:
-		t.one[0] = leader
-		t.ids, t.more = t.one[:], true
+		t.first, t.more = leader, true
 	}
 }
 
 // at is the i-th target; false past the last.
 func (t *targetList) at(i int) (peer.ID, bool) {
+	if t.first != "" {
+		if i == 0 {
+			return t.first, true
+		}
+		i--
+	}
 	if i >= len(t.ids) && t.more {
 		t.more = false
 		ids := slices.Clone(t.ids)
 		for _, id := range orderTargets(t.c.findMembers(), "", t.c.sessions.unreachable) {
-			if !slices.Contains(ids, id) {
+			if id != t.first && !slices.Contains(ids, id) {
 				ids = append(ids, id)
 			}
 		}

@@ -210,6 +210,9 @@ type seqLane struct {
 	identity [clientIDSize]byte
 	last     uint64              // last number handed out
 	inflight map[uint64]struct{} // numbers of writes not ended
+	// low is the lowest number in inflight (when not empty), kept so
+	// that a write looks at no more than the lane's ends.
+	low uint64
 }
 
 // seqTicket is the request ID of one write.
@@ -225,12 +228,7 @@ func (w *seqWindow) init(first [clientIDSize]byte) {
 
 // room tells whether the lane may hand out its next number.
 func (l *seqLane) room() bool {
-	next := l.last + 1
-	lowest := next
-	for s := range l.inflight {
-		lowest = min(lowest, s)
-	}
-	return next-lowest < seqWindowSize
+	return len(l.inflight) == 0 || l.last+1-l.low < seqWindowSize
 }
 
 // acquire returns the next request ID of the first lane with room (opening
@@ -263,6 +261,9 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket,
 		if lane != nil {
 			lane.last++
 			t := seqTicket{lane: lane, seq: lane.last}
+			if len(lane.inflight) == 0 {
+				lane.low = t.seq
+			}
 			lane.inflight[t.seq] = struct{}{}
 			w.mu.Unlock()
 			return t, nil
@@ -287,12 +288,17 @@ func (w *seqWindow) acquire(ctx context.Context, deadline time.Time) (seqTicket,
 // moves its window, so only that wakes the writes waiting.
 func (w *seqWindow) release(t seqTicket) {
 	w.mu.Lock()
-	delete(t.lane.inflight, t.seq)
-	lowest := true
-	for s := range t.lane.inflight {
-		if s < t.seq {
-			lowest = false
-			break
+	l := t.lane
+	delete(l.inflight, t.seq)
+	lowest := t.seq == l.low
+	if lowest && len(l.inflight) > 0 {
+		// The next lowest: numbers are handed out in order, so it is
+		// found within the window above.
+		for s := t.seq + 1; ; s++ {
+			if _, ok := l.inflight[s]; ok {
+				l.low = s
+				break
+			}
 		}
 	}
 	if lowest && w.watched {
