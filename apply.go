@@ -128,9 +128,6 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 		return err
 	}
 	old, exists := l.e, l.exists
-	// Value aliases the log entry: it is read only while this batch
-	// applies (by later operations of the batch, and by onChange, which
-	// copies what it keeps), and the stored record is a copy.
 	e := Entry{Value: value, CreateIndex: a.index, ModIndex: a.index, Lease: lease}
 	if e.Value == nil {
 		e.Value = []byte{}
@@ -138,6 +135,13 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	if exists {
 		e.CreateIndex = old.CreateIndex
 	}
+	// The stored record copies the value out of the log entry; from here
+	// on the value is the record's (its tail): a fresh allocation that
+	// nobody writes again, so onChange (the watch history) may keep it
+	// without a copy of its own, and keeping it keeps no log entry alive.
+	rec := encodeEntry(e)
+	n := len(rec)
+	e.Value = rec[n-len(e.Value) : n : n]
 	k := l.keyName(key)
 	if exists && old.Lease != 0 && old.Lease != lease {
 		a.f.leases.unbind(old.Lease, k)
@@ -149,7 +153,7 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
 	}
-	return a.batch.Put(a.ctx, a.dataKey(key, l.dk), encodeEntry(e))
+	return a.batch.Put(a.ctx, a.dataKey(key, l.dk), rec)
 }
 
 // delete removes key; deleting an absent key changes nothing.
