@@ -47,7 +47,7 @@ type pendingEntry struct {
 // from the datastore is kept too: a condition and the write after it read
 // the key once.
 func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, true)
 	return l.e, l.exists, err
 }
 
@@ -62,8 +62,10 @@ type looked struct {
 	name string
 }
 
-// lookupKey is lookup that also returns what it computed on the way.
-func (a *applyCtx) lookupKey(key []byte) (looked, error) {
+// lookupKey is lookup that also returns what it computed on the way. keep
+// false leaves what it read out of the batch's pending entries: a write
+// that is about to remember its own result needs no second map update.
+func (a *applyCtx) lookupKey(key []byte, keep bool) (looked, error) {
 	if p, ok := a.pending[string(key)]; ok {
 		return looked{e: p.e, exists: p.exists}, nil
 	}
@@ -73,7 +75,9 @@ func (a *applyCtx) lookupKey(key []byte) (looked, error) {
 		return looked{}, err
 	}
 	name := string(key)
-	a.remember(name, e, ok)
+	if keep {
+		a.remember(name, e, ok)
+	}
 	return looked{e: e, exists: ok, dk: dk, name: name}, nil
 }
 
@@ -123,7 +127,7 @@ func (a *applyCtx) set(key, value []byte) error {
 // setWithLease is set binding key to lease (0: none). A key overwritten
 // with another lease, or none, leaves its old lease.
 func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, false)
 	if err != nil {
 		return err
 	}
@@ -158,7 +162,7 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 
 // delete removes key; deleting an absent key changes nothing.
 func (a *applyCtx) delete(key []byte) error {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, false)
 	if err != nil || !l.exists {
 		return err
 	}
