@@ -47,7 +47,7 @@ type pendingEntry struct {
 // from the datastore is kept too: a condition and the write after it read
 // the key once.
 func (a *applyCtx) lookup(key []byte) (Entry, bool, error) {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, true)
 	return l.e, l.exists, err
 }
 
@@ -62,8 +62,10 @@ type looked struct {
 	name string
 }
 
-// lookupKey is lookup that also returns what it computed on the way.
-func (a *applyCtx) lookupKey(key []byte) (looked, error) {
+// lookupKey is lookup that also returns what it computed on the way. keep
+// false leaves what it read out of the batch's pending entries: a write
+// that is about to remember its own result needs no second map update.
+func (a *applyCtx) lookupKey(key []byte, keep bool) (looked, error) {
 	if p, ok := a.pending[string(key)]; ok {
 		return looked{e: p.e, exists: p.exists}, nil
 	}
@@ -73,7 +75,9 @@ func (a *applyCtx) lookupKey(key []byte) (looked, error) {
 		return looked{}, err
 	}
 	name := string(key)
-	a.remember(name, e, ok)
+	if keep {
+		a.remember(name, e, ok)
+	}
 	return looked{e: e, exists: ok, dk: dk, name: name}, nil
 }
 
@@ -123,14 +127,11 @@ func (a *applyCtx) set(key, value []byte) error {
 // setWithLease is set binding key to lease (0: none). A key overwritten
 // with another lease, or none, leaves its old lease.
 func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, false)
 	if err != nil {
 		return err
 	}
 	old, exists := l.e, l.exists
-	// Value aliases the log entry: it is read only while this batch
-	// applies (by later operations of the batch, and by onChange, which
-	// copies what it keeps), and the stored record is a copy.
 	e := Entry{Value: value, CreateIndex: a.index, ModIndex: a.index, Lease: lease}
 	if e.Value == nil {
 		e.Value = []byte{}
@@ -138,6 +139,13 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	if exists {
 		e.CreateIndex = old.CreateIndex
 	}
+	// The stored record copies the value out of the log entry; from here
+	// on the value is the record's (its tail): a fresh allocation that
+	// nobody writes again, so onChange (the watch history) may keep it
+	// without a copy of its own, and keeping it keeps no log entry alive.
+	rec := encodeEntry(e)
+	n := len(rec)
+	e.Value = rec[n-len(e.Value) : n : n]
 	k := l.keyName(key)
 	if exists && old.Lease != 0 && old.Lease != lease {
 		a.f.leases.unbind(old.Lease, k)
@@ -149,12 +157,12 @@ func (a *applyCtx) setWithLease(key, value []byte, lease LeaseID) error {
 	if a.events {
 		a.eventList = append(a.eventList, Event{Kind: EventSet, Key: k, Entry: e, Index: a.index})
 	}
-	return a.batch.Put(a.ctx, a.dataKey(key, l.dk), encodeEntry(e))
+	return a.batch.Put(a.ctx, a.dataKey(key, l.dk), rec)
 }
 
 // delete removes key; deleting an absent key changes nothing.
 func (a *applyCtx) delete(key []byte) error {
-	l, err := a.lookupKey(key)
+	l, err := a.lookupKey(key, false)
 	if err != nil || !l.exists {
 		return err
 	}

@@ -31,7 +31,10 @@ const (
 
 // encodeEntry is the stored form of an entry.
 func encodeEntry(e Entry) []byte {
-	b := make([]byte, 0, 1+3*binary.MaxVarintLen64+len(e.Value))
+	// Exactly the record's size: every stored key keeps its record (on an
+	// in-memory datastore, and in the watch history), and room for the
+	// largest varints would move a 100-byte value up a size class.
+	b := make([]byte, 0, 1+uvarintLen(e.CreateIndex)+uvarintLen(e.ModIndex)+uvarintLen(uint64(e.Lease))+len(e.Value))
 	b = append(b, entryRecordVersion)
 	b = binary.AppendUvarint(b, e.CreateIndex)
 	b = binary.AppendUvarint(b, e.ModIndex)

@@ -81,13 +81,14 @@ type kvStore struct {
 	// onChange, when set, gets the events of each applied batch, in index
 	// order, once the batch is committed to the datastore. It is called
 	// without any lock a reader takes, from Raft's apply goroutine, so it
-	// must not block (copy and return): Raft waits for it.
+	// must not block: Raft waits for it. It may keep the events' values
+	// (never written again), not the list (reused for the next batch).
 	onChange func(events []Event)
 	// pendingScratch is the pending map of the last batch, emptied, kept
 	// for the next one (see keepPending).
 	pendingScratch map[string]pendingEntry
 	// eventScratch is the event list of the last batch, for the next one
-	// (ApplyBatch gives it back once onChange has copied the events).
+	// (ApplyBatch gives it back once onChange has taken the events).
 	eventScratch []Event
 	// onReset, when set, is told after a snapshot was installed or the
 	// state wiped: changes up to applied are gone as events (a watcher
@@ -236,19 +237,26 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 // burst of writes costs one datastore commit, which also records the last
 // applied index: a restart neither loses nor replays a write. An entry that
 // cannot be applied stops the store (see failed): nothing of the batch is
-// committed and no entry is counted as applied.
+// committed and no entry is counted as applied. Each answer is a
+// *FSMResponse.
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	start := f.metrics.start()
+	// The answers are pointers into one slice: one allocation per batch,
+	// where boxing each FSMResponse would cost one per entry.
+	resps := make([]FSMResponse, len(logs))
 	out := make([]interface{}, len(logs))
+	for i := range resps {
+		out[i] = &resps[i]
+	}
 	f.mu.Lock()
 	epoch := f.epoch
-	events, err := f.applyLocked(logs, out)
+	events, err := f.applyLocked(logs, resps)
 	if err != nil {
 		f.stopLocked(err)
 	}
 	if f.failed != nil {
-		for i := range out {
-			out[i] = FSMResponse{Error: f.failed}
+		for i := range resps {
+			resps[i] = FSMResponse{Error: f.failed}
 		}
 		events = nil
 	}
@@ -266,7 +274,7 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	// readers are not held while the consumer takes them.
 	if onChange != nil && len(events) > 0 {
 		onChange(events)
-		// onChange copied what it keeps: the list serves the next batch.
+		// onChange kept the events, not the list: it serves the next batch.
 		if cap(events) <= maxPendingScratch {
 			clear(events)
 			f.mu.Lock()
@@ -280,7 +288,7 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 // applyLocked applies logs, setting each one's response, and commits them
 // with the index reached. It returns the batch's events when onChange is
 // set.
-func (f *kvStore) applyLocked(logs []*hraft.Log, out []interface{}) ([]Event, error) {
+func (f *kvStore) applyLocked(logs []*hraft.Log, out []FSMResponse) ([]Event, error) {
 	if f.failed != nil {
 		return nil, f.failed
 	}
@@ -449,38 +457,81 @@ func (f *kvStore) keys(prefix string) ([]string, error) {
 }
 
 // scan calls fn for every key (and value, unless keysOnly) of the store:
-// the flat keys, then the queue subspace's (see queue_store.go).
+// the flat keys and the queue subspace's (see queue_store.go), in no set
+// order. One query covers both: both live under the prefix, and a query
+// may cost a walk of the whole datastore (an in-memory one filters every
+// key), which a snapshot would otherwise pay twice under the apply lock.
 func (f *kvStore) scan(keysOnly bool, fn func(key string, value []byte) error) error {
-	if err := f.scanFlat(keysOnly, fn); err != nil {
-		return err
-	}
-	return f.scanNested(keysOnly, fn)
+	nested := queueSegment + "/"
+	return f.scanPrefix(keysOnly, func(rest string, value []byte, buf []byte) ([]byte, error) {
+		if !strings.Contains(rest, "/") {
+			return f.flatRecord(rest, value, buf, fn)
+		}
+		if below, ok := strings.CutPrefix(rest, nested); ok {
+			return nestedRecord(below, value, buf, fn)
+		}
+		return buf, nil
+	})
 }
 
 // scanFlat calls fn for every key stored flat under the prefix. Only
 // entries exactly one valid segment below the prefix are ours: a nested
 // namespace keeps its own entries deeper down.
 func (f *kvStore) scanFlat(keysOnly bool, fn func(key string, value []byte) error) error {
+	return f.scanPrefix(keysOnly, func(rest string, value []byte, buf []byte) ([]byte, error) {
+		if strings.Contains(rest, "/") {
+			return buf, nil
+		}
+		return f.flatRecord(rest, value, buf, fn)
+	})
+}
+
+// scanPrefix calls each for every record below the prefix, with the rest
+// of its key; buf is a scratch buffer each may grow and returns, so that a
+// key is decoded without an allocation of its own.
+func (f *kvStore) scanPrefix(keysOnly bool, each func(rest string, value []byte, buf []byte) ([]byte, error)) error {
 	res, err := f.ds.Query(context.Background(), query.Query{Prefix: f.prefix, KeysOnly: keysOnly})
 	if err != nil {
 		return err
 	}
 	defer res.Close()
+	base := f.prefix + "/"
+	var buf []byte
 	for r := range res.Next() {
 		if r.Error != nil {
 			return r.Error
 		}
-		rest, ok := strings.CutPrefix(r.Key, f.prefix+"/")
-		if !ok || rest == "" || strings.Contains(rest, "/") {
+		rest, ok := strings.CutPrefix(r.Key, base)
+		if !ok || rest == "" {
 			continue
 		}
-		raw, err := keyEncoding.DecodeString(rest)
-		if err != nil || len(raw) == 0 {
-			continue
-		}
-		if err := fn(string(raw), r.Value); err != nil {
+		if buf, err = each(rest, r.Value, buf); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// flatRecord decodes a flat key's segment and calls fn with it; a segment
+// that is not a key's encoding (the store's own records) is skipped.
+func (f *kvStore) flatRecord(seg string, value []byte, buf []byte, fn func(key string, value []byte) error) ([]byte, error) {
+	raw, buf, ok := decodeSegment(seg, buf)
+	if !ok || len(raw) == 0 {
+		return buf, nil
+	}
+	return buf, fn(string(raw), value)
+}
+
+// decodeSegment decodes a key's path segment into buf (grown as needed):
+// the decoded bytes alias the returned buffer.
+func decodeSegment(seg string, buf []byte) (raw, grown []byte, ok bool) {
+	n := keyEncoding.DecodedLen(len(seg))
+	if cap(buf) < n {
+		buf = make([]byte, n, max(n, 64))
+	}
+	m, err := keyEncoding.Decode(buf[:n], []byte(seg))
+	if err != nil {
+		return nil, buf, false
+	}
+	return buf[:m], buf, true
 }

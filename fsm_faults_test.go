@@ -502,7 +502,7 @@ func ftSets(t *testing.T, first uint64, keys ...string) []*hraft.Log {
 func ftApplyOK(t *testing.T, kv *kvStore, logs []*hraft.Log) {
 	t.Helper()
 	for i, r := range kv.ApplyBatch(logs) {
-		if resp, ok := r.(FSMResponse); !ok || resp.Error != nil {
+		if resp, ok := r.(*FSMResponse); !ok || resp.Error != nil {
 			t.Fatalf("entry %d: %#v", logs[i].Index, r)
 		}
 	}
@@ -518,7 +518,7 @@ func ftApplyFails(t *testing.T, kv *kvStore, logs []*hraft.Log) error {
 	}
 	var first error
 	for i, r := range out {
-		resp, ok := r.(FSMResponse)
+		resp, ok := r.(*FSMResponse)
 		if !ok || resp.Error == nil {
 			t.Fatalf("entry %d of the failed batch answered %#v, want an error", logs[i].Index, r)
 		}
@@ -697,7 +697,7 @@ func TestFaultUnknownOperationKindStopsStore(t *testing.T) {
 			t.Fatalf("applied index %d, want 2", got)
 		}
 		// Through Apply, the single-entry path, too.
-		if r, ok := f.kv.Apply(ftLog(t, 4, SetOp("c", nil))).(FSMResponse); !ok || r.Error == nil {
+		if r, ok := f.kv.Apply(ftLog(t, 4, SetOp("c", nil))).(*FSMResponse); !ok || r.Error == nil {
 			t.Fatalf("Apply after the stop answered %#v", r)
 		}
 		if _, ok := f.value(t, "c"); ok {

@@ -43,12 +43,12 @@ func TestApplyBatchFastAndSlowPathsAgree(t *testing.T) {
 		slowLogs = append(slowLogs, &hraft.Log{Index: uint64(i + 1), Type: hraft.LogCommand, Data: slowB})
 	}
 	for _, r := range fast.ApplyBatch(fastLogs) {
-		if resp, ok := r.(FSMResponse); ok && resp.Error != nil {
+		if resp, ok := r.(*FSMResponse); ok && resp.Error != nil {
 			t.Fatal(resp.Error)
 		}
 	}
 	for _, r := range slow.ApplyBatch(slowLogs) {
-		if resp, ok := r.(FSMResponse); ok && resp.Error != nil {
+		if resp, ok := r.(*FSMResponse); ok && resp.Error != nil {
 			t.Fatal(resp.Error)
 		}
 	}

@@ -23,6 +23,17 @@ func (c *cluster) applyOps(timeout time.Duration, ops ...Op) error {
 	if err := validateTimeout(timeout); err != nil {
 		return err
 	}
+	if len(ops) == 1 {
+		// Set and Delete: the operation on the stack, its key too when
+		// short (the command is encoded from it; nothing keeps it).
+		if err := checkUserOp(ops[0]); err != nil {
+			return err
+		}
+		var one [1]cmdOp
+		one[0] = userOp(ops[0])
+		_, err := c.propose(one[:], nil, timeout)
+		return err
+	}
 	list := make([]cmdOp, len(ops))
 	for i, op := range ops {
 		if err := checkUserOp(op); err != nil {
@@ -160,7 +171,10 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 		return FSMResponse{}, err
 	}
 	c.metrics.observeCommit(start)
-	resp, _ := f.Response().(FSMResponse)
+	var resp FSMResponse
+	if r, ok := f.Response().(*FSMResponse); ok { // see kvStore.ApplyBatch
+		resp = *r
+	}
 	return resp, nil
 }
 

@@ -184,10 +184,10 @@ func TestLeaseLimits(t *testing.T) {
 		logs[i] = &hraft.Log{Index: uint64(i + 1), Type: hraft.LogCommand, Data: leaseCmd(grantOps(time.Minute)...)}
 	}
 	out := f.ApplyBatch(logs)
-	if err := out[MaxLeases-1].(FSMResponse).Error; err != nil {
+	if err := out[MaxLeases-1].(*FSMResponse).Error; err != nil {
 		t.Fatalf("grant %d: %v", MaxLeases, err)
 	}
-	if err := out[MaxLeases].(FSMResponse).Error; !errors.Is(err, ErrTooLarge) {
+	if err := out[MaxLeases].(*FSMResponse).Error; !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("grant past MaxLeases: %v", err)
 	}
 	ops := make([]Op, MaxLeaseKeys+1)

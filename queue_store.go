@@ -190,18 +190,28 @@ func (f *kvStore) flatKey(key []byte) datastore.Key {
 // scanNested calls fn for every key of the queue subspace: exactly two
 // valid segments below it.
 func (f *kvStore) scanNested(keysOnly bool, fn func(key string, value []byte) error) error {
+	var buf []byte
 	return f.scanBelow(queueSegment, keysOnly, func(rest string, value []byte) error {
-		dirSeg, leafSeg, ok := strings.Cut(rest, "/")
-		if !ok || strings.Contains(leafSeg, "/") {
-			return nil
-		}
-		dir, err1 := keyEncoding.DecodeString(dirSeg)
-		leaf, err2 := keyEncoding.DecodeString(leafSeg)
-		if err1 != nil || err2 != nil || len(dir) == 0 || len(leaf) != queueIDSize {
-			return nil
-		}
-		return fn(queueKeyPrefix+string(dir)+string(leaf), value)
+		var err error
+		buf, err = nestedRecord(rest, value, buf, fn)
+		return err
 	})
+}
+
+// nestedRecord decodes the path of a queue-subspace record below the
+// subspace (directory and leaf segments) and calls fn with its key;
+// anything else is skipped.
+func nestedRecord(rest string, value []byte, buf []byte, fn func(key string, value []byte) error) ([]byte, error) {
+	dirSeg, leafSeg, ok := strings.Cut(rest, "/")
+	if !ok || strings.Contains(leafSeg, "/") {
+		return buf, nil
+	}
+	dir, err1 := keyEncoding.DecodeString(dirSeg)
+	leaf, err2 := keyEncoding.DecodeString(leafSeg)
+	if err1 != nil || err2 != nil || len(dir) == 0 || len(leaf) != queueIDSize {
+		return buf, nil
+	}
+	return buf, fn(queueKeyPrefix+string(dir)+string(leaf), value)
 }
 
 // maxClaimedAhead bounds the claimed items a claim steps over before the

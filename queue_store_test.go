@@ -45,7 +45,7 @@ func mustEnqueue(t *testing.T, queue, value string) []byte {
 // applyClaim applies one command holding a claim and returns what it found.
 func applyClaim(t *testing.T, f *kvStore, index uint64, cmd []byte) (TxnResult, claimedItem) {
 	t.Helper()
-	resp := f.ApplyBatch([]*hraft.Log{{Index: index, Type: hraft.LogCommand, Data: cmd}})[0].(FSMResponse)
+	resp := f.ApplyBatch([]*hraft.Log{{Index: index, Type: hraft.LogCommand, Data: cmd}})[0].(*FSMResponse)
 	if resp.Error != nil {
 		t.Fatalf("claim at %d: %v", index, resp.Error)
 	}
@@ -196,7 +196,7 @@ func TestQueueClaimBatchSplits(t *testing.T) {
 		var batch []*hraft.Log
 		flush := func() {
 			for _, r := range f.ApplyBatch(batch) {
-				resp := r.(FSMResponse)
+				resp := r.(*FSMResponse)
 				if resp.Error != nil {
 					answers = append(answers, []byte(resp.Error.Error()))
 				} else {

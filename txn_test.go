@@ -28,7 +28,7 @@ func newTestStore(t testing.TB) (*kvStore, datastore.Batching) {
 // applyAt applies one command at index and returns the result.
 func applyAt(t testing.TB, f *kvStore, index uint64, cmd []byte) (TxnResult, error) {
 	t.Helper()
-	resp := f.ApplyBatch([]*hraft.Log{{Index: index, Type: hraft.LogCommand, Data: cmd}})[0].(FSMResponse)
+	resp := f.ApplyBatch([]*hraft.Log{{Index: index, Type: hraft.LogCommand, Data: cmd}})[0].(*FSMResponse)
 	if resp.Error != nil {
 		return TxnResult{}, resp.Error
 	}

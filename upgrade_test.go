@@ -146,7 +146,7 @@ func TestUnknownKindInLogStopsMembers(t *testing.T) {
 	if err := f.Error(); err != nil {
 		t.Fatalf("raw apply: %v", err)
 	}
-	resp, _ := f.Response().(FSMResponse)
+	resp, _ := f.Response().(*FSMResponse)
 	if !errors.Is(resp.Error, ErrShutdown) || !strings.Contains(resp.Error.Error(), "operation kind 200") {
 		t.Fatalf("leader's answer: %v", resp.Error)
 	}

@@ -162,46 +162,21 @@ func newWatchHub(lim historyLimits, applied uint64) *watchHub {
 }
 
 // publish adds the events of one committed apply batch, in index order. It
-// copies what it keeps: the caller may reuse its slices.
+// keeps the events' values as they are, without a copy: the state machine
+// hands over values that are its stored records' own bytes, which nobody
+// writes again (see applyCtx.setWithLease); the event list itself is the
+// caller's to reuse.
 func (h *watchHub) publish(events []Event) {
 	if len(events) == 0 {
 		return
 	}
-	// Values are copied into shared slabs: two allocations per batch of
-	// small values instead of one per change, on Raft's apply path. A slab
-	// lives until its last event leaves the history, so slabs stay small
-	// (what they keep beyond the byte budget is at most one slab) and a
-	// large value gets an allocation of its own.
-	var slab []byte
-	small := 0 // bytes of small values not yet in a slab
-	for _, e := range events {
-		if n := len(e.Entry.Value); n <= valueSlabSize/4 {
-			small += n
-		}
-	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, e := range events {
-		v := e.Entry.Value
-		switch {
-		case len(v) == 0 || len(v) > valueSlabSize/4:
-			e.Entry.Value = bytes.Clone(v)
-		default:
-			if cap(slab)-len(slab) < len(v) {
-				slab = make([]byte, 0, min(max(small, len(v)), valueSlabSize))
-			}
-			small -= len(v)
-			start := len(slab)
-			slab = append(slab, v...)
-			e.Entry.Value = slab[start:len(slab):len(slab)]
-		}
 		h.ring.push(e)
 	}
 	h.wakeLocked()
 }
-
-// valueSlabSize is the size of the slabs publish copies values into.
-const valueSlabSize = 16 << 10
 
 // reset drops the history after the state machine's state was replaced (a
 // snapshot restored, or the data wiped): what changed up to applied is not
