@@ -7,6 +7,7 @@ package raft
 // one. One session's calls are client_session.go.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -325,7 +326,8 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 	}
 	_ = st.SetDeadline(time.Time{})
 	s := &clientSession{pool: p, peer: id, st: st, pending: map[uint64]*pendingCall{},
-		slots: make(chan struct{}, sessionInflight), done: make(chan struct{})}
+		slots: make(chan struct{}, sessionInflight), done: make(chan struct{}),
+		br: bufio.NewReaderSize(st, sessionReadBuffer), wake: make(chan struct{}, 1)}
 	if cd.key != nil {
 		c2s, s2c, err := cd.key.sessionCiphers(salt, reply.Salt)
 		if err != nil {
