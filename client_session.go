@@ -297,13 +297,13 @@ func (s *clientSession) readOwn(ctx context.Context, pc *pendingCall, deadline t
 			return r, true
 		default:
 		}
+		now := time.Now()
+		if !now.Before(deadline) && s.br.Buffered() == 0 {
+			s.releaseReader()
+			return callResult{}, false
+		}
+		s.ownDeadline(now, deadline)
 		if s.br.Buffered() == 0 {
-			now := time.Now()
-			if !now.Before(deadline) {
-				s.releaseReader()
-				return callResult{}, false
-			}
-			s.ownDeadline(now, deadline)
 			if _, err := s.br.Peek(1); err != nil {
 				if retryableTimeout(err) {
 					continue // early (a deadline kept from before), or due: see above
@@ -312,10 +312,18 @@ func (s *clientSession) readOwn(ctx context.Context, pc *pendingCall, deadline t
 				continue // abort gave pc its result
 			}
 		}
-		// A frame has begun: read it whole (a deadline passing in its
-		// middle breaks the session, as the frames can no longer be told
-		// apart).
+		// A frame has begun: read it whole.
 		if err := s.readFrame(); err != nil {
+			if retryableTimeout(err) {
+				// The deadline passed in the middle of a frame: the
+				// frames can no longer be told apart, so the session
+				// ends, but pc fails as any call without its answer in
+				// time does (ErrTimeout, once its timer fires).
+				s.forget(pc)
+				s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+				s.releaseReader()
+				return callResult{}, false
+			}
 			s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
 		}
 	}

@@ -165,6 +165,9 @@ func TestClientSessionLoneCallerBroken(t *testing.T) {
 // deadline; the session stays, and a late answer is dropped.
 func TestClientSessionLoneCallerTimeout(t *testing.T) {
 	f := newFakeMember(t, func(c *memberConn) {
+		if id, err := c.next(); err == nil { // a first call, answered
+			c.frame(frameAnswer, id, &response{Index: id})
+		}
 		id, err := c.next()
 		if err != nil {
 			t.Errorf("request: %v", err)
@@ -179,13 +182,16 @@ func TestClientSessionLoneCallerTimeout(t *testing.T) {
 		c.frame(frameAnswer, id2, &response{Index: id2})
 		_, _ = c.next() // until the caller closes
 	})
+	if _, _, err := f.call(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	_, took, err := f.call(300 * time.Millisecond)
 	if !errors.Is(err, ErrTimeout) || took < 300*time.Millisecond || took > 5*time.Second {
 		t.Fatalf("unanswered call: %v after %v, want ErrTimeout after 300ms", err, took)
 	}
 	resp, _, err := f.call(10 * time.Second)
-	if err != nil || resp.Index != 2 || f.pool.opened.Load() != 1 {
-		t.Fatalf("next call: %+v %v, %d sessions opened, want the answer to 2 on the same session", resp, err, f.pool.opened.Load())
+	if err != nil || resp.Index != 3 || f.pool.opened.Load() != 1 {
+		t.Fatalf("next call: %+v %v, %d sessions opened, want the answer to 3 on the same session", resp, err, f.pool.opened.Load())
 	}
 }
 
@@ -193,9 +199,15 @@ func TestClientSessionLoneCallerTimeout(t *testing.T) {
 // wait at once.
 func TestClientSessionLoneCallerClosed(t *testing.T) {
 	f := newFakeMember(t, func(c *memberConn) {
+		if id, err := c.next(); err == nil { // a first call, answered
+			c.frame(frameAnswer, id, &response{})
+		}
 		_, _ = c.next()
 		_, _ = c.next() // until the session ends
 	})
+	if _, _, err := f.call(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := f.call(20 * time.Second)
@@ -220,5 +232,43 @@ func TestClientSessionLoneCallerClosed(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the call still waits after the pool closed")
+	}
+}
+
+// An answer cut off in the middle of its frame at the caller's deadline
+// fails the call with ErrTimeout and ends the session (its frames can no
+// longer be told apart); the next call opens another.
+func TestClientSessionLoneCallerTimeoutMidFrame(t *testing.T) {
+	var sessions atomic.Int32
+	f := newFakeMember(t, func(c *memberConn) {
+		id, err := c.next()
+		if err != nil {
+			t.Errorf("request: %v", err)
+			return
+		}
+		c.frame(frameAnswer, id, &response{Index: 9})
+		if sessions.Add(1) > 1 {
+			_, _ = c.next() // until the caller closes
+			return
+		}
+		// The second request (its caller alone, reading for itself)
+		// gets a frame's length and half of it, and no more.
+		if id, err = c.next(); err != nil {
+			t.Errorf("request: %v", err)
+			return
+		}
+		_, _ = c.st.Write([]byte{20, frameAnswer, byte(id), hintNone})
+		_, _ = c.next() // until the caller ends the session
+	})
+	if _, _, err := f.call(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, took, err := f.call(300 * time.Millisecond)
+	if !errors.Is(err, ErrTimeout) || took < 300*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("call answered by half a frame: %v after %v, want ErrTimeout after 300ms", err, took)
+	}
+	resp, _, err := f.call(10 * time.Second)
+	if err != nil || resp.Index != 9 || f.pool.opened.Load() != 2 {
+		t.Fatalf("next call: %+v %v, %d sessions opened, want the answer on a second session", resp, err, f.pool.opened.Load())
 	}
 }
