@@ -285,7 +285,13 @@ func (s *clientSession) written(tags []any, ends []int, n int, err error) {
 func (s *clientSession) readOwn(ctx context.Context, pc *pendingCall, deadline time.Time) (callResult, bool) {
 	s.mu.Lock()
 	if s.reader != readerNone || s.dead != nil || s.draining || len(s.pending) != 1 || s.pending[pc.id] != pc || ctx.Err() != nil {
+		// Not alone: unless someone reads, the loop must (it may be
+		// lingering, and no other caller reads for pc).
+		idle := s.reader == readerNone && s.dead == nil
 		s.mu.Unlock()
+		if idle {
+			s.wakeLoop()
+		}
 		return callResult{}, false
 	}
 	s.reader = readerCaller
@@ -367,7 +373,7 @@ func (s *clientSession) wakeLoop() {
 // once it has had no call for readerLinger.
 func (s *clientSession) readLoop() {
 	defer s.pool.wg.Done()
-	linger := time.NewTimer(readerLinger)
+	linger := time.NewTimer(s.pool.linger)
 	defer linger.Stop()
 	for s.awaitRole(linger) {
 		if !s.rdSet.IsZero() {
@@ -396,7 +402,7 @@ func (s *clientSession) readLoop() {
 // role; false once the session has ended.
 func (s *clientSession) awaitRole(linger *time.Timer) bool {
 	for {
-		wait := readerLinger
+		wait := s.pool.linger
 		s.mu.Lock()
 		if s.dead != nil {
 			s.mu.Unlock()
@@ -404,12 +410,12 @@ func (s *clientSession) awaitRole(linger *time.Timer) bool {
 		}
 		if s.reader == readerNone {
 			quiet := time.Since(s.lastUse)
-			if len(s.pending) > 0 || s.draining || quiet >= readerLinger {
+			if len(s.pending) > 0 || s.draining || quiet >= s.pool.linger {
 				s.reader = readerLoop
 				s.mu.Unlock()
 				return true
 			}
-			wait = readerLinger - quiet
+			wait = s.pool.linger - quiet
 		}
 		s.mu.Unlock()
 		linger.Reset(wait)

@@ -272,3 +272,45 @@ func TestClientSessionLoneCallerTimeoutMidFrame(t *testing.T) {
 		t.Fatalf("next call: %+v %v, %d sessions opened, want the answer on a second session", resp, err, f.pool.opened.Load())
 	}
 }
+
+// Calls that find nobody reading and are not alone (the read loop lingering
+// after the last lone call) get the loop to read: none waits for the
+// linger to end.
+func TestClientSessionLoopWokenForConcurrentCalls(t *testing.T) {
+	f := newFakeMember(t, func(c *memberConn) {
+		if id, err := c.next(); err == nil { // a first call, answered
+			c.frame(frameAnswer, id, &response{Index: id})
+		}
+		for {
+			// The rest in pairs: both requests in, then both answers.
+			a, err := c.next()
+			if err != nil {
+				return
+			}
+			b, err := c.next()
+			if err != nil {
+				return
+			}
+			c.frame(frameAnswer, a, &response{Index: a})
+			c.frame(frameAnswer, b, &response{Index: b})
+		}
+	})
+	f.pool.linger = time.Hour
+	if _, _, err := f.call(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		errs := make(chan error, 2)
+		for range 2 {
+			go func() {
+				_, _, err := f.call(5 * time.Second)
+				errs <- err
+			}()
+		}
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("concurrent call: %v", err)
+			}
+		}
+	}
+}

@@ -66,6 +66,8 @@ type sessionPool struct {
 	host   host.Host
 	proto  protocol.ID
 	caller *caller // codec, the fallback, and the tests' afterWrite hook
+	// linger is readerLinger (tests set another before the first call).
+	linger time.Duration
 
 	mu        sync.Mutex
 	sessions  map[peer.ID]*clientSession
@@ -81,7 +83,7 @@ type sessionPool struct {
 
 func newSessionPool(ctx context.Context, cl *caller, namespace string) *sessionPool {
 	return &sessionPool{
-		ctx: ctx, host: cl.host, proto: sessionProtocol(namespace), caller: cl,
+		ctx: ctx, host: cl.host, proto: sessionProtocol(namespace), caller: cl, linger: readerLinger,
 		sessions: map[peer.ID]*clientSession{},
 		dialing:  map[peer.ID]chan struct{}{},
 		fallback: map[peer.ID]time.Time{},
