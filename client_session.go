@@ -27,12 +27,34 @@ type clientSession struct {
 	done  chan struct{} // closed when the session has ended
 	idle  *time.Timer
 
+	// The reader's role (see readLoop): whoever holds it reads answers
+	// with br (and recv) and hands them to their calls. rdSet is the read
+	// deadline last set, by the role's holder.
+	br    *bufio.Reader
+	rdSet time.Time
+	wake  chan struct{} // buffered 1: the read loop is wanted
+
 	mu       sync.Mutex
 	pending  map[uint64]*pendingCall
 	draining bool  // no new requests (goaway, idle close)
 	dead     error // why it ended
 	lastUse  time.Time
+	reader   byte // who holds the reader's role: readerNone, readerCaller, readerLoop
 }
+
+// Holders of a session's reader's role.
+const (
+	readerNone   byte = iota
+	readerCaller      // a caller alone on the session, reading its own answer
+	readerLoop        // the session's read loop
+)
+
+// readerLinger is how long a session may go without a reader after its last
+// call: a caller alone on a session reads its answer itself, saving the
+// hand-off from the read loop, and the loop takes the reading back once no
+// call has come for this long, so that an idle session still learns at once
+// of a goaway or a broken connection.
+const readerLinger = 20 * time.Millisecond
 
 // pendingCall is a request waiting for its answer. Calls are reused
 // (pendingCalls) with their channel, timer and encoding buffer: one goes
@@ -114,6 +136,22 @@ func (s *clientSession) call(ctx context.Context, req *request, deadline time.Ti
 		pc.timer.Stop()
 		s.forget(pc)
 		return nil, fmt.Errorf("%w: session to %s: %w", errNotSent, s.peer, err)
+	}
+	if r, ok := s.readOwn(ctx, pc, deadline); ok {
+		pc.timer.Stop()
+		s.finish(pc)
+		if r.err != nil {
+			if ctx.Err() != nil {
+				// As a caller waiting on the loop would have seen.
+				return nil, ctx.Err()
+			}
+			return nil, r.err
+		}
+		resp := new(response)
+		if err := decodeResponse(r.raw, resp); err != nil {
+			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
+		}
+		return resp, nil
 	}
 	select {
 	case r := <-pc.ch:
@@ -236,27 +274,172 @@ func (s *clientSession) written(tags []any, ends []int, n int, err error) {
 	}
 }
 
-// readLoop reads answers until the session ends.
-func (s *clientSession) readLoop() {
-	defer s.pool.wg.Done()
-	br := bufio.NewReaderSize(s.st, sessionReadBuffer)
-	var err error
-	for {
-		var body []byte
-		body, _, err = readSessionFrame(br, br, nil)
-		if err != nil {
-			break
+// readOwn reads frames until pc's result is in, when pc is the only call on
+// the session and nobody reads: the caller then wakes straight from the
+// stream instead of through the read loop. Frames of calls made meanwhile
+// are handed to them on the way; once pc has its result the role goes back,
+// to the loop if other calls wait. ok false: pc waits for its result as
+// usual (someone else reads, or its deadline passed with no frame begun).
+// A context that can be cancelled is still noticed only through the pool
+// closing the session (Client.Close and a member's close do both).
+func (s *clientSession) readOwn(ctx context.Context, pc *pendingCall, deadline time.Time) (callResult, bool) {
+	s.mu.Lock()
+	if s.reader != readerNone || s.dead != nil || s.draining || len(s.pending) != 1 || s.pending[pc.id] != pc || ctx.Err() != nil {
+		// Not alone: unless someone reads, the loop must (it may be
+		// lingering, and no other caller reads for pc).
+		idle := s.reader == readerNone && s.dead == nil
+		s.mu.Unlock()
+		if idle {
+			s.wakeLoop()
 		}
-		if s.recv != nil {
-			if body, err = s.recv.open(body); err != nil {
-				break
+		return callResult{}, false
+	}
+	s.reader = readerCaller
+	s.mu.Unlock()
+	for {
+		select {
+		case r := <-pc.ch:
+			s.releaseReader()
+			return r, true
+		default:
+		}
+		now := time.Now()
+		if !now.Before(deadline) && s.br.Buffered() == 0 {
+			s.releaseReader()
+			return callResult{}, false
+		}
+		s.ownDeadline(now, deadline)
+		if s.br.Buffered() == 0 {
+			if _, err := s.br.Peek(1); err != nil {
+				if retryableTimeout(err) {
+					continue // early (a deadline kept from before), or due: see above
+				}
+				s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+				continue // abort gave pc its result
 			}
 		}
-		if err = s.deliver(body); err != nil {
-			break
+		// A frame has begun: read it whole.
+		if err := s.readFrame(); err != nil {
+			if retryableTimeout(err) {
+				// The deadline passed in the middle of a frame: the
+				// frames can no longer be told apart, so the session
+				// ends, but pc fails as any call without its answer in
+				// time does (ErrTimeout, once its timer fires).
+				s.forget(pc)
+				s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+				s.releaseReader()
+				return callResult{}, false
+			}
+			s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
 		}
 	}
-	s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+}
+
+// ownDeadline sets the read deadline for a caller that reads until
+// deadline. One set costs a timer on the stream, so a deadline already set
+// is kept while it falls no later than deadline and no more than 1/16 of
+// the time left before it; an early one is met by reading again.
+func (s *clientSession) ownDeadline(now, deadline time.Time) {
+	slack := deadline.Sub(now) / 16
+	if s.rdSet.After(now) && !s.rdSet.After(deadline) && !s.rdSet.Before(deadline.Add(-slack)) {
+		return
+	}
+	s.rdSet = deadline
+	_ = s.st.SetReadDeadline(deadline)
+}
+
+// releaseReader gives the reader's role back, waking the read loop if
+// calls wait or the session drains.
+func (s *clientSession) releaseReader() {
+	s.mu.Lock()
+	s.reader = readerNone
+	want := len(s.pending) > 0 || s.draining
+	s.mu.Unlock()
+	if want {
+		s.wakeLoop()
+	}
+}
+
+// wakeLoop tells the read loop to look whether it is wanted.
+func (s *clientSession) wakeLoop() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readLoop reads answers until the session ends, whenever no caller does
+// (readOwn): while calls wait for answers, while the session drains, and
+// once it has had no call for readerLinger.
+func (s *clientSession) readLoop() {
+	defer s.pool.wg.Done()
+	linger := time.NewTimer(s.pool.linger)
+	defer linger.Stop()
+	for s.awaitRole(linger) {
+		if !s.rdSet.IsZero() {
+			// A caller's deadline: the loop waits without one.
+			s.rdSet = time.Time{}
+			_ = s.st.SetReadDeadline(time.Time{})
+		}
+		for {
+			if err := s.readFrame(); err != nil {
+				s.abort(fmt.Errorf("raft: session to %s: %w", s.peer, err))
+				return
+			}
+			s.mu.Lock()
+			if len(s.pending) == 0 && !s.draining && s.dead == nil {
+				// A lone call to come reads its own answer.
+				s.reader = readerNone
+				s.mu.Unlock()
+				break
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// awaitRole waits until the read loop is wanted and gives it the reader's
+// role; false once the session has ended.
+func (s *clientSession) awaitRole(linger *time.Timer) bool {
+	for {
+		wait := s.pool.linger
+		s.mu.Lock()
+		if s.dead != nil {
+			s.mu.Unlock()
+			return false
+		}
+		if s.reader == readerNone {
+			quiet := time.Since(s.lastUse)
+			if len(s.pending) > 0 || s.draining || quiet >= s.pool.linger {
+				s.reader = readerLoop
+				s.mu.Unlock()
+				return true
+			}
+			wait = s.pool.linger - quiet
+		}
+		s.mu.Unlock()
+		linger.Reset(wait)
+		select {
+		case <-s.wake:
+		case <-linger.C:
+		case <-s.done:
+		}
+	}
+}
+
+// readFrame reads one frame and hands it to its call; only for the holder
+// of the reader's role.
+func (s *clientSession) readFrame() error {
+	body, _, err := readSessionFrame(s.br, s.br, nil)
+	if err != nil {
+		return err
+	}
+	if s.recv != nil {
+		if body, err = s.recv.open(body); err != nil {
+			return err
+		}
+	}
+	return s.deliver(body)
 }
 
 // deliver hands one frame to its call.
@@ -342,6 +525,7 @@ func (s *clientSession) closeIfIdle() {
 	}
 	s.draining = true
 	s.mu.Unlock()
+	s.wakeLoop() // to read to the end
 	s.pool.drop(s)
 	s.w.close(errSessionGoaway)
 	// Nothing is pending and nothing more will be sent: the member sees

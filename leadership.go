@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -27,11 +28,36 @@ func (c *cluster) Leader() (peer.ID, error) {
 	if id == "" {
 		return "", ErrNoLeader
 	}
-	p, err := peer.Decode(string(id))
+	p, err := decodeLeaderID(id)
 	if err != nil {
 		return "", fmt.Errorf("raft: leader id %q: %w", id, err)
 	}
 	return p, nil
+}
+
+// decodedLeader is the last leader ID decodeLeaderID decoded.
+type decodedLeader struct {
+	raw hraft.ServerID
+	id  peer.ID
+}
+
+// lastLeader remembers one decoding: a follower looks up its leader for
+// every request it forwards and every answer's leader hint, and decoding
+// the text form costs a base58 decode and several allocations each time,
+// for the same leader nearly always.
+var lastLeader atomic.Pointer[decodedLeader]
+
+// decodeLeaderID is peer.Decode of a Raft server ID, remembering the last.
+func decodeLeaderID(raw hraft.ServerID) (peer.ID, error) {
+	if d := lastLeader.Load(); d != nil && d.raw == raw {
+		return d.id, nil
+	}
+	id, err := peer.Decode(string(raw))
+	if err != nil {
+		return "", err
+	}
+	lastLeader.Store(&decodedLeader{raw: raw, id: id})
+	return id, nil
 }
 
 // State is the local Raft state (Shutdown after Close).

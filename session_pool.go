@@ -7,6 +7,7 @@ package raft
 // one. One session's calls are client_session.go.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +66,8 @@ type sessionPool struct {
 	host   host.Host
 	proto  protocol.ID
 	caller *caller // codec, the fallback, and the tests' afterWrite hook
+	// linger is readerLinger (tests set another before the first call).
+	linger time.Duration
 
 	mu        sync.Mutex
 	sessions  map[peer.ID]*clientSession
@@ -80,7 +83,7 @@ type sessionPool struct {
 
 func newSessionPool(ctx context.Context, cl *caller, namespace string) *sessionPool {
 	return &sessionPool{
-		ctx: ctx, host: cl.host, proto: sessionProtocol(namespace), caller: cl,
+		ctx: ctx, host: cl.host, proto: sessionProtocol(namespace), caller: cl, linger: readerLinger,
 		sessions: map[peer.ID]*clientSession{},
 		dialing:  map[peer.ID]chan struct{}{},
 		fallback: map[peer.ID]time.Time{},
@@ -325,7 +328,8 @@ func (p *sessionPool) dial(ctx context.Context, id peer.ID, deadline time.Time) 
 	}
 	_ = st.SetDeadline(time.Time{})
 	s := &clientSession{pool: p, peer: id, st: st, pending: map[uint64]*pendingCall{},
-		slots: make(chan struct{}, sessionInflight), done: make(chan struct{})}
+		slots: make(chan struct{}, sessionInflight), done: make(chan struct{}),
+		br: bufio.NewReaderSize(st, sessionReadBuffer), wake: make(chan struct{}, 1)}
 	if cd.key != nil {
 		c2s, s2c, err := cd.key.sessionCiphers(salt, reply.Salt)
 		if err != nil {
