@@ -160,6 +160,9 @@ func TransportProtocol(namespace string) protocol.ID {
 
 // cluster is the Cluster of one namespace on one node.
 type cluster struct {
+	// lastLeader is the leader ID Leader decoded last (decodeLeaderID).
+	lastLeader atomic.Pointer[decodedLeader]
+
 	node      Node
 	namespace string
 	self      peer.ID

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -28,35 +27,33 @@ func (c *cluster) Leader() (peer.ID, error) {
 	if id == "" {
 		return "", ErrNoLeader
 	}
-	p, err := decodeLeaderID(id)
+	p, err := c.decodeLeaderID(id)
 	if err != nil {
 		return "", fmt.Errorf("raft: leader id %q: %w", id, err)
 	}
 	return p, nil
 }
 
-// decodedLeader is the last leader ID decodeLeaderID decoded.
+// decodedLeader is the last leader ID a cluster decoded (cluster.lastLeader).
 type decodedLeader struct {
 	raw hraft.ServerID
 	id  peer.ID
 }
 
-// lastLeader remembers one decoding: a follower looks up its leader for
-// every request it forwards and every answer's leader hint, and decoding
-// the text form costs a base58 decode and several allocations each time,
-// for the same leader nearly always.
-var lastLeader atomic.Pointer[decodedLeader]
-
-// decodeLeaderID is peer.Decode of a Raft server ID, remembering the last.
-func decodeLeaderID(raw hraft.ServerID) (peer.ID, error) {
-	if d := lastLeader.Load(); d != nil && d.raw == raw {
+// decodeLeaderID is peer.Decode of a Raft server ID, remembering the last
+// one: a follower looks up its leader for every request it forwards and
+// every answer's leader hint, and decoding the text form costs a base58
+// decode and several allocations each time, for the same leader nearly
+// always.
+func (c *cluster) decodeLeaderID(raw hraft.ServerID) (peer.ID, error) {
+	if d := c.lastLeader.Load(); d != nil && d.raw == raw {
 		return d.id, nil
 	}
 	id, err := peer.Decode(string(raw))
 	if err != nil {
 		return "", err
 	}
-	lastLeader.Store(&decodedLeader{raw: raw, id: id})
+	c.lastLeader.Store(&decodedLeader{raw: raw, id: id})
 	return id, nil
 }
 
