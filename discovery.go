@@ -207,12 +207,22 @@ func fastRoundInterval(base time.Duration, proven int) time.Duration {
 	return min(base*time.Duration(proven)/(2*exchangeFanout), steadyExchangeInterval)
 }
 
+// joiningExchangeInterval is the slowest joining pace of a member that
+// knows a cluster exists and only waits to be added: it needs to hear of
+// the leader, not to gossip at the bootstrap pace, and dozens of joiners
+// exchanging fast steal the CPU the new leader needs to keep its lease.
+const joiningExchangeInterval = time.Second
+
 // roundInterval is the current pause between exchange rounds.
 func (t *peerTracker) roundInterval(proven int) time.Duration {
 	if !t.fast.Load() {
 		return steadyExchangeInterval
 	}
-	return fastRoundInterval(t.fastInterval(), proven)
+	d := fastRoundInterval(t.fastInterval(), proven)
+	if !t.deciding.Load() && t.sawClusterRecently() {
+		d = max(d, min(joiningExchangeInterval, steadyExchangeInterval))
+	}
+	return d
 }
 
 // provenCount is how many tracked peers are proven.

@@ -118,3 +118,24 @@ func TestClusterSightingsAgeAsTheyTravel(t *testing.T) {
 		t.Fatalf("a newer sighting did not replace an older one (age %d ms)", *g)
 	}
 }
+
+func TestJoinerThatSawAClusterSlowsItsExchanges(t *testing.T) {
+	tr, _ := newIdleTracker(t) // window 1 s: fastInterval 100 ms
+	base := tr.fastInterval()
+	if got := tr.roundInterval(0); got != base {
+		t.Fatalf("joining, no cluster seen: %v; want the fast pace %v", got, base)
+	}
+	tr.sawCluster.Store(time.Now().UnixNano())
+	tr.deciding.Store(true)
+	if got := tr.roundInterval(0); got != base {
+		t.Fatalf("still in its window: %v; want the fast pace %v", got, base)
+	}
+	tr.deciding.Store(false)
+	if got := tr.roundInterval(0); got != joiningExchangeInterval {
+		t.Fatalf("waiting to be added to a cluster it saw: %v; want %v", got, joiningExchangeInterval)
+	}
+	tr.fast.Store(false)
+	if got := tr.roundInterval(0); got != steadyExchangeInterval {
+		t.Fatalf("a member: %v; want the steady pace %v", got, steadyExchangeInterval)
+	}
+}
