@@ -105,13 +105,7 @@ func (t *peerTracker) lowestKnown(selfClusterless, unreached bool) (peer.ID, tim
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	proven := 0
-	for _, p := range t.peers {
-		if p.proven() {
-			proven++
-		}
-	}
-	alive := t.aliveWindow(proven)
+	alive := t.aliveWindow(t.provenLocked())
 	for id, p := range t.peers {
 		if unreached && !p.proven() && p.heardOf {
 			consider(id, now.Sub(p.firstSeen))
@@ -143,11 +137,39 @@ func (t *peerTracker) claim(selfClusterless bool) *lowestClaim {
 	return &lowestClaim{ID: []byte(id), Age: age.Milliseconds()}
 }
 
+// patient tells whether a clusterless node whose window ended at
+// windowEnd still defers to what it cannot see for itself: founder claims
+// and peers heard of but not reached (see claimPatience).
+func (c *cluster) patient(windowEnd time.Time) bool {
+	return !c.cfg.noClaims && time.Since(windowEnd) <= claimPatience(c.cfg.bootstrapTimeout)
+}
+
+// aloneWhileUnreached tells whether founderRule's voters are this node
+// alone while view holds a peer that discovery or a member named but that
+// never answered (or not lately): then the node has not seen nobody, it
+// has failed to reach anybody, which on a busy network (dozens of members
+// dialling each other at once) is the common case, and those peers may
+// well have formed a cluster already. Bootstrapping alone then only makes
+// a second cluster to merge back later, so the node waits (at most
+// claimPatience: a stranger's name must not hold formation back for
+// longer).
+func aloneWhileUnreached(voters []peer.ID, view []peerView) bool {
+	if len(voters) != 1 {
+		return false
+	}
+	for _, v := range view {
+		if v.heardOf && !v.recent && v.id != voters[0] {
+			return true
+		}
+	}
+	return false
+}
+
 // claimedLower is the smallest founder claim smaller than self that live
 // peers make, or smaller peer not reached yet ("" when none), which
 // founderRule defers to while windowEnd + claimPatience has not passed.
 func (c *cluster) claimedLower(windowEnd time.Time) peer.ID {
-	if c.cfg.noClaims || time.Since(windowEnd) > claimPatience(c.cfg.bootstrapTimeout) {
+	if !c.patient(windowEnd) {
 		return ""
 	}
 	id, _ := c.peers.lowestKnown(false, true)
@@ -166,13 +188,23 @@ func (c *cluster) decide(cutoff time.Time) {
 	c.windowEnd = time.Now()
 	defer c.startMembership()
 	if c.formed() || c.peers.sawClusterRecently() {
+		c.logger.Debug("window over: a cluster exists, joining it", "formed", c.formed())
 		c.metrics.bootstrapDecision(decisionDeferred)
 		return // a cluster exists: the membership loop joins it
 	}
-	voters, ok := founderRule(c.self, c.peers.view(), cutoff, c.cfg.maxVoters, c.claimedLower(time.Now()))
+	lower := c.claimedLower(time.Now())
+	view := c.peers.view()
+	voters, ok := founderRule(c.self, view, cutoff, c.cfg.maxVoters, lower)
 	if !ok {
+		c.logger.Debug("window over: deferring to a smaller founder or a cluster", "lower", lower)
 		c.metrics.bootstrapDecision(decisionDeferred)
 		return // a cluster exists or a smaller founder bootstraps: join it
+	}
+	if c.patient(c.windowEnd) && aloneWhileUnreached(voters, view) {
+		// The membership loop bootstraps later if it still reaches nobody.
+		c.logger.Debug("window over: reached none of the peers heard of; waiting for them")
+		c.metrics.bootstrapDecision(decisionDeferred)
+		return
 	}
 	if err := c.bootstrapWith(voters); err != nil {
 		c.logger.Error("bootstrap failed", "error", err)
@@ -190,6 +222,9 @@ func (c *cluster) decide(cutoff time.Time) {
 //   - if a live peer has a smaller peer ID, or a live peer claims one
 //     (lower, see lowestClaim), it does not bootstrap: that peer (or a
 //     smaller one still) does, and this node joins;
+//   - if a recent peer (alive or not) reported a configuration that lists
+//     this node as a voter, it does not bootstrap: it is a founder of that
+//     cluster, whose leader reaches it (or it asks to join);
 //   - otherwise it bootstraps, with itself and the live peers first seen no
 //     later than cutoff as voters, at most maxVoters of them (the smallest
 //     IDs). Peers seen later, and founders past the cap, join afterwards.
@@ -205,6 +240,9 @@ func founderRule(self peer.ID, view []peerView, cutoff time.Time, maxVoters int,
 	}
 	voters = []peer.ID{self}
 	for _, v := range view {
+		if v.recent && v.status.Formed && containsPeer(v.status.VoterIDs, self) {
+			return nil, false // a founder listed us: its cluster is ours
+		}
 		if !v.alive || v.id == self {
 			continue
 		}

@@ -147,7 +147,7 @@ func ruleStatus(self, leader peer.ID, voters ...peer.ID) status {
 
 // pvIdle is a live peer without a cluster, first seen at ruleT0.
 func pvIdle(id peer.ID) peerView {
-	return peerView{id: id, firstSeen: ruleT0, alive: true}
+	return peerView{id: id, firstSeen: ruleT0, alive: true, recent: true}
 }
 
 // pvIn is a live peer with Raft state: a configuration of voters (which may
@@ -165,9 +165,17 @@ func pvLeaderOnly(id, leader peer.ID) peerView {
 	return v
 }
 
-// pvDead is v gone silent: not alive, its last status kept (stale).
+// pvDead is v gone silent: not alive, its last status kept (stale) and
+// still recent (within clusterMemory).
 func pvDead(v peerView) peerView {
 	v.alive = false
+	return v
+}
+
+// pvGone is v silent for longer than clusterMemory: its status is no
+// longer reported.
+func pvGone(v peerView) peerView {
+	v.alive, v.recent, v.status = false, false, status{}
 	return v
 }
 
@@ -247,6 +255,12 @@ func TestFounderRule(t *testing.T) {
 			view: ruleView(pvDead(pvIn(a, a, a)), pvIdle(c)), want: []peer.ID{b, c}},
 		{name: "self in its own view is neither a blocker nor listed twice", self: b,
 			view: ruleView(pvIdle(b), pvIdle(c)), want: []peer.ID{b, c}},
+		{name: "a founder listed us, then went silent: does not bootstrap, its cluster is ours", self: c,
+			view: ruleView(pvDead(pvIn(a, "", a, b, c)), pvIdle(d))},
+		{name: "a live founder listed us: does not bootstrap", self: a,
+			view: ruleView(pvIn(b, "", b, a), pvIdle(c))},
+		{name: "a founder that listed us long ago counts for nothing", self: c,
+			view: ruleView(pvGone(pvIn(a, "", a, b, c)), pvIdle(d)), want: []peer.ID{c, d}},
 		{name: "only dead peers around: bootstraps alone", self: c,
 			view: ruleView(pvDead(pvIdle(a)), pvDead(pvIn(b, b, b))), want: []peer.ID{c}},
 	} {

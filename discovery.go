@@ -127,6 +127,11 @@ type peerTracker struct {
 	// maxProbesInFlight).
 	probing int
 
+	// listMu guards the peer list answers reuse (answerList).
+	listMu sync.Mutex
+	list   []wirePeer
+	listAt time.Time
+
 	// fast is set while this member is not a voter yet: it exchanges and
 	// discovers at the bootstrap pace instead of the steady one.
 	fast atomic.Bool
@@ -184,16 +189,66 @@ func (t *peerTracker) fastInterval() time.Duration {
 	return d
 }
 
+// fastRoundInterval is the pause between exchange rounds while joining,
+// with proven peers tracked: base (fastInterval) while they are few, and
+// stretched in proportion beyond 2×exchangeFanout of them, so that a
+// member starts about as many exchanges a second however many peers it
+// has. Each exchange carries the whole peer list, so with dozens of
+// joining members a fixed pace costs the namespace O(members²) list
+// entries a second: at 48 members on two cores that storm alone made the
+// exchanges time out and starved the founders' first election. A list
+// still reaches everyone within a few rounds (each round a member hears
+// from about 2×exchangeFanout peers, each passing on what it heard). It
+// never exceeds the steady pace.
+func fastRoundInterval(base time.Duration, proven int) time.Duration {
+	if proven <= 2*exchangeFanout {
+		return base
+	}
+	return min(base*time.Duration(proven)/(2*exchangeFanout), steadyExchangeInterval)
+}
+
+// joiningExchangeInterval is the slowest joining pace of a member that
+// knows a cluster exists and only waits to be added: it needs to hear of
+// the leader, not to gossip at the bootstrap pace, and dozens of joiners
+// exchanging fast steal the CPU the new leader needs to keep its lease.
+const joiningExchangeInterval = time.Second
+
+// roundInterval is the current pause between exchange rounds.
+func (t *peerTracker) roundInterval(proven int) time.Duration {
+	if !t.fast.Load() {
+		return steadyExchangeInterval
+	}
+	d := fastRoundInterval(t.fastInterval(), proven)
+	if !t.deciding.Load() && t.sawClusterRecently() {
+		d = max(d, min(joiningExchangeInterval, steadyExchangeInterval))
+	}
+	return d
+}
+
+// provenCount is how many tracked peers are proven.
+func (t *peerTracker) provenCount() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.provenLocked()
+}
+
+func (t *peerTracker) provenLocked() int {
+	proven := 0
+	for _, p := range t.peers {
+		if p.proven() {
+			proven++
+		}
+	}
+	return proven
+}
+
 // aliveWindow is how recent an answer must be for a peer to count as
 // alive, with proven peers tracked: the rounds it takes to go round them
 // all (exchangeFanout per round), plus two rounds and the exchange timeout,
 // so one slow answer does not hide a peer, and a peer that stopped
 // answering drops out within a few rounds.
 func (t *peerTracker) aliveWindow(proven int) time.Duration {
-	interval := steadyExchangeInterval
-	if t.fast.Load() {
-		interval = t.fastInterval()
-	}
+	interval := t.roundInterval(proven)
 	cycle := (proven + exchangeFanout - 1) / exchangeFanout
 	return time.Duration(2+cycle)*interval + exchangeTimeout
 }
@@ -252,10 +307,9 @@ func (t *peerTracker) loop() {
 	ctx := t.ctx
 	var lastDiscovery time.Time
 	for {
-		interval := steadyExchangeInterval
+		interval := t.roundInterval(t.provenCount())
 		discoveryEvery := steadyDiscoveryInterval
 		if t.fast.Load() {
-			interval = t.fastInterval()
 			discoveryEvery = 2 * interval
 		}
 		if time.Since(lastDiscovery) >= discoveryEvery {
@@ -339,6 +393,12 @@ func (t *peerTracker) learn(id peer.ID, addrs []ma.Multiaddr, age time.Duration,
 			p.firstSeen = seen
 		}
 		p.heardOf = p.heardOf || heardOf
+		if p.proven() && now.Sub(p.lastAnswer) < exchangeTimeout {
+			// It answered just now, so we can reach it: what others say
+			// of its addresses adds nothing, and checking that for every
+			// entry of every list was a good part of an exchange's cost.
+			addrs = nil
+		}
 	case len(t.peers) >= maxTrackedPeers:
 		if evicted = t.evictUnprovenLocked(); evicted == "" {
 			t.mu.Unlock()
@@ -413,29 +473,33 @@ func boundedAddrs(addrs []ma.Multiaddr) []ma.Multiaddr {
 }
 
 // peerView is a snapshot of one tracked peer for the decision logic.
+// status is what the peer last said of itself when recent; most rules
+// take it only from an alive peer.
 type peerView struct {
 	id        peer.ID
 	firstSeen time.Time
-	alive     bool
-	status    status
+	alive     bool // answered within aliveWindow
+	// recent: answered within clusterMemory (alive implies recent). A
+	// founder's word that its configuration lists us stays good this long,
+	// even while a busy network makes its exchanges time out.
+	recent bool
+	// heardOf: discovery or a member named it (see trackedPeer).
+	heardOf bool
+	status  status
 }
 
 // view returns the tracked peers, sorted by peer ID.
 func (t *peerTracker) view() []peerView {
 	now := time.Now()
 	t.mu.Lock()
-	proven := 0
-	for _, p := range t.peers {
-		if p.proven() {
-			proven++
-		}
-	}
-	alive := t.aliveWindow(proven)
+	alive := t.aliveWindow(t.provenLocked())
+	recent := max(alive, t.clusterMemory())
 	out := make([]peerView, 0, len(t.peers))
 	for id, p := range t.peers {
-		v := peerView{id: id, firstSeen: p.firstSeen}
-		if p.status != nil && now.Sub(p.lastAnswer) <= alive {
-			v.alive = true
+		v := peerView{id: id, firstSeen: p.firstSeen, heardOf: p.heardOf}
+		if since := now.Sub(p.lastAnswer); p.status != nil && since <= recent {
+			v.recent = true
+			v.alive = since <= alive
 			v.status = *p.status
 		}
 		out = append(out, v)

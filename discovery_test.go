@@ -207,6 +207,11 @@ func TestWireListPassesOnFirstHandAddrsOnly(t *testing.T) {
 	connected, away := mesh.ID(1), mesh.ID(2)
 	tr.answered(connected, &status{})
 	tr.answered(away, &status{})
+	// away last answered a while ago: what others say of the addresses of
+	// a peer that answered just now is not even looked at (learn).
+	tr.mu.Lock()
+	tr.peers[away].lastAnswer = time.Now().Add(-time.Minute)
+	tr.mu.Unlock()
 	_, fake := madeUpPeers(t, 2, 2, 8)
 	fake[0].ID, fake[1].ID = []byte(connected), []byte(away)
 	tr.merge(connected, fake, &status{})

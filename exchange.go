@@ -30,7 +30,53 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 	}
 	if st != nil && (st.Formed || len(st.Leader) > 0) {
 		t.sawCluster.Store(time.Now().UnixNano())
+	} else if st != nil {
+		t.heardOfCluster(st.SawCluster)
 	}
+}
+
+// heardOfCluster takes a peer's word that it heard of a cluster age
+// milliseconds ago (status.SawCluster). Joining members pass it on, so a
+// late node whose exchanges reach only other joiners (the cluster's own
+// few members being among the peers it does not see) still learns that a
+// cluster exists and joins it rather than founding another. The sighting
+// keeps its age as it travels, so one that nobody renews first-hand dies
+// out everywhere within clusterMemory.
+func (t *peerTracker) heardOfCluster(age *int64) {
+	if age == nil || *age < 0 || *age >= t.clusterMemory().Milliseconds() {
+		return // also keeps a made-up age from overflowing below
+	}
+	at := time.Now().Add(-time.Duration(*age) * time.Millisecond).UnixNano()
+	for {
+		cur := t.sawCluster.Load()
+		if at <= cur || t.sawCluster.CompareAndSwap(cur, at) {
+			return
+		}
+	}
+}
+
+// clusterAge is what this member says in an exchange of its last sighting
+// of a cluster (status.SawCluster): nil when not within clusterMemory.
+func (t *peerTracker) clusterAge() *int64 {
+	at := t.sawCluster.Load()
+	if at == 0 {
+		return nil
+	}
+	age := time.Since(time.Unix(0, at))
+	if age >= t.clusterMemory() {
+		return nil
+	}
+	ms := max(age.Milliseconds(), 0)
+	return &ms
+}
+
+// answeredWithin tells whether id completed an exchange with us (either
+// direction) within d.
+func (t *peerTracker) answeredWithin(id peer.ID, d time.Duration) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[id]
+	return ok && p.proven() && time.Since(p.lastAnswer) <= d
 }
 
 // failed records a failed exchange with a peer: it backs off (more for a
@@ -120,7 +166,25 @@ func (t *peerTracker) exchange(from peer.ID, list []wirePeer, st *status, kinds 
 	if st != nil {
 		t.recordKinds(from, kinds)
 	}
-	return t.wireList(), t.status.status(), t.advertised()
+	return t.answerList(), t.status.status(), t.advertised()
+}
+
+// answerListTTL is how long the answering side of an exchange reuses the
+// peer list it built: dozens of joining members each asking several times
+// a second would otherwise have it rebuilt (a connectedness check and an
+// address lookup per peer) for every answer. A list that old is still
+// current enough: ages grow by at most this much, and a peer proven
+// meanwhile is listed in the next one.
+const answerListTTL = 100 * time.Millisecond
+
+// answerList is wireList, rebuilt at most once per answerListTTL.
+func (t *peerTracker) answerList() []wirePeer {
+	t.listMu.Lock()
+	defer t.listMu.Unlock()
+	if now := time.Now(); t.listAt.IsZero() || now.Sub(t.listAt) >= answerListTTL {
+		t.list, t.listAt = t.wireList(), now
+	}
+	return t.list
 }
 
 // wireList is the peer list this member sends in an exchange: the proven

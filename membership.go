@@ -99,12 +99,23 @@ func (c *cluster) addServer(id peer.ID, suffrage hraft.ServerSuffrage, timeout t
 }
 
 // joinVoter is the leader's side of a join request: a peer that already is a
-// server (voter or non-voter) is left as it is; any other is added once the
-// leader has reached it (a peer that does not answer would only cost the
-// cluster its quorum), as a voter while the voter set is under the cap and
-// as a non-voter after (joinSuffrage). A request forwarded by via is taken
-// only if via is a server of the configuration: an outsider cannot pose as
-// a forwarding member.
+// server (voter or non-voter) is left as it is; any other is added, as a
+// voter while the voter set is under the cap and as a non-voter after
+// (joinSuffrage), once the leader has reached it (a voter that does not
+// answer would cost the cluster its quorum): by asking it, or for a
+// non-voter (which counts for no quorum) by its having exchanged with the
+// leader lately. A request
+// forwarded by via is taken only if via is a server of the configuration:
+// an outsider cannot pose as a forwarding member.
+//
+// Each decision is made on the configuration the changes before it left
+// (two joins decided together would both take the last voter seat), under
+// confMu. A voter's change holds confMu until it commits; a non-voter's
+// only until Raft has taken it, which it does once the change before it
+// has committed (so the next decision sees it). With dozens of members
+// starting together the non-voters then go in back to back, one commit
+// each, instead of one full join (a reach check, a commit, and the
+// joiner's retry timer) after another.
 func (c *cluster) joinVoter(id, via peer.ID, timeout time.Duration) error {
 	if via != "" && !c.inConfiguration(via) {
 		return fmt.Errorf("%w: %s forwarded a join but is not a member", ErrInvalidCommand, via)
@@ -114,29 +125,53 @@ func (c *cluster) joinVoter(id, via peer.ID, timeout time.Duration) error {
 		return err
 	}
 	sid := hraft.ServerID(id.String())
-	if joinSuffrage(r.GetConfiguration().Configuration().Servers, sid, c.cfg.maxVoters) == joinNothing {
+	pre := joinSuffrage(r.GetConfiguration().Configuration().Servers, sid, c.cfg.maxVoters)
+	if pre == joinNothing {
 		return nil
 	}
-	if _, ok := c.askStatus(id); !ok {
-		return fmt.Errorf("raft: could not reach %s to add it", id)
+	c.logger.Debug("join request", "peer", id, "via", via, "as", pre)
+	// A non-voter must answer exchanges too (a peer that does not would
+	// only cost the leader its replication), but one that exchanged with
+	// us lately has shown it does: no need to ask it again.
+	if pre == joinAsVoter || !c.peers.answeredWithin(id, c.peers.clusterMemory()) {
+		if _, ok := c.askStatus(id); !ok {
+			return fmt.Errorf("raft: could not reach %s to add it", id)
+		}
 	}
-	// One change at a time, each decided on the configuration the last one
-	// left: two joins decided together would both take the last voter seat.
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
+	c.peers.ensureAddrs(ctx, id)
+	cancel()
 	c.confMu.Lock()
-	defer c.confMu.Unlock()
+	locked := true
+	defer func() {
+		if locked {
+			c.confMu.Unlock()
+		}
+	}()
 	if r.State() != hraft.Leader {
 		return ErrNotLeader
 	}
-	// Decided again now: the configuration may have changed while the
-	// peer was asked.
+	// Decided again now: the configuration may have changed meanwhile.
 	action := joinSuffrage(r.GetConfiguration().Configuration().Servers, sid, c.cfg.maxVoters)
 	switch action {
 	case joinNothing:
 		return nil
 	case joinAsVoter:
+		if pre != joinAsVoter {
+			// A voter seat opened meanwhile: a voter must be reached.
+			if _, ok := c.askStatus(id); !ok {
+				return fmt.Errorf("raft: could not reach %s to add it", id)
+			}
+		}
 		err = c.addVoter(id, timeout)
 	case joinAsNonvoter:
-		err = c.addNonvoter(id, timeout)
+		addr := hraft.ServerAddress(id.String())
+		err = c.changeConfiguration(func() hraft.IndexFuture {
+			f := r.AddNonvoter(sid, addr, 0, timeout)
+			c.confMu.Unlock() // taken by Raft: the next decision sees it
+			locked = false
+			return f
+		}, timeout)
 	}
 	if err != nil {
 		return err
@@ -161,7 +196,7 @@ func (c *cluster) RemoveServer(id peer.ID, timeout time.Duration) error {
 
 // status reports this member's state for peer exchange.
 func (c *cluster) status() *status {
-	st := &status{Deciding: c.peers.deciding.Load()}
+	st := &status{Deciding: c.peers.deciding.Load(), SawCluster: c.peers.clusterAge()}
 	r, err := c.r()
 	if err != nil {
 		return st
@@ -208,8 +243,10 @@ func (c *cluster) requestJoin(view []peerView, timeout time.Duration) bool {
 		}
 		// The member gets most of the time; the rest carries its answer.
 		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(left * 4 / 5)}
+		c.logger.Debug("asking to join", "via", id)
 		_, err := c.caller.ask(c.ctx, id, req, deadline)
 		if err == nil {
+			c.logger.Debug("join request accepted", "via", id)
 			return true
 		}
 		c.logger.Debug("join request failed", "via", id, "error", err)
@@ -315,7 +352,8 @@ func (c *cluster) membershipLoop() {
 			// Past the window every live peer counts as a founder.
 			if c.peers.sawClusterRecently() {
 				// A cluster was seen just now: keep asking to join it.
-			} else if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() {
+			} else if voters, ok := founderRule(c.self, view, time.Now(), c.cfg.maxVoters, c.claimedLower(c.windowEnd)); ok && !c.formed() &&
+				!(c.patient(c.windowEnd) && aloneWhileUnreached(voters, view)) {
 				if err := c.bootstrapWith(voters); err != nil {
 					c.logger.Error("bootstrap failed", "error", err)
 				} else {
@@ -409,11 +447,13 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	return admitRPC(rpcType, c.self, from, servers, c.peers.view())
 }
 
-// foundedWith tells whether from, a live peer in view, reported a
-// configuration that lists self as a voter.
+// foundedWith tells whether from, a recent peer in view (not only a live
+// one: on a busy network the founder's exchanges may time out for a few
+// rounds while its election needs our vote), reported a configuration
+// that lists self as a voter.
 func foundedWith(self, from peer.ID, view []peerView) bool {
 	for _, v := range view {
-		if v.id == from && v.alive && v.status.Formed && containsPeer(v.status.VoterIDs, self) {
+		if v.id == from && v.recent && v.status.Formed && containsPeer(v.status.VoterIDs, self) {
 			return true
 		}
 	}

@@ -33,7 +33,7 @@ type nonVoterList struct {
 func (r *request) setStatus(st *status) {
 	r.Status = st
 	if st != nil {
-		r.NonVoters, r.Lowest = st.NonVoters, st.Lowest
+		r.NonVoters, r.Lowest, r.SawCluster = st.NonVoters, st.Lowest, st.SawCluster
 	}
 }
 
@@ -41,16 +41,18 @@ func (r *request) setStatus(st *status) {
 func (r *response) setStatus(st *status) {
 	r.Status = st
 	if st != nil {
-		r.NonVoters, r.Lowest, r.Index = st.NonVoters, st.Lowest, st.LastIndex
+		r.NonVoters, r.Lowest, r.SawCluster, r.Index = st.NonVoters, st.Lowest, st.SawCluster, st.LastIndex
 	}
 }
 
 // status is the sender's status with what it sent beside it.
-func (r *request) status() *status { return withBeside(r.Status, r.NonVoters, r.Lowest) }
+func (r *request) status() *status {
+	return withBeside(r.Status, r.NonVoters, r.Lowest, r.SawCluster)
+}
 
 // status is the answering member's status with what it sent beside it.
 func (r *response) status() *status {
-	st := withBeside(r.Status, r.NonVoters, r.Lowest)
+	st := withBeside(r.Status, r.NonVoters, r.Lowest, r.SawCluster)
 	if st != nil && r.Index != 0 {
 		out := *st
 		out.LastIndex = r.Index
@@ -59,12 +61,12 @@ func (r *response) status() *status {
 	return st
 }
 
-func withBeside(st *status, nv *nonVoterList, low *lowestClaim) *status {
-	if st == nil || (nv == nil && low == nil) {
+func withBeside(st *status, nv *nonVoterList, low *lowestClaim, saw *int64) *status {
+	if st == nil || (nv == nil && low == nil && saw == nil) {
 		return st
 	}
 	out := *st
-	out.NonVoters, out.Lowest = nv, low
+	out.NonVoters, out.Lowest, out.SawCluster = nv, low, saw
 	return &out
 }
 

@@ -85,6 +85,9 @@ type request struct {
 	NonVoters *nonVoterList `cbor:"15,keyasint,omitempty"`
 	// Lowest (exchangePeers): the sender's founder claim (bootstrap.go).
 	Lowest *lowestClaim `cbor:"16,keyasint,omitempty"`
+	// SawCluster (exchangePeers): how long ago (milliseconds) the sender
+	// last heard of a cluster in the namespace (discovery.go).
+	SawCluster *int64 `cbor:"17,keyasint,omitempty"`
 	// watch (keys 20-29; watch_wire.go): changes above After, frames
 	// sealed for the stream WatchID names.
 	After   uint64 `cbor:"20,keyasint,omitempty"`
@@ -114,6 +117,8 @@ type response struct {
 	// NonVoters (exchangePeers), as in request.
 	NonVoters *nonVoterList `cbor:"14,keyasint,omitempty"`
 	Lowest    *lowestClaim  `cbor:"15,keyasint,omitempty"`
+	// SawCluster (exchangePeers), as in request.
+	SawCluster *int64 `cbor:"16,keyasint,omitempty"`
 	// watch frames (keys 20-29; watch_wire.go): the next changes, and the
 	// index up to which every matching change has been sent.
 	Events  []wireEvent `cbor:"20,keyasint,omitempty"`
@@ -198,6 +203,10 @@ type status struct {
 	// Lowest is its founder claim (bootstrap.go), carried beside the
 	// status like NonVoters.
 	Lowest *lowestClaim `cbor:"-"`
+	// SawCluster is how long ago (milliseconds) it last heard of a
+	// cluster, first-hand or from a peer; nil when not lately. Carried
+	// beside the status like NonVoters.
+	SawCluster *int64 `cbor:"-"`
 	// LastIndex is its Raft log's last index, carried in response.Index
 	// (autopilot asks whether a non-voter is caught up); 0 when unknown.
 	LastIndex uint64 `cbor:"-"`

@@ -60,7 +60,8 @@ const (
 
 // appendRequest appends req encoded as cborEnc.Marshal encodes it.
 func appendRequest(b []byte, req *request) ([]byte, error) {
-	if len(req.Peers) > 0 || req.Status != nil || len(req.Kinds) > 0 || req.NonVoters != nil || req.Lowest != nil {
+	if len(req.Peers) > 0 || req.Status != nil || len(req.Kinds) > 0 || req.NonVoters != nil || req.Lowest != nil ||
+		req.SawCluster != nil {
 		enc, err := cborEnc.Marshal(req)
 		if err != nil {
 			return b, err
@@ -100,7 +101,7 @@ func appendRequest(b []byte, req *request) ([]byte, error) {
 // appendResponse appends resp encoded as cborEnc.Marshal encodes it.
 func appendResponse(b []byte, resp *response) ([]byte, error) {
 	if len(resp.Peers) > 0 || resp.Status != nil || len(resp.Kinds) > 0 || resp.NonVoters != nil ||
-		resp.Lowest != nil || len(resp.Events) > 0 || resp.Stats != nil {
+		resp.Lowest != nil || resp.SawCluster != nil || len(resp.Events) > 0 || resp.Stats != nil {
 		enc, err := cborEnc.Marshal(resp)
 		if err != nil {
 			return b, err

@@ -113,6 +113,8 @@ func TestWireCodecMatchesCBOR(t *testing.T) {
 		&request{Cmd: cmdExchangePeers, Peers: []wirePeer{{ID: []byte("p"), Age: 3}}, Kinds: []uint8{1, 2}},
 		&response{Peers: []wirePeer{{ID: []byte("p")}}, Status: &status{Voters: 3}, Index: 9},
 		&response{Events: []wireEvent{{}}, Through: 4},
+		&request{Cmd: cmdExchangePeers, SawCluster: new(int64(1500))},
+		&response{SawCluster: new(int64(0)), Index: 2},
 	} {
 		want, _ := cborEnc.Marshal(v)
 		var got []byte
