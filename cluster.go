@@ -162,6 +162,9 @@ func TransportProtocol(namespace string) protocol.ID {
 type cluster struct {
 	// lastLeader is the leader ID Leader decoded last (decodeLeaderID).
 	lastLeader atomic.Pointer[decodedLeader]
+	// confView is the configuration as the hot paths last read it
+	// (recentServers).
+	confView atomic.Pointer[configView]
 
 	node      Node
 	namespace string

@@ -416,16 +416,51 @@ func removedBy(self peer.ID, mine map[peer.ID]bool, view []peerView) []peer.ID {
 	return out
 }
 
+// configViewTTL is how long the hot paths (the guard of every inbound Raft
+// RPC, the pacing of every outbound append) reuse one read of the latest
+// configuration: hashicorp's GetConfiguration copies it through a future,
+// several allocations, which at thousands of RPCs a second was a measurable
+// part of a write. A membership change reaches them at most this late.
+const configViewTTL = 25 * time.Millisecond
+
+// configView is one read of the latest configuration (recentServers).
+type configView struct {
+	raft    *hraft.Raft
+	at      time.Time
+	servers []hraft.Server // shared: never modified
+}
+
+// recentServers returns the servers of the latest configuration as read at
+// most configViewTTL ago, or read now when fresh is set (a caller about to
+// refuse on what a recent read says reads again first). The slice is
+// shared: callers only read it.
+func (c *cluster) recentServers(fresh bool) ([]hraft.Server, error) {
+	r, err := c.r()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if v := c.confView.Load(); !fresh && v != nil && v.raft == r && now.Sub(v.at) < configViewTTL {
+		return v.servers, nil
+	}
+	servers := r.GetConfiguration().Configuration().Servers
+	c.confView.Store(&configView{raft: r, at: now, servers: servers})
+	return servers, nil
+}
+
 // inConfiguration tells whether id is a server (of any suffrage) of this
 // member's latest configuration.
 func (c *cluster) inConfiguration(id peer.ID) bool {
-	r, err := c.r()
-	if err != nil {
-		return false
-	}
-	for _, s := range r.GetConfiguration().Configuration().Servers {
-		if s.ID == hraft.ServerID(id.String()) {
-			return true
+	sid := hraft.ServerID(id.String())
+	for _, fresh := range []bool{false, true} {
+		servers, err := c.recentServers(fresh)
+		if err != nil {
+			return false
+		}
+		for _, s := range servers {
+			if s.ID == sid {
+				return true
+			}
 		}
 	}
 	return false
@@ -434,15 +469,18 @@ func (c *cluster) inConfiguration(id peer.ID) bool {
 // admitRPC decides, for the transport's guard, whether an inbound Raft RPC
 // from a peer (whose header already names that very peer) may reach Raft.
 func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
-	r, err := c.r()
+	// The common case, a server of the configuration, without building a
+	// view of every tracked peer on each heartbeat, and on a recent read of
+	// the configuration; a refusal is decided on a fresh one.
+	servers, err := c.recentServers(false)
 	if err != nil {
 		return err
 	}
-	servers := r.GetConfiguration().Configuration().Servers
-	// The common case, a server of the configuration, without building a
-	// view of every tracked peer on each heartbeat.
 	if err := admitRPC(rpcType, c.self, from, servers, nil); err == nil {
 		return nil
+	}
+	if servers, err = c.recentServers(true); err != nil {
+		return err
 	}
 	return admitRPC(rpcType, c.self, from, servers, c.peers.view())
 }

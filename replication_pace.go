@@ -98,13 +98,14 @@ func (t *pacedTransport) Close() error {
 	return t.NetworkTransport.Close()
 }
 
-// nonVoterOf answers suffrageLookup from the current configuration.
+// nonVoterOf answers suffrageLookup from the latest configuration (as read
+// at most configViewTTL ago).
 func (c *cluster) nonVoterOf(id hraft.ServerID) (nonVoter bool, nonVoters int) {
-	r, err := c.r()
+	servers, err := c.recentServers(false)
 	if err != nil {
 		return false, 0
 	}
-	for _, s := range r.GetConfiguration().Configuration().Servers {
+	for _, s := range servers {
 		if s.Suffrage == hraft.Nonvoter {
 			nonVoters++
 			if s.ID == id {

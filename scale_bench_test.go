@@ -27,7 +27,7 @@ import (
 const scaleFormTimeout = 3 * time.Minute
 
 // benchScaleSets is how many sequential writes give the Set p50.
-const benchScaleSets = 300
+const benchScaleSets = 2000
 
 // scaleBaseline holds the 3-member figures of this run, for the ratios.
 var scaleBaseline struct {
@@ -44,6 +44,14 @@ func BenchmarkScale(b *testing.B) {
 	et := PresetLocal.Timeouts().ElectionTimeout
 	if os.Getenv("TAURAFT_BENCH_NOAP") != "" {
 		benchScaleExtra = []Option{WithAutopilot(AutopilotConfig{Disabled: true})}
+	}
+	maxVoters := DefaultMaxVoters
+	if env := os.Getenv("TAURAFT_BENCH_MAXVOTERS"); env != "" { // the same quorum at every size
+		n, err := strconv.Atoi(env)
+		if err != nil {
+			b.Fatalf("TAURAFT_BENCH_MAXVOTERS=%q: %v", env, err)
+		}
+		maxVoters = n
 	}
 	sizes := []int{3, 12, 24, 48}
 	if env := os.Getenv("TAURAFT_BENCH_MEMBERS"); env != "" { // "48" or "3,48"
@@ -72,7 +80,7 @@ func BenchmarkScale(b *testing.B) {
 			errs := make([]error, n)
 			var wg sync.WaitGroup
 			for i := range n {
-				opts := benchClusterOpts(b, benchScaleExtra...)
+				opts := benchClusterOpts(b, append([]Option{WithMaxVoters(maxVoters)}, benchScaleExtra...)...)
 				if os.Getenv("TAURAFT_BENCH_LOG") != "" {
 					opts = append(opts, WithLogger(hclog.New(&hclog.LoggerOptions{Name: strconv.Itoa(i), Level: hclog.Info, Output: os.Stderr})))
 				}
@@ -85,7 +93,7 @@ func BenchmarkScale(b *testing.B) {
 			if err := errors.Join(errs...); err != nil {
 				b.Fatal(err)
 			}
-			for !scaleSettled(cs, min(n, DefaultMaxVoters)) {
+			for !scaleSettled(cs, min(n, maxVoters)) {
 				if time.Since(start) > scaleFormTimeout {
 					b.Fatal("no single cluster of every member")
 				}

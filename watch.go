@@ -148,7 +148,10 @@ type watchHub struct {
 	mu      sync.Mutex
 	ring    *eventRing
 	epoch   uint64        // bumped by reset: older cursors are dead
-	changed chan struct{} // closed (and replaced) by every publish and reset
+	// changed is closed by the next publish or reset; nil while nobody
+	// waits, so a member without waiting watchers makes no channel per
+	// apply batch.
+	changed chan struct{}
 	done    chan struct{} // closed by close
 	closed  bool
 	wg      sync.WaitGroup // Cluster.Watch's delivery goroutines
@@ -158,7 +161,7 @@ type watchHub struct {
 // machine's index when the member starts (a restarted member knows nothing
 // of the changes before it).
 func newWatchHub(lim historyLimits, applied uint64) *watchHub {
-	return &watchHub{ring: newEventRing(lim, applied), changed: make(chan struct{}), done: make(chan struct{})}
+	return &watchHub{ring: newEventRing(lim, applied), done: make(chan struct{})}
 }
 
 // publish adds the events of one committed apply batch, in index order. It
@@ -192,8 +195,10 @@ func (h *watchHub) reset(applied uint64) {
 }
 
 func (h *watchHub) wakeLocked() {
-	close(h.changed)
-	h.changed = make(chan struct{})
+	if h.changed != nil {
+		close(h.changed)
+		h.changed = nil
+	}
 }
 
 // close ends every cursor and waits for Cluster.Watch's goroutines.
@@ -273,6 +278,9 @@ func (c *watchCursor) next(ctx context.Context, maxEvents, maxBytes int) ([]Even
 			out := c.takeLocked(maxEvents, maxBytes)
 			h.mu.Unlock()
 			return out, c.through, nil
+		}
+		if h.changed == nil {
+			h.changed = make(chan struct{})
 		}
 		wake := h.changed
 		h.mu.Unlock()
