@@ -145,9 +145,9 @@ func (r *eventRing) seek(after uint64) (uint64, error) {
 // watcher: they take the lock for a copy and wake everyone by closing a
 // channel.
 type watchHub struct {
-	mu      sync.Mutex
-	ring    *eventRing
-	epoch   uint64        // bumped by reset: older cursors are dead
+	mu    sync.Mutex
+	ring  *eventRing
+	epoch uint64 // bumped by reset: older cursors are dead
 	// changed is closed by the next publish or reset; nil while nobody
 	// waits, so a member without waiting watchers makes no channel per
 	// apply batch.
