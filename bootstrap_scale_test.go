@@ -191,7 +191,7 @@ func TestBootstrapScale(t *testing.T) {
 			for i := range n {
 				bootstraps += int(tc.get(i).(*cluster).bootstraps.Load())
 			}
-			voters, nonVoters := suffrageCount(tc.get(0))
+			voters, nonVoters := suffrages(tc.get(0))
 			t.Logf("%d members: settled %v after %v, %d bootstrap(s), %d voters, %d non-voters",
 				n, settled, took.Round(time.Millisecond), bootstraps, voters, nonVoters)
 			if !settled || took > bound {
@@ -208,17 +208,4 @@ func TestBootstrapScale(t *testing.T) {
 			t.Errorf("round %d failed (seed %d)", round, seed)
 		}
 	}
-}
-
-// suffrageCount counts the voters and non-voters of c's configuration.
-func suffrageCount(c Cluster) (voters, nonVoters int) {
-	ms, _ := c.Members()
-	for _, m := range ms {
-		if m.Suffrage == hraft.Voter {
-			voters++
-		} else {
-			nonVoters++
-		}
-	}
-	return voters, nonVoters
 }

@@ -24,6 +24,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -399,15 +400,25 @@ func (c *claimer) settle(cause error) (Item, uint64, error) {
 		case err == nil && got.found:
 			return c.won(got, token), 0, nil
 		case err == nil:
+			claimsGivenUp.Add(1)
 			c.dropLease()
 			return Item{}, 0, cause
 		}
 		if ferr := c.failed(err); ferr != nil {
+			claimsGivenUp.Add(1)
 			c.dropLease()
 			return Item{}, 0, ferr
 		}
 	}
 }
+
+// claimsGivenUp counts, process-wide, the claims whose outcome was unknown
+// and that settle gave up (found not applied, or could not tell). Such a
+// claim may still reach the leader late and hold its item until the revoke
+// (or the lease's expiry) releases it: the one case in which an item can be
+// first delivered after a later item (README, queues). Tests use it to tell
+// that case from a broken order.
+var claimsGivenUp atomic.Int64
 
 // wait waits for a change of the queue after index from that can make an
 // item claimable: a new item, or a claim gone.

@@ -222,6 +222,7 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 	// On pebble, as in production: the claims' ordered reads are range
 	// reads there (the in-memory test store answers any read by copying
 	// every record it holds).
+	givenUpBefore := claimsGivenUp.Load()
 	mesh, tc := queueCluster(t, ns, 6, rafttest.WithPebble())
 	members := []int{0, 1, 2}
 	anyMember := func(n int) Cluster {
@@ -513,7 +514,12 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		}
 	}
 	// Each producer's items, in ID (enqueue) order, were first claimed in
-	// that order.
+	// that order, but for the documented exception: a claim whose outcome
+	// was unknown and that its Claim gave up may still apply late and hold
+	// its item, unseen, until its lease is revoked or runs out; meanwhile
+	// later items are delivered. Each such claim can put one item out of
+	// order, no more.
+	outOfOrder := 0
 	for p := range 3 {
 		var ids []uint64
 		for id, pp := range producer {
@@ -524,10 +530,16 @@ func TestQueueWorkersUnderFailures(t *testing.T) {
 		slices.Sort(ids)
 		for i := 1; i < len(ids); i++ {
 			if firstTok[ids[i]] <= firstTok[ids[i-1]] {
-				t.Fatalf("producer %d: item %d first claimed at %d, before item %d (at %d)",
+				outOfOrder++
+				t.Logf("producer %d: item %d first claimed at %d, before item %d (at %d)",
 					p, ids[i], firstTok[ids[i]], ids[i-1], firstTok[ids[i-1]])
 			}
 		}
+	}
+	if givenUp := claimsGivenUp.Load() - givenUpBefore; int64(outOfOrder) > givenUp {
+		t.Fatalf("%d items first delivered out of order, and only %d claims of unknown outcome were given up", outOfOrder, givenUp)
+	} else {
+		t.Logf("%d items first delivered out of order; %d claims of unknown outcome given up", outOfOrder, givenUp)
 	}
 	unknownN := 0
 	for _, n := range unknown {
