@@ -481,7 +481,7 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 		lc.secure = c.key.secureConn
 	}
 	layer = newStreamLayer(c.node.Peer(), TransportProtocol(c.namespace), lc)
-	trans := newPacedTransport(newNetworkTransport(layer, transportTimeout(c.cfg.timeouts), c.logger.Named("transport")), c.nonVoterOf)
+	trans := newPacedTransport(newNetworkTransport(layer, transportTimeout(c.cfg.timeouts), c.logger.Named("transport")), c.latestServers)
 
 	rc := hraft.DefaultConfig()
 	rc.LocalID = hraft.ServerID(c.self.String())
