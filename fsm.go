@@ -244,13 +244,7 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 // *FSMResponse.
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	start := f.metrics.start()
-	// The answers are pointers into one slice: one allocation per batch,
-	// where boxing each FSMResponse would cost one per entry.
-	resps := make([]FSMResponse, len(logs))
-	out := make([]interface{}, len(logs))
-	for i := range resps {
-		out[i] = &resps[i]
-	}
+	resps, out := newAnswers(len(logs))
 	f.mu.Lock()
 	epoch := f.epoch
 	events, err := f.applyLocked(logs, resps)
@@ -286,6 +280,28 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 		}
 	}
 	return out
+}
+
+// newAnswers makes the answers of a batch of n entries: out, what Raft
+// takes, points into resps, what the store fills in. The answers are
+// pointers into one slice, where boxing each FSMResponse would cost an
+// allocation per entry; a batch of one (every write, when writes come one
+// at a time) gets both in one allocation.
+func newAnswers(n int) (resps []FSMResponse, out []interface{}) {
+	if n == 1 {
+		one := new(struct {
+			resp [1]FSMResponse
+			out  [1]interface{}
+		})
+		one.out[0] = &one.resp[0]
+		return one.resp[:], one.out[:]
+	}
+	resps = make([]FSMResponse, n)
+	out = make([]interface{}, n)
+	for i := range resps {
+		out[i] = &resps[i]
+	}
+	return resps, out
 }
 
 // applyLocked applies logs, setting each one's response, and commits them
