@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -318,25 +317,30 @@ type cmdOp struct {
 // parseCommand parses and validates a command: the fast parser takes the
 // canonical encoding, the full decoder any other valid one.
 func parseCommand(b []byte) ([]cmdOp, error) {
+	// Counted first, so that the list is one allocation of its size.
+	n := 0
+	if walkCommand(b, func(uint8, []byte, []byte) { n++ }) {
+		return parseCommandInto(b, make([]cmdOp, 0, n))
+	}
 	return parseCommandInto(b, nil)
 }
 
 // parseCommandInto is parseCommand appending to buf[:0], so that the apply
-// loop reuses one slice for a batch's entries.
+// loop reuses one slice for a batch's entries. The canonical encoding is
+// read in one pass, straight into buf: every replica parses every entry,
+// and a second pass only to size buf cost as much as the first.
 func parseCommandInto(b []byte, buf []cmdOp) ([]cmdOp, error) {
-	n := 0
-	if walkCommand(b, func(uint8, []byte, []byte) { n++ }) {
-		ops := slices.Grow(buf[:0], n)
-		walkCommand(b, func(kind uint8, key, value []byte) {
-			ops = append(ops, cmdOp{kind: kind, key: key, value: value})
-		})
+	ops := buf[:0]
+	if walkCommand(b, func(kind uint8, key, value []byte) {
+		ops = append(ops, cmdOp{kind: kind, key: key, value: value})
+	}) {
 		return ops, nil
 	}
 	cmd, err := decodeCommand(b)
 	if err != nil {
 		return nil, err
 	}
-	ops := make([]cmdOp, len(cmd.Ops))
+	ops = make([]cmdOp, len(cmd.Ops))
 	for i, op := range cmd.Ops {
 		ops[i] = cmdOp{kind: op.Kind, key: []byte(op.Key), value: op.Value}
 	}

@@ -87,6 +87,9 @@ type kvStore struct {
 	// pendingScratch is the pending map of the last batch, emptied, kept
 	// for the next one (see keepPending).
 	pendingScratch map[string]pendingEntry
+	// applying is the state of the batch being applied, kept for the
+	// next one (see applyLocked).
+	applying applyCtx
 	// eventScratch is the event list of the last batch, for the next one
 	// (ApplyBatch gives it back once onChange has taken the events).
 	eventScratch []Event
@@ -241,13 +244,7 @@ func (f *kvStore) Apply(l *hraft.Log) interface{} {
 // *FSMResponse.
 func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	start := f.metrics.start()
-	// The answers are pointers into one slice: one allocation per batch,
-	// where boxing each FSMResponse would cost one per entry.
-	resps := make([]FSMResponse, len(logs))
-	out := make([]interface{}, len(logs))
-	for i := range resps {
-		out[i] = &resps[i]
-	}
+	resps, out := newAnswers(len(logs))
 	f.mu.Lock()
 	epoch := f.epoch
 	events, err := f.applyLocked(logs, resps)
@@ -285,6 +282,28 @@ func (f *kvStore) ApplyBatch(logs []*hraft.Log) []interface{} {
 	return out
 }
 
+// newAnswers makes the answers of a batch of n entries: out, what Raft
+// takes, points into resps, what the store fills in. The answers are
+// pointers into one slice, where boxing each FSMResponse would cost an
+// allocation per entry; a batch of one (every write, when writes come one
+// at a time) gets both in one allocation.
+func newAnswers(n int) (resps []FSMResponse, out []interface{}) {
+	if n == 1 {
+		one := new(struct {
+			resp [1]FSMResponse
+			out  [1]interface{}
+		})
+		one.out[0] = &one.resp[0]
+		return one.resp[:], one.out[:]
+	}
+	resps = make([]FSMResponse, n)
+	out = make([]interface{}, n)
+	for i := range resps {
+		out[i] = &resps[i]
+	}
+	return resps, out
+}
+
 // applyLocked applies logs, setting each one's response, and commits them
 // with the index reached. It returns the batch's events when onChange is
 // set.
@@ -297,9 +316,20 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []FSMResponse) ([]Event, er
 	if err != nil {
 		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
-	a := &applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs)}
+	// One applyCtx serves every batch (they are applied one at a time,
+	// under f.mu), with its list of parsed operations: a fresh one per
+	// batch cost two allocations, which a batch of one entry (every write
+	// when writes come one at a time) pays in full.
+	a := &f.applying
+	*a = applyCtx{f: f, ctx: ctx, batch: batch, events: f.onChange != nil, sizeHint: len(logs), ops: a.ops[:0]}
 	a.pending, f.pendingScratch = f.pendingScratch, nil
-	defer func() { f.keepPending(a.pending) }()
+	defer func() {
+		f.keepPending(a.pending)
+		// Between batches it keeps no log entry (the operations alias
+		// their bytes) nor the datastore batch alive.
+		clear(a.ops)
+		*a = applyCtx{ops: a.ops[:0]}
+	}()
 	if a.events {
 		// Most entries change one key: the list of the last batch, or
 		// one allocation for this one.
@@ -335,10 +365,13 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []FSMResponse) ([]Event, er
 	if last == f.applied {
 		return nil, nil
 	}
-	// Fresh slices for each record: a datastore may keep what it is given.
-	err = batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(nil, last))
+	// Fresh bytes for each record, since a datastore may keep what it is
+	// given; the applied index and the clock (which changes with almost
+	// every batch) are cut from one allocation.
+	recs := make([]byte, 16)
+	err = batch.Put(ctx, f.appliedKey, binary.BigEndian.AppendUint64(recs[:0:8], last))
 	if err == nil && f.clockNanos != clock {
-		err = batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(nil, f.clockNanos))
+		err = batch.Put(ctx, f.clockKey, binary.BigEndian.AppendUint64(recs[8:8:16], f.clockNanos))
 	}
 	if err == nil && f.epoch != epoch {
 		err = batch.Put(ctx, f.epochKey, binary.BigEndian.AppendUint64(nil, f.epoch))
