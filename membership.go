@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -428,6 +429,26 @@ type configView struct {
 	raft    *hraft.Raft
 	at      time.Time
 	servers []hraft.Server // shared: never modified
+	// ids are the servers' peer IDs, decoded once per view when first
+	// asked for (hasServer): the guard of every inbound RPC asks whether
+	// its peer is a server, and encoding that peer's ID to compare it with
+	// the servers' ID strings (base58) cost more than a microsecond each
+	// time.
+	idsOnce sync.Once
+	ids     []peer.ID
+}
+
+// hasServer tells whether id is one of the view's servers.
+func (v *configView) hasServer(id peer.ID) bool {
+	v.idsOnce.Do(func() {
+		v.ids = make([]peer.ID, 0, len(v.servers))
+		for _, s := range v.servers {
+			if p, err := peer.Decode(string(s.ID)); err == nil {
+				v.ids = append(v.ids, p)
+			}
+		}
+	})
+	return slices.Contains(v.ids, id)
 }
 
 // recentServers returns the servers of the latest configuration as read at
@@ -435,32 +456,38 @@ type configView struct {
 // refuse on what a recent read says reads again first). The slice is
 // shared: callers only read it.
 func (c *cluster) recentServers(fresh bool) ([]hraft.Server, error) {
+	v, err := c.recentView(fresh)
+	if err != nil {
+		return nil, err
+	}
+	return v.servers, nil
+}
+
+// recentView is recentServers returning the whole view.
+func (c *cluster) recentView(fresh bool) (*configView, error) {
 	r, err := c.r()
 	if err != nil {
 		return nil, err
 	}
 	now := time.Now()
 	if v := c.confView.Load(); !fresh && v != nil && v.raft == r && now.Sub(v.at) < configViewTTL {
-		return v.servers, nil
+		return v, nil
 	}
-	servers := r.GetConfiguration().Configuration().Servers
-	c.confView.Store(&configView{raft: r, at: now, servers: servers})
-	return servers, nil
+	v := &configView{raft: r, at: now, servers: r.GetConfiguration().Configuration().Servers}
+	c.confView.Store(v)
+	return v, nil
 }
 
 // inConfiguration tells whether id is a server (of any suffrage) of this
 // member's latest configuration.
 func (c *cluster) inConfiguration(id peer.ID) bool {
-	sid := hraft.ServerID(id.String())
 	for _, fresh := range []bool{false, true} {
-		servers, err := c.recentServers(fresh)
+		v, err := c.recentView(fresh)
 		if err != nil {
 			return false
 		}
-		for _, s := range servers {
-			if s.ID == sid {
-				return true
-			}
+		if v.hasServer(id) {
+			return true
 		}
 	}
 	return false
@@ -472,17 +499,20 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	// The common case, a server of the configuration, without building a
 	// view of every tracked peer on each heartbeat, and on a recent read of
 	// the configuration; a refusal is decided on a fresh one.
-	servers, err := c.recentServers(false)
+	v, err := c.recentView(false)
 	if err != nil {
 		return err
 	}
-	if err := admitRPC(rpcType, c.self, from, servers, nil); err == nil {
+	if len(v.servers) > 0 && v.hasServer(from) {
+		return nil // what admitRPC says of any RPC from a server
+	}
+	if err := admitRPC(rpcType, c.self, from, v.servers, nil); err == nil {
 		return nil
 	}
-	if servers, err = c.recentServers(true); err != nil {
+	if v, err = c.recentView(true); err != nil {
 		return err
 	}
-	return admitRPC(rpcType, c.self, from, servers, c.peers.view())
+	return admitRPC(rpcType, c.self, from, v.servers, c.peers.view())
 }
 
 // foundedWith tells whether from, a recent peer in view (not only a live

@@ -168,6 +168,23 @@ func ruleServers(voters []peer.ID, nonvoters ...peer.ID) []hraft.Server {
 	return out
 }
 
+func TestConfigViewHasServer(t *testing.T) {
+	a, b, c, _, _, x := ruleNamed()
+	servers := append(ruleServers([]peer.ID{a, b}, c), hraft.Server{ID: "not-a-peer-id", Suffrage: hraft.Voter})
+	v := &configView{servers: servers}
+	for _, tc := range []struct {
+		id   peer.ID
+		want bool
+	}{{a, true}, {b, true}, {c, true}, {x, false}, {"", false}} {
+		if got := v.hasServer(tc.id); got != tc.want {
+			t.Errorf("hasServer(%q) = %v, want %v", tc.id, got, tc.want)
+		}
+	}
+	if (&configView{}).hasServer(a) {
+		t.Error("an empty configuration has a server")
+	}
+}
+
 func TestAdmitRPC(t *testing.T) {
 	a, b, c, d, e, x := ruleNamed()
 	abc := ruleServers([]peer.ID{a, b, c})
@@ -215,6 +232,12 @@ func TestAdmitRPC(t *testing.T) {
 		{name: "a stranger gets no vote from a member without configuration", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote}, from: x},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			// The guard's shortcut (a server of the configuration is
+			// admitted without the rule) never admits what it refuses.
+			v := &configView{servers: tc.servers}
+			if len(tc.servers) > 0 && v.hasServer(tc.from) && !tc.admit {
+				t.Fatalf("the shortcut admits %s, which the rule refuses", ruleName(tc.from))
+			}
 			for _, typ := range tc.types {
 				err := admitRPC(typ, a, tc.from, tc.servers, tc.view)
 				if (err == nil) != tc.admit {
