@@ -73,10 +73,12 @@ type commandService struct {
 	// Sessions (stream_session.go): those serving, and how many each peer
 	// holds and all hold. Until its hello is in, a session also counts in
 	// streams, perPeer and total; after, each of its requests in flight
-	// counts in perPeer and total.
-	sessions    map[*serverSession]struct{}
-	sessPerPeer map[peer.ID]int
-	sessTotal   int
+	// counts in sessReqPerPeer (under its own cap, sessionRequestsPerPeer)
+	// and in total.
+	sessions       map[*serverSession]struct{}
+	sessPerPeer    map[peer.ID]int
+	sessTotal      int
+	sessReqPerPeer map[peer.ID]int
 	// sessIdle, when set (tests), replaces sessionMemberIdle.
 	sessIdle atomic.Int64
 
@@ -116,8 +118,9 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 		streams:  map[network.Stream]struct{}{},
 		perPeer:  map[peer.ID]int{},
 		sessions: map[*serverSession]struct{}{}, sessPerPeer: map[peer.ID]int{},
-		refusals: newLogLimiter(refusedLogInterval),
-		budget:   newReadBudget(commandReadBudget, requestReadTimeout),
+		sessReqPerPeer: map[peer.ID]int{},
+		refusals:       newLogLimiter(refusedLogInterval),
+		budget:         newReadBudget(commandReadBudget, requestReadTimeout),
 	}
 	return s
 }
@@ -393,7 +396,8 @@ func (s *commandService) propose(req *request, ops []cmdOp, timeout time.Duratio
 		if err != nil {
 			return errorResponse(err)
 		}
-		resp := &response{OK: res.OK, Index: res.Index}
+		resp := getResponse() // a session gives it back (handle)
+		resp.OK, resp.Index = res.OK, res.Index
 		if claimed != nil {
 			resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
 		}
