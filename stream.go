@@ -79,6 +79,9 @@ type commandService struct {
 	sessPerPeer    map[peer.ID]int
 	sessTotal      int
 	sessReqPerPeer map[peer.ID]int
+	// startedWrites counts the writes session readers handed to Raft
+	// themselves (session_fastwrite.go; tests).
+	startedWrites atomic.Int64
 	// sessIdle, when set (tests), replaces sessionMemberIdle.
 	sessIdle atomic.Int64
 
@@ -392,17 +395,21 @@ func (s *commandService) propose(req *request, ops []cmdOp, timeout time.Duratio
 		return errorResponse(err)
 	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		res, claimed, err := s.leader.proposeAnswer(ops, id, timeout)
-		if err != nil {
-			return errorResponse(err)
-		}
-		resp := getResponse() // a session gives it back (handle)
-		resp.OK, resp.Index = res.OK, res.Index
-		if claimed != nil {
-			resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
-		}
-		return resp
+		return writeResponse(s.leader.proposeAnswer(ops, id, timeout))
 	})
+}
+
+// writeResponse is the answer to a write (a session gives it back: handle).
+func writeResponse(res TxnResult, claimed *claimedItem, err error) *response {
+	if err != nil {
+		return errorResponse(err)
+	}
+	resp := getResponse()
+	resp.OK, resp.Index = res.OK, res.Index
+	if claimed != nil {
+		resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
+	}
+	return resp
 }
 
 // joinVoter adds the peer a request names as a voter, on the leader. A peer

@@ -75,6 +75,13 @@ type serverSession struct {
 	clean    bool
 	rd       lazyDeadline // the read deadline last set
 	readDone chan struct{}
+	// Writes the reader started (session_fastwrite.go): fast is the
+	// leader's side (nil: none); started and answers are made at the
+	// first, fastDone is closed once they are all answered.
+	fast     sessionProposer
+	started  chan *startedWrite
+	answers  chan *startedWrite
+	fastDone chan struct{}
 }
 
 func (s *commandService) handleSession(st network.Stream) {
@@ -242,11 +249,17 @@ func (ss *serverSession) refuseAAD(cd codec, err error, aad []byte) {
 func (ss *serverSession) serve() {
 	ss.br = bufio.NewReaderSize(ss.st, sessionReadBuffer)
 	ss.readDone = make(chan struct{})
+	ss.fast, _ = ss.svc.leader.(sessionProposer)
 	ss.read()
 	<-ss.readDone
 	if ss.clean {
 		// Requests up to last were read and get their answers; none after.
 		_ = ss.w.sendID(framePayload(frameGoaway, ss.last, 0), nil)
+	}
+	if ss.started != nil {
+		close(ss.started)
+		close(ss.answers)
+		<-ss.fastDone
 	}
 	ss.handlers.Wait()
 	close(ss.jobs)
@@ -260,10 +273,11 @@ func (ss *serverSession) serve() {
 }
 
 // read reads requests while its goroutine holds the reader's role. A
-// request read while more frames wait goes to a worker; one read alone (the
-// usual case of a caller with one call in flight) is served right here,
-// after the reader's role has gone to a worker: the request saves a
-// hand-off between goroutines, the reading does not stop.
+// request read while more frames wait is a write the reader starts itself
+// (startWrite) or goes to a worker; one read alone (the usual case of a
+// caller with one call in flight) is served right here, after the reader's
+// role has gone to a worker: the request saves a hand-off between
+// goroutines, the reading does not stop.
 func (ss *serverSession) read() {
 	for {
 		j, ok := ss.next()
@@ -271,7 +285,9 @@ func (ss *serverSession) read() {
 			return
 		}
 		if ss.br.Buffered() > 0 {
-			ss.run(j)
+			if !ss.startWrite(j) {
+				ss.run(j)
+			}
 			continue
 		}
 		ss.handlers.Add(1)
@@ -474,15 +490,7 @@ func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	defer putRequest(req)
 	decodeErr := decodeRequestInto(raw, req)
 	s.budget.give(weight)
-	defer func() {
-		s.mu.Lock()
-		if s.sessReqPerPeer[ss.from]--; s.sessReqPerPeer[ss.from] <= 0 {
-			delete(s.sessReqPerPeer, ss.from)
-		}
-		s.total--
-		ss.inflight--
-		s.mu.Unlock()
-	}()
+	defer ss.release()
 	var resp *response
 	switch {
 	case decodeErr != nil:
@@ -494,6 +502,25 @@ func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	default:
 		resp = s.answer(ss.from, req)
 	}
+	ss.answerWith(id, resp)
+}
+
+// release gives back the place admit took for a request.
+func (ss *serverSession) release() {
+	s := ss.svc
+	s.mu.Lock()
+	if s.sessReqPerPeer[ss.from]--; s.sessReqPerPeer[ss.from] <= 0 {
+		delete(s.sessReqPerPeer, ss.from)
+	}
+	s.total--
+	ss.inflight--
+	s.mu.Unlock()
+}
+
+// answerWith sends resp as the answer to request id, with a leader hint,
+// and gives resp back.
+func (ss *serverSession) answerWith(id uint64, resp *response) {
+	s := ss.svc
 	buf := getWireBuf()
 	body, err := appendResponse(buf.b[:0], resp)
 	if err == nil {
