@@ -76,7 +76,13 @@ func (c *Client) Set(key string, value []byte, timeout time.Duration, peers ...p
 	if err := validateValue(value); err != nil {
 		return err
 	}
-	_, err := c.write(&request{Cmd: cmdSet, Key: key, Value: value, Timeout: int64(timeout)}, timeout, peers)
+	req := getRequest()
+	req.Cmd, req.Key, req.Value, req.Timeout = cmdSet, key, value, int64(timeout)
+	resp, free, err := c.writeReq(req, timeout, peers)
+	putResponse(resp) // the answer's fields are not kept
+	if free {
+		putRequest(req)
+	}
 	return err
 }
 
@@ -107,7 +113,8 @@ func (c *Client) Delete(key string, timeout time.Duration, peers ...peer.ID) err
 	if err := c.checkWrite(key, timeout); err != nil {
 		return err
 	}
-	_, err := c.write(&request{Cmd: cmdDelete, Key: key, Timeout: int64(timeout)}, timeout, peers)
+	resp, err := c.write(&request{Cmd: cmdDelete, Key: key, Timeout: int64(timeout)}, timeout, peers)
+	putResponse(resp) // the answer's fields are not kept
 	return err
 }
 

@@ -147,8 +147,9 @@ func (s *clientSession) call(ctx context.Context, req *request, deadline time.Ti
 			}
 			return nil, r.err
 		}
-		resp := new(response)
+		resp := getResponse()
 		if err := decodeResponse(r.raw, resp); err != nil {
+			putResponse(resp)
 			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
 		}
 		return resp, nil
@@ -160,8 +161,9 @@ func (s *clientSession) call(ctx context.Context, req *request, deadline time.Ti
 		if r.err != nil {
 			return nil, r.err
 		}
-		resp := new(response)
+		resp := getResponse()
 		if err := decodeResponse(r.raw, resp); err != nil {
+			putResponse(resp)
 			return nil, fmt.Errorf("%w: answer from %s: %v", ErrInvalidCommand, s.peer, err)
 		}
 		return resp, nil

@@ -28,6 +28,19 @@ const writeRetryPause = 50 * time.Millisecond
 // timeout. A nil error: applied exactly once. An error: applied at most once
 // (and certainly not when IsNotApplied says so).
 func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*response, error) {
+	resp, _, err := c.writeReq(req, timeout, peers)
+	return resp, err
+}
+
+// writeReq is write telling also whether req is free again (free): its
+// first attempt was answered, so no call that gave up may still hold it.
+func (c *Client) writeReq(req *request, timeout time.Duration, peers []peer.ID) (resp *response, free bool, err error) {
+	resp, err = c.writeAttempts(req, timeout, peers, &free)
+	return resp, free, err
+}
+
+// writeAttempts is write's loop; *free is set as writeReq says.
+func (c *Client) writeAttempts(req *request, timeout time.Duration, peers []peer.ID, free *bool) (*response, error) {
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
@@ -84,6 +97,8 @@ func (c *Client) write(req *request, timeout time.Duration, peers []peer.ID) (*r
 			}
 			switch {
 			case err == nil:
+				// The tests' hook may read a request after its answer.
+				*free = attempts == 1 && c.caller.afterWrite == nil
 				return resp, nil
 			case c.ctx.Err() != nil:
 				return nil, c.writeFailed(ErrShutdown, unknown)

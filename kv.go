@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -62,30 +63,49 @@ func (c *cluster) proposeAnswer(ops []cmdOp, id *requestID, timeout time.Duratio
 	if err != nil {
 		return TxnResult{}, nil, err
 	}
-	if resp.Error != nil {
-		return TxnResult{}, nil, resp.Error
-	}
-	res, claimed, ok := parseClaimResult(resp.Data)
-	if !ok {
-		return TxnResult{}, nil, fmt.Errorf("raft: unexpected state machine answer of %d bytes", len(resp.Data))
-	}
-	return res, claimed, nil
+	return answerOf(resp)
 }
 
 // proposeRaw is propose returning the state machine's answer as it is.
 func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) (FSMResponse, error) {
-	r, err := c.r()
+	f, start, err := c.proposeStart(ops, id, timeout, false)
 	if err != nil {
 		return FSMResponse{}, err
+	}
+	if err := c.wait(f, timeout); err != nil {
+		return FSMResponse{}, err
+	}
+	return c.applied(f, start), nil
+}
+
+// errKindsUnknown: proposeStart without waiting would have had to read the
+// configuration first.
+var errKindsUnknown = errors.New("raft: operation kinds to check first")
+
+// proposeStart is proposeRaw up to handing the command to Raft: the future
+// and when it was handed. With quick, it fails with errKindsUnknown
+// rather than wait for the voters' operation kinds to be read.
+func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error) {
+	r, err := c.r()
+	if err != nil {
+		return nil, time.Time{}, err
 	}
 	if r.State() != hraft.Leader {
 		// Before kindsAllowed, which may ask voters: a follower refuses at
 		// once, as Raft would.
-		return FSMResponse{}, ErrNotLeader
+		return nil, time.Time{}, ErrNotLeader
 	}
-	meta, err := c.kindsAllowed(r, ops)
+	var meta bool
+	if quick {
+		var known bool
+		if meta, known, err = c.kindsKnown(r, ops); err == nil && !known {
+			err = errKindsUnknown
+		}
+	} else {
+		meta, err = c.kindsAllowed(r, ops)
+	}
 	if err != nil {
-		return FSMResponse{}, err
+		return nil, time.Time{}, err
 	}
 	var cmd []byte
 	if meta {
@@ -96,9 +116,33 @@ func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) 
 		cmd = encodeOps(ops)
 	}
 	if err := checkSize("command", len(cmd), MaxCommandSize); err != nil {
-		return FSMResponse{}, err
+		return nil, time.Time{}, err
 	}
-	return c.applyEncoded(cmd, timeout)
+	start := c.metrics.start()
+	return r.Apply(cmd, timeout), start, nil
+}
+
+// applied is the state machine's answer to a command whose future ended
+// without an error.
+func (c *cluster) applied(f hraft.ApplyFuture, start time.Time) FSMResponse {
+	c.metrics.observeCommit(start)
+	var resp FSMResponse
+	if r, ok := f.Response().(*FSMResponse); ok { // see kvStore.ApplyBatch
+		resp = *r
+	}
+	return resp
+}
+
+// answerOf reads a proposal's answer as proposeAnswer returns it.
+func answerOf(resp FSMResponse) (TxnResult, *claimedItem, error) {
+	if resp.Error != nil {
+		return TxnResult{}, nil, resp.Error
+	}
+	res, claimed, ok := parseClaimResult(resp.Data)
+	if !ok {
+		return TxnResult{}, nil, fmt.Errorf("raft: unexpected state machine answer of %d bytes", len(resp.Data))
+	}
+	return res, claimed, nil
 }
 
 // writeAnywhere runs a write request as the command service would for a
@@ -170,12 +214,7 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 	if err := c.wait(f, timeout); err != nil {
 		return FSMResponse{}, err
 	}
-	c.metrics.observeCommit(start)
-	var resp FSMResponse
-	if r, ok := f.Response().(*FSMResponse); ok { // see kvStore.ApplyBatch
-		resp = *r
-	}
-	return resp, nil
+	return c.applied(f, start), nil
 }
 
 // wait waits for a Raft future for at most timeout beyond its enqueueing:
@@ -190,12 +229,22 @@ func (c *cluster) wait(f hraft.Future, timeout time.Duration) error {
 	case <-w.timer.C:
 		// The goroutine still owns w (it sends once f ends): w is left
 		// to the collector.
-		return fmt.Errorf("%w after %v: the outcome is unknown", ErrTimeout, timeout)
+		return waitTimedOut(timeout)
 	case <-c.ctx.Done():
 		// Closing: do not hold Close for the rest of the timeout.
 		w.timer.Stop()
-		return fmt.Errorf("%w while waiting: the outcome is unknown", ErrShutdown)
+		return errWaitShutdown()
 	}
+}
+
+// waitTimedOut is the error of a wait for a future that outlasted timeout.
+func waitTimedOut(timeout time.Duration) error {
+	return fmt.Errorf("%w after %v: the outcome is unknown", ErrTimeout, timeout)
+}
+
+// errWaitShutdown is the error of a wait the cluster's closing ended.
+func errWaitShutdown() error {
+	return fmt.Errorf("%w while waiting: the outcome is unknown", ErrShutdown)
 }
 
 // waiter is what wait needs besides the future: a timer and the channel

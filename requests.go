@@ -129,7 +129,14 @@ func (t *requestTable) evictOldestClient() {
 // varints floor, last and the count, then per result its seq, a byte for ok
 // and its index.
 func encodeClientRecord(c *clientRecord) []byte {
-	b := make([]byte, 0, 3*binary.MaxVarintLen64+len(c.results)*(1+2*binary.MaxVarintLen64))
+	// Sized exactly: the record is kept by the store (and written again
+	// at every write of its client), so room to spare is memory held and
+	// garbage made at every write.
+	n := uvarintLen(c.floor) + uvarintLen(c.last) + uvarintLen(uint64(len(c.results)))
+	for _, r := range c.results {
+		n += uvarintLen(r.seq) + 1 + uvarintLen(r.index)
+	}
+	b := make([]byte, 0, n)
 	b = binary.AppendUvarint(b, c.floor)
 	b = binary.AppendUvarint(b, c.last)
 	b = binary.AppendUvarint(b, uint64(len(c.results)))

@@ -189,3 +189,22 @@ func FuzzDecodeClientRecord(f *testing.F) {
 }
 
 var _ = hraft.LogCommand
+
+// A stored record is allocated at its exact size: the store keeps it, and a
+// Client's every write stores its record again on every member.
+func TestClientRecordExactSize(t *testing.T) {
+	for _, v := range []uint64{0, 1, 127, 128, 16383, 16384, 1 << 35, 1<<63 - 1, 1<<64 - 1} {
+		rec := &clientRecord{floor: v / 2, last: v}
+		for i := range uint64(maxRequestsPerClient) {
+			rec.results = append(rec.results, reqResult{seq: v - i, ok: i%2 == 0, index: v / (i + 1)})
+		}
+		b := encodeClientRecord(rec)
+		if cap(b) != len(b) {
+			t.Errorf("record with values near %d: %d bytes in %d", v, len(b), cap(b))
+		}
+		got, err := decodeClientRecord(b)
+		if err != nil || !reflect.DeepEqual(got, rec) {
+			t.Fatalf("record with values near %d: %+v %v", v, got, err)
+		}
+	}
+}

@@ -23,11 +23,12 @@ import (
 
 const (
 	// sessionInflight caps the requests a caller has in flight on one
-	// session; more wait (within their deadline) for a place. It stays
-	// under the member's per-peer cap (commandStreamsPerPeer), which counts
-	// them, leaving room for the caller's other calls, so a Client is not
-	// refused for its own concurrency.
-	sessionInflight = commandStreamsPerPeer - 8
+	// session; more wait (within their deadline) for a place. The member
+	// counts them under sessionRequestsPerPeer, above this, so a Client is
+	// not refused for its own concurrency. Past 64 so that a busy Client's
+	// writes reach the leader's Raft log in batches as large as its own
+	// callers' (a cap under the number of writers halves them).
+	sessionInflight = 96
 	// sessionIdle is how long a caller keeps a session without calls
 	// before closing it; a member closes one after sessionMemberIdle, so
 	// the caller, who knows when it sends, is always first.

@@ -73,10 +73,15 @@ type commandService struct {
 	// Sessions (stream_session.go): those serving, and how many each peer
 	// holds and all hold. Until its hello is in, a session also counts in
 	// streams, perPeer and total; after, each of its requests in flight
-	// counts in perPeer and total.
-	sessions    map[*serverSession]struct{}
-	sessPerPeer map[peer.ID]int
-	sessTotal   int
+	// counts in sessReqPerPeer (under its own cap, sessionRequestsPerPeer)
+	// and in total.
+	sessions       map[*serverSession]struct{}
+	sessPerPeer    map[peer.ID]int
+	sessTotal      int
+	sessReqPerPeer map[peer.ID]int
+	// startedWrites counts the writes session readers handed to Raft
+	// themselves (session_fastwrite.go; tests).
+	startedWrites atomic.Int64
 	// sessIdle, when set (tests), replaces sessionMemberIdle.
 	sessIdle atomic.Int64
 
@@ -116,8 +121,9 @@ func newCommandService(h host.Host, proto protocol.ID, cd codec, logger hclog.Lo
 		streams:  map[network.Stream]struct{}{},
 		perPeer:  map[peer.ID]int{},
 		sessions: map[*serverSession]struct{}{}, sessPerPeer: map[peer.ID]int{},
-		refusals: newLogLimiter(refusedLogInterval),
-		budget:   newReadBudget(commandReadBudget, requestReadTimeout),
+		sessReqPerPeer: map[peer.ID]int{},
+		refusals:       newLogLimiter(refusedLogInterval),
+		budget:         newReadBudget(commandReadBudget, requestReadTimeout),
 	}
 	return s
 }
@@ -389,16 +395,21 @@ func (s *commandService) propose(req *request, ops []cmdOp, timeout time.Duratio
 		return errorResponse(err)
 	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		res, claimed, err := s.leader.proposeAnswer(ops, id, timeout)
-		if err != nil {
-			return errorResponse(err)
-		}
-		resp := &response{OK: res.OK, Index: res.Index}
-		if claimed != nil {
-			resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
-		}
-		return resp
+		return writeResponse(s.leader.proposeAnswer(ops, id, timeout))
 	})
+}
+
+// writeResponse is the answer to a write (a session gives it back: handle).
+func writeResponse(res TxnResult, claimed *claimedItem, err error) *response {
+	if err != nil {
+		return errorResponse(err)
+	}
+	resp := getResponse()
+	resp.OK, resp.Index = res.OK, res.Index
+	if claimed != nil {
+		resp.Claimed, resp.Found, resp.Item, resp.Value = true, claimed.found, claimed.id, claimed.value
+	}
+	return resp
 }
 
 // joinVoter adds the peer a request names as a voter, on the leader. A peer

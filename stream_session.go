@@ -1,14 +1,17 @@
 package raft
 
 // The member's side of command sessions (session_wire.go). A session costs
-// the member what the streams it replaces would: it holds one command
-// stream slot for its life (under the same per-peer and total caps), and
-// every request in flight on it holds one more, so a peer gets no more
-// goroutines through sessions than through streams. Past a cap a request is
-// answered "busy" (never handled: the caller may go elsewhere), as an
-// over-cap stream is reset. Before its hello authenticates, a session is a
-// command stream like any other: the same read timeout, read budget and
-// refusals, so a peer without the key gets nothing more.
+// the member what the streams it replaces would: until its hello is in it
+// holds one command stream slot (under the same per-peer and total caps),
+// and every request in flight on it holds one slot of the total and one of
+// its peer's session requests (sessionRequestsPerPeer, a cap of its own, so
+// that a Client's calls in flight do not crowd out its other streams, and
+// one session carries enough calls at once for the leader's Raft batches).
+// Past a cap a request is answered "busy" (never handled: the caller may go
+// elsewhere), as an over-cap stream is reset. Before its hello
+// authenticates, a session is a command stream like any other: the same
+// read timeout, read budget and refusals, so a peer without the key gets
+// nothing more.
 
 import (
 	"bufio"
@@ -30,9 +33,18 @@ import (
 // member's forwarder and sessions being replaced. sessionsTotal caps them
 // all. An open session holds a goroutine and a small read buffer; until its
 // hello is in it also holds a command stream slot, like any stream.
+//
+// sessionRequestsPerPeer caps the requests one peer has in flight on its
+// sessions, all together, beside its commandStreamsPerPeer streams: room
+// for one session at its own cap (sessionInflight) and a second one's
+// calls (a Client and a forwarding member on one node). They also count in
+// commandStreamsTotal, so the member's goroutines for requests stay bounded
+// in all as before, and a peer holds at most three times what it held when
+// its session requests shared its stream slots.
 const (
-	sessionsPerPeer = 8
-	sessionsTotal   = 256
+	sessionsPerPeer        = 8
+	sessionsTotal          = 256
+	sessionRequestsPerPeer = 2 * commandStreamsPerPeer
 )
 
 // sessionProtocolOf is the session protocol beside a command protocol.
@@ -63,6 +75,13 @@ type serverSession struct {
 	clean    bool
 	rd       lazyDeadline // the read deadline last set
 	readDone chan struct{}
+	// Writes the reader started (session_fastwrite.go): fast is the
+	// leader's side (nil: none); started and answers are made at the
+	// first, fastDone is closed once they are all answered.
+	fast     sessionProposer
+	started  chan *startedWrite
+	answers  chan *startedWrite
+	fastDone chan struct{}
 }
 
 func (s *commandService) handleSession(st network.Stream) {
@@ -230,11 +249,17 @@ func (ss *serverSession) refuseAAD(cd codec, err error, aad []byte) {
 func (ss *serverSession) serve() {
 	ss.br = bufio.NewReaderSize(ss.st, sessionReadBuffer)
 	ss.readDone = make(chan struct{})
+	ss.fast, _ = ss.svc.leader.(sessionProposer)
 	ss.read()
 	<-ss.readDone
 	if ss.clean {
 		// Requests up to last were read and get their answers; none after.
 		_ = ss.w.sendID(framePayload(frameGoaway, ss.last, 0), nil)
+	}
+	if ss.started != nil {
+		close(ss.started)
+		close(ss.answers)
+		<-ss.fastDone
 	}
 	ss.handlers.Wait()
 	close(ss.jobs)
@@ -248,10 +273,11 @@ func (ss *serverSession) serve() {
 }
 
 // read reads requests while its goroutine holds the reader's role. A
-// request read while more frames wait goes to a worker; one read alone (the
-// usual case of a caller with one call in flight) is served right here,
-// after the reader's role has gone to a worker: the request saves a
-// hand-off between goroutines, the reading does not stop.
+// request read while more frames wait is a write the reader starts itself
+// (startWrite) or goes to a worker; one read alone (the usual case of a
+// caller with one call in flight) is served right here, after the reader's
+// role has gone to a worker: the request saves a hand-off between
+// goroutines, the reading does not stop.
 func (ss *serverSession) read() {
 	for {
 		j, ok := ss.next()
@@ -259,7 +285,9 @@ func (ss *serverSession) read() {
 			return
 		}
 		if ss.br.Buffered() > 0 {
-			ss.run(j)
+			if !ss.startWrite(j) {
+				ss.run(j)
+			}
 			continue
 		}
 		ss.handlers.Add(1)
@@ -436,15 +464,16 @@ func (ss *serverSession) worker(j sessionJob) {
 	}
 }
 
-// admit takes a place for one request: a command stream slot of its peer.
+// admit takes a place for one request: a session request slot of its peer
+// and a command slot of the total.
 func (ss *serverSession) admit() bool {
 	s := ss.svc
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.perPeer[ss.from] >= commandStreamsPerPeer || s.total >= commandStreamsTotal {
+	if s.sessReqPerPeer[ss.from] >= sessionRequestsPerPeer || s.total >= commandStreamsTotal {
 		return false
 	}
-	s.perPeer[ss.from]++
+	s.sessReqPerPeer[ss.from]++
 	s.total++
 	ss.inflight++
 	return true
@@ -452,20 +481,16 @@ func (ss *serverSession) admit() bool {
 
 // handle decodes and serves one request (weight is its room in the read
 // budget, given back once it is decoded) and answers it with a leader
-// hint.
+// hint. The request and its response are reused (wire_pool.go): serving
+// is synchronous, and nothing it calls keeps either past its answer (a
+// forwarded request is a copy).
 func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	s := ss.svc
-	req, decodeErr := decodeRequest(raw)
+	req := getRequest()
+	defer putRequest(req)
+	decodeErr := decodeRequestInto(raw, req)
 	s.budget.give(weight)
-	defer func() {
-		s.mu.Lock()
-		if s.perPeer[ss.from]--; s.perPeer[ss.from] <= 0 {
-			delete(s.perPeer, ss.from)
-		}
-		s.total--
-		ss.inflight--
-		s.mu.Unlock()
-	}()
+	defer ss.release()
 	var resp *response
 	switch {
 	case decodeErr != nil:
@@ -477,6 +502,25 @@ func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	default:
 		resp = s.answer(ss.from, req)
 	}
+	ss.answerWith(id, resp)
+}
+
+// release gives back the place admit took for a request.
+func (ss *serverSession) release() {
+	s := ss.svc
+	s.mu.Lock()
+	if s.sessReqPerPeer[ss.from]--; s.sessReqPerPeer[ss.from] <= 0 {
+		delete(s.sessReqPerPeer, ss.from)
+	}
+	s.total--
+	ss.inflight--
+	s.mu.Unlock()
+}
+
+// answerWith sends resp as the answer to request id, with a leader hint,
+// and gives resp back.
+func (ss *serverSession) answerWith(id uint64, resp *response) {
+	s := ss.svc
 	buf := getWireBuf()
 	body, err := appendResponse(buf.b[:0], resp)
 	if err == nil {
@@ -495,6 +539,7 @@ func (ss *serverSession) handle(id uint64, raw []byte, weight int64) {
 	_ = ss.w.sendID(head, body) // copies body
 	buf.b = body
 	putWireBuf(buf)
+	putResponse(resp)
 }
 
 // idleTimeout is how long a session may stay without requests.
@@ -517,5 +562,13 @@ func (s *commandService) sessionsFrom(from peer.ID) int {
 func (s *commandService) inFlightFrom(from peer.ID) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.perPeer[from]
+	return s.perPeer[from] + s.sessReqPerPeer[from]
+}
+
+// sessionRequestsFrom counts the requests peer has in flight on its
+// sessions (tests).
+func (s *commandService) sessionRequestsFrom(from peer.ID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sessReqPerPeer[from]
 }

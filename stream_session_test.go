@@ -286,9 +286,10 @@ func TestSessionIdleGoaway(t *testing.T) {
 	})
 }
 
-// Requests in flight on sessions hold the peer's command stream slots: past
-// commandStreamsPerPeer the member answers "busy" (not handled) instead of
-// serving more, and every admitted request gets its answer.
+// Requests in flight on sessions hold the peer's session request slots:
+// past sessionRequestsPerPeer the member answers "busy" (not handled)
+// instead of serving more, every admitted request gets its answer, and the
+// peer's command stream slots stay free for its streams.
 func TestSessionBusy(t *testing.T) {
 	const ns = "/raft/session-busy"
 	mesh := rafttest.NewMesh(t, 4, rafttest.Connected())
@@ -316,17 +317,18 @@ func TestSessionBusy(t *testing.T) {
 		}
 		sessions = append(sessions, rs)
 	}
-	const each = commandStreamsPerPeer/2 + 5
+	const each = sessionRequestsPerPeer/2 + 5
 	for _, rs := range sessions {
 		for i := range each {
 			rs.request(&request{Cmd: cmdSet, Key: fmt.Sprintf("busy/%d", i), Value: []byte("v"), Timeout: int64(3 * time.Second)})
 		}
 	}
-	peak := 0
+	peak, streams := 0, 0
 	answers, busy := 0, 0
 	for _, rs := range sessions {
 		for range each {
-			peak = max(peak, c.svc.inFlightFrom(h.ID()))
+			peak = max(peak, c.svc.sessionRequestsFrom(h.ID()))
+			streams = max(streams, c.svc.inFlightFrom(h.ID())-c.svc.sessionRequestsFrom(h.ID()))
 			kind, _, resp, err := rs.read(15 * time.Second)
 			switch {
 			case err != nil:
@@ -340,10 +342,13 @@ func TestSessionBusy(t *testing.T) {
 			}
 		}
 	}
-	if answers != commandStreamsPerPeer || busy != 2*each-commandStreamsPerPeer {
-		t.Errorf("%d answered, %d busy; want %d and %d", answers, busy, commandStreamsPerPeer, 2*each-commandStreamsPerPeer)
+	if answers != sessionRequestsPerPeer || busy != 2*each-sessionRequestsPerPeer {
+		t.Errorf("%d answered, %d busy; want %d and %d", answers, busy, sessionRequestsPerPeer, 2*each-sessionRequestsPerPeer)
 	}
-	if peak > commandStreamsPerPeer {
-		t.Errorf("the peer held %d command slots, cap %d", peak, commandStreamsPerPeer)
+	if peak > sessionRequestsPerPeer {
+		t.Errorf("the peer held %d session request slots, cap %d", peak, sessionRequestsPerPeer)
+	}
+	if streams > 0 {
+		t.Errorf("the peer's session requests held %d of its command stream slots", streams)
 	}
 }

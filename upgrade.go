@@ -139,6 +139,25 @@ func (c *cluster) kindsAllowed(r *hraft.Raft, ops []cmdOp) (meta bool, err error
 			return false, err
 		}
 	}
+	return f.allowed(ops)
+}
+
+// kindsKnown is kindsAllowed when the finding at hand is current, without
+// reading the configuration or asking anyone; known false when it would.
+func (c *cluster) kindsKnown(r *hraft.Raft, ops []cmdOp) (meta, known bool, err error) {
+	u := &c.upgrade
+	f := u.finding.Load()
+	if f == nil || u.changing.Load() > 0 || f.gen != u.gen.Load() || f.term != r.CurrentTerm() ||
+		time.Since(f.checked) >= kindsCheckInterval {
+		return false, false, nil
+	}
+	meta, err = f.allowed(ops)
+	return meta, true, err
+}
+
+// allowed tells whether every member of the finding knows the kinds of
+// ops, and meta operations.
+func (f *kindsFinding) allowed(ops []cmdOp) (meta bool, err error) {
 	for _, op := range ops {
 		if servers, ok := f.missing[op.kind]; ok {
 			k, _ := lookupOp(op.kind)

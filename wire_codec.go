@@ -191,15 +191,23 @@ func appendBoolField(b []byte, key uint64, v bool) []byte {
 // decodeRequest decodes a plaintext request body. Byte fields of the
 // request may alias b, which the caller no longer changes.
 func decodeRequest(b []byte) (*request, error) {
-	var req request
-	if parseRequest(b, &req) {
-		return &req, nil
+	req := new(request)
+	if err := decodeRequestInto(b, req); err != nil {
+		return nil, err
 	}
-	req = request{}
-	if err := wireDec.Unmarshal(b, &req); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	return req, nil
+}
+
+// decodeRequestInto is decodeRequest into req, which must be zero.
+func decodeRequestInto(b []byte, req *request) error {
+	if parseRequest(b, req) {
+		return nil
 	}
-	return &req, nil
+	*req = request{}
+	if err := wireDec.Unmarshal(b, req); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	}
+	return nil
 }
 
 // decodeResponse decodes a plaintext response body into resp, which must

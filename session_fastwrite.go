@@ -1,0 +1,143 @@
+package raft
+
+// Writes that arrive in a burst on a session, on the leader. The session's
+// reader hands each to Raft itself, in the order read, instead of giving
+// every request a worker that decodes it, proposes it and waits: the burst
+// reaches Raft's queue at once (the leader makes larger batches), and two
+// goroutines per session (one waiting for the futures in order, one
+// answering) replace a worker and a waiting goroutine per write. What a
+// write is answered is exactly what the worker would answer: the same
+// checks (a request that fails one, or that the leader could not start at
+// once, goes to a worker as before), the same errors for a timeout or a
+// closing member, the same answer.
+
+import (
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+)
+
+// sessionProposer is what the fast path needs of the leader (the cluster).
+type sessionProposer interface {
+	proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error)
+	applied(f hraft.ApplyFuture, start time.Time) FSMResponse
+	closing() <-chan struct{}
+	// leading tells whether this member leads now (cheap: no decoding
+	// for a follower, which forwards).
+	leading() bool
+}
+
+// startedWrite is a write handed to Raft by the reader.
+type startedWrite struct {
+	id       uint64 // its request's id on the session
+	cmd      string
+	f        hraft.ApplyFuture
+	start    time.Time
+	timeout  time.Duration
+	deadline time.Time
+	err      error         // f's error, set before done is closed
+	done     chan struct{} // closed once f has ended
+}
+
+// startWrite hands request j to Raft when it is a Set or Delete this member
+// can start at once as the leader; false: nothing was started, and j goes
+// to a worker.
+func (ss *serverSession) startWrite(j sessionJob) bool {
+	p := ss.fast
+	if p == nil || !p.leading() {
+		return false
+	}
+	req := getRequest()
+	defer putRequest(req)
+	if decodeRequestInto(j.raw, req) != nil {
+		return false
+	}
+	var op Op
+	switch req.Cmd {
+	case cmdSet:
+		op = SetOp(req.Key, req.Value)
+	case cmdDelete:
+		op = DeleteOp(req.Key)
+	default:
+		return false
+	}
+	// The checks of commandService.write and propose.
+	timeout := time.Duration(req.Timeout)
+	if validateTimeout(timeout) != nil || checkUserOp(op) != nil {
+		return false
+	}
+	id, err := requestIDOf(req)
+	if err != nil {
+		return false
+	}
+	ops := []cmdOp{{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}}
+	f, start, err := p.proposeStart(ops, id, timeout, true)
+	if err != nil {
+		return false
+	}
+	ss.svc.budget.give(j.weight)
+	ss.svc.startedWrites.Add(1)
+	ss.handlers.Add(1)
+	w := &startedWrite{id: j.id, cmd: req.Cmd, f: f, start: start, timeout: timeout,
+		deadline: time.Now().Add(timeout), done: make(chan struct{})}
+	if ss.started == nil {
+		// Room for every request the peer may have in flight: the
+		// reader never waits here.
+		ss.started = make(chan *startedWrite, sessionRequestsPerPeer)
+		ss.answers = make(chan *startedWrite, sessionRequestsPerPeer)
+		ss.fastDone = make(chan struct{})
+		go ss.waitStarted(ss.started)
+		go ss.answerStarted(ss.answers, p.closing())
+	}
+	ss.started <- w
+	ss.answers <- w
+	return true
+}
+
+// waitStarted waits for the started writes' futures, in the order they
+// were started (Raft ends them in that order).
+func (ss *serverSession) waitStarted(started <-chan *startedWrite) {
+	for w := range started {
+		w.err = w.f.Error()
+		close(w.done)
+	}
+}
+
+// answerStarted answers the started writes in order, each once its future
+// has ended, or at its timeout (outcome unknown), or when the member
+// closes, as commandService.write answers after cluster.wait.
+func (ss *serverSession) answerStarted(answers <-chan *startedWrite, closing <-chan struct{}) {
+	defer close(ss.fastDone)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for w := range answers {
+		var resp *response
+		timer.Reset(time.Until(w.deadline))
+		select {
+		case <-w.done:
+			if w.err != nil {
+				resp = errorResponse(translateRaftError(w.err))
+			} else {
+				resp = writeResponse(answerOf(ss.fast.applied(w.f, w.start)))
+			}
+		case <-timer.C:
+			resp = errorResponse(waitTimedOut(w.timeout))
+		case <-closing:
+			resp = errorResponse(errWaitShutdown())
+		}
+		timer.Stop()
+		ss.svc.metrics.request(w.cmd, resp.Code)
+		ss.answerWith(w.id, resp)
+		ss.release()
+		ss.handlers.Done()
+	}
+}
+
+// closing is closed when the cluster closes.
+func (c *cluster) closing() <-chan struct{} { return c.ctx.Done() }
+
+// leading tells whether this member's Raft is the leader.
+func (c *cluster) leading() bool {
+	r, err := c.r()
+	return err == nil && r.State() == hraft.Leader
+}

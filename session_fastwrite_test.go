@@ -1,0 +1,208 @@
+package raft
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/tauraft/raft/rafttest"
+)
+
+// Writes that reach the leader in one burst on a session are handed to
+// Raft by the session's reader, in the order read, and answered as a
+// worker would answer them: applied in that order, a bad request refused
+// as before, other requests served among them.
+func TestSessionBurstWrites(t *testing.T) {
+	const ns = "/raft/session-burst"
+	mesh, c := oneMember(t, ns)
+	// One write first, so the leader knows the voters' operation kinds
+	// (a burst write that would have to ask goes to a worker).
+	if err := c.Set("burst/first", []byte("v"), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := openRawSession(t, mesh.Node(1).Peer(), mesh.ID(0), ns, nil, sessionVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 40
+	bad := uint64(n/2 + 1) // the request id of a Set without a key
+	var burst bytes.Buffer
+	client := bytes.Repeat([]byte{7}, clientIDSize)
+	for i := 1; i <= n+2; i++ {
+		req := &request{Cmd: cmdSet, Key: fmt.Sprintf("burst/%02d", i), Value: []byte("v"), Timeout: int64(5 * time.Second),
+			Client: client, Seq: uint64(i)}
+		switch {
+		case uint64(i) == bad:
+			req.Key = ""
+		case i == n+1:
+			req = &request{Cmd: cmdGet, Key: "burst/first"}
+		case i == n+2:
+			req = &request{Cmd: cmdDelete, Key: "burst/01", Timeout: int64(5 * time.Second)}
+		}
+		body, err := cborEnc.Marshal(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := writeFrame(&burst, append(framePayload(frameRequest, uint64(i), len(body)), body...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := rs.st.Write(burst.Bytes()); err != nil { // one write: one burst
+		t.Fatal(err)
+	}
+	index := map[uint64]uint64{}
+	for range n + 2 {
+		kind, id, resp, err := rs.read(10 * time.Second)
+		if err != nil || kind != frameAnswer {
+			t.Fatalf("frame %d %d: %v", kind, id, err)
+		}
+		switch {
+		case id == bad:
+			if !errors.Is(resp.err(), ErrInvalidKey) {
+				t.Errorf("the Set without a key: %v, want ErrInvalidKey", resp.err())
+			}
+		case id == n+1:
+			if resp.err() != nil || !resp.Found || string(resp.Value) != "v" {
+				t.Errorf("the Get among the writes: %+v", resp)
+			}
+		case resp.err() != nil || !resp.OK || resp.Index == 0:
+			t.Errorf("request %d: %+v", id, resp)
+		default:
+			index[id] = resp.Index
+		}
+	}
+	for id := uint64(2); id <= n; id++ {
+		if id != bad && id-1 != bad && index[id] <= index[id-1] {
+			t.Errorf("request %d applied at %d, before request %d (%d)", id, index[id], id-1, index[id-1])
+		}
+	}
+	if v, ok := c.Get("burst/02"); !ok || string(v) != "v" {
+		t.Errorf("burst/02 = %q %v", v, ok)
+	}
+	if _, ok := c.Get("burst/01"); ok {
+		t.Error("burst/01 still there after the Delete")
+	}
+	if c.svc.startedWrites.Load() == 0 {
+		t.Error("no write of the burst was started by the session's reader")
+	}
+	_ = rs.st.Close()
+	rafttest.WaitFor(t, 5*time.Second, "the session's places to be given back", func() bool {
+		return c.svc.inFlightFrom(mesh.Node(1).Peer().ID()) == 0
+	})
+}
+
+// fakeFuture is a Raft future that ends when told.
+type fakeFuture struct {
+	end  chan error
+	once sync.Once
+	err  error
+}
+
+func (f *fakeFuture) Error() error {
+	f.once.Do(func() { f.err = <-f.end })
+	return f.err
+}
+func (f *fakeFuture) Index() uint64         { return 0 }
+func (f *fakeFuture) Response() interface{} { return nil }
+
+// fakeProposer is a leader whose closing the test controls.
+type fakeProposer struct{ close chan struct{} }
+
+func (p fakeProposer) proposeStart([]cmdOp, *requestID, time.Duration, bool) (hraft.ApplyFuture, time.Time, error) {
+	return nil, time.Time{}, errors.New("not used")
+}
+func (p fakeProposer) applied(hraft.ApplyFuture, time.Time) FSMResponse { return FSMResponse{} }
+func (p fakeProposer) closing() <-chan struct{}                         { return p.close }
+func (p fakeProposer) leading() bool                                    { return true }
+
+// A started write is answered as a worker's wait answers: its Raft error
+// when its future fails, "timeout, outcome unknown" when it outlasts its
+// timeout, "shutdown, outcome unknown" once the member closes; the writes
+// behind a stuck one are answered at their own deadlines, in order.
+func TestSessionStartedWriteAnswers(t *testing.T) {
+	var out bytes.Buffer
+	var mu sync.Mutex
+	svc := &commandService{sessReqPerPeer: map[peer.ID]int{}}
+	p := fakeProposer{close: make(chan struct{})}
+	ss := &serverSession{svc: svc, fast: p}
+	ss.w.w = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
+	answers := make(chan *startedWrite, 4)
+	ss.fastDone = make(chan struct{})
+	go ss.answerStarted(answers, p.close)
+	var waiters sync.WaitGroup
+	start := func(id uint64, timeout time.Duration) *fakeFuture {
+		f := &fakeFuture{end: make(chan error, 1)}
+		w := &startedWrite{id: id, cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
+		svc.mu.Lock()
+		svc.sessReqPerPeer[""]++
+		svc.total++
+		ss.inflight++
+		svc.mu.Unlock()
+		ss.handlers.Add(1)
+		waiters.Add(1)
+		go func() {
+			defer waiters.Done()
+			w.err = f.Error()
+			close(w.done)
+		}()
+		answers <- w
+		return f
+	}
+	lost := start(1, 10*time.Second)
+	stuck := []*fakeFuture{
+		start(2, 100*time.Millisecond), // its timeout answers it
+		start(3, 200*time.Millisecond), // behind it, the same
+		start(4, time.Hour),            // the member's closing answers it
+	}
+	defer func() {
+		for _, f := range stuck {
+			f.end <- hraft.ErrRaftShutdown
+		}
+		waiters.Wait()
+	}()
+	lost.end <- hraft.ErrLeadershipLost
+	rafttest.WaitFor(t, 5*time.Second, "three answers", func() bool {
+		svc.mu.Lock()
+		defer svc.mu.Unlock()
+		return ss.inflight == 1
+	})
+	close(p.close)
+	close(answers)
+	<-ss.fastDone
+	ss.handlers.Wait()
+	br := bufio.NewReader(bytes.NewReader(out.Bytes()))
+	want := []error{ErrLeadershipLost, ErrTimeout, ErrTimeout, ErrShutdown}
+	for i, w := range want {
+		body, _, err := readSessionFrame(br, br, nil)
+		if err != nil {
+			t.Fatalf("answer %d: %v", i+1, err)
+		}
+		kind, id, rest, err := parsePayload(body)
+		if err != nil || kind != frameAnswer || id != uint64(i+1) {
+			t.Fatalf("answer %d: kind %d id %d %v", i+1, kind, id, err)
+		}
+		_, _, rest, _ = parseHint(rest)
+		var resp response
+		if err := wireDec.Unmarshal(rest, &resp); err != nil {
+			t.Fatal(err)
+		}
+		if err := resp.err(); !errors.Is(err, w) || IsNotApplied(err) {
+			t.Errorf("answer %d: %v, want %v with the outcome unknown", i+1, err, w)
+		}
+	}
+	if svc.total != 0 || ss.inflight != 0 || len(svc.sessReqPerPeer) != 0 {
+		t.Errorf("places left: total %d, inflight %d, per peer %v", svc.total, ss.inflight, svc.sessReqPerPeer)
+	}
+}
+
+// writerFunc is an io.Writer from a function.
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
