@@ -165,6 +165,8 @@ type cluster struct {
 	// confView is the configuration as the hot paths last read it
 	// (recentServers).
 	confView atomic.Pointer[configView]
+	// applyWaits waits for the futures of writes (apply_wait.go).
+	applyWaits *applyWaiter
 
 	node      Node
 	namespace string
@@ -304,6 +306,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		logq:      logq,
 		raftLogs:  newRaftLogState(nil),
 	}
+	c.applyWaits = newApplyWaiter(ctx)
 	if cfg.metrics != nil {
 		m, err := newClusterMetrics(cfg.metrics, namespace, c.self)
 		if err != nil {

@@ -72,7 +72,7 @@ func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) 
 	if err != nil {
 		return FSMResponse{}, err
 	}
-	if err := c.wait(f, timeout); err != nil {
+	if err := c.waitApply(f, timeout); err != nil {
 		return FSMResponse{}, err
 	}
 	return c.applied(f, start), nil
@@ -211,7 +211,7 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 	}
 	start := c.metrics.start()
 	f := r.Apply(cmd, timeout)
-	if err := c.wait(f, timeout); err != nil {
+	if err := c.waitApply(f, timeout); err != nil {
 		return FSMResponse{}, err
 	}
 	return c.applied(f, start), nil
@@ -222,6 +222,24 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 func (c *cluster) wait(f hraft.Future, timeout time.Duration) error {
 	w := getWaiter(timeout)
 	go w.take(f)
+	return c.waitFor(w, timeout)
+}
+
+// waitApply is wait for the future of a command (Apply), which the
+// cluster's collector waits for (apply_wait.go). Only commands go there:
+// Raft answers them in the order they were handed over, so none holds up
+// the ones behind it for longer than their own commit.
+func (c *cluster) waitApply(f hraft.Future, timeout time.Duration) error {
+	w := getWaiter(timeout)
+	if c.applyWaits == nil || !c.applyWaits.hand(f, w) {
+		go w.take(f)
+	}
+	return c.waitFor(w, timeout)
+}
+
+// waitFor waits for the outcome w is to receive, its timer or the
+// cluster's closing.
+func (c *cluster) waitFor(w *waiter, timeout time.Duration) error {
 	select {
 	case err := <-w.done:
 		w.release()
