@@ -4,14 +4,16 @@ package raft
 // reader hands each to Raft itself, in the order read, instead of giving
 // every request a worker that decodes it, proposes it and waits: the burst
 // reaches Raft's queue at once (the leader makes larger batches), and two
-// goroutines per session (one waiting for the futures in order, one
-// answering) replace a worker and a waiting goroutine per write. What a
+// goroutines per session (one waiting for the futures in order and
+// answering each as it ends, one answering those that time out or outlive
+// the member) replace a worker and a waiting goroutine per write. What a
 // write is answered is exactly what the worker would answer: the same
 // checks (a request that fails one, or that the leader could not start at
 // once, goes to a worker as before), the same errors for a timeout or a
 // closing member, the same answer.
 
 import (
+	"sync/atomic"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -37,7 +39,14 @@ type startedWrite struct {
 	deadline time.Time
 	err      error         // f's error, set before done is closed
 	done     chan struct{} // closed once f has ended
+	// answered is taken by whichever answers the write: the goroutine
+	// waiting for the futures when f ends, or the one watching the
+	// deadlines at the timeout or the member's closing.
+	answered atomic.Bool
 }
+
+// claim tells whether the caller is the one to answer w.
+func (w *startedWrite) claim() bool { return w.answered.CompareAndSwap(false, true) }
 
 // startWrite hands request j to Raft when it is a Set or Delete this member
 // can start at once as the leader; false: nothing was started, and j goes
@@ -87,7 +96,7 @@ func (ss *serverSession) startWrite(j sessionJob) bool {
 		ss.answers = make(chan *startedWrite, sessionRequestsPerPeer)
 		ss.fastDone = make(chan struct{})
 		go ss.waitStarted(ss.started)
-		go ss.answerStarted(ss.answers, p.closing())
+		go ss.watchStarted(ss.answers, p.closing())
 	}
 	ss.started <- w
 	ss.answers <- w
@@ -95,42 +104,56 @@ func (ss *serverSession) startWrite(j sessionJob) bool {
 }
 
 // waitStarted waits for the started writes' futures, in the order they
-// were started (Raft ends them in that order).
+// were started (Raft ends them in that order), and answers each as its
+// future ends, unless it was already answered (timed out). Answering here
+// rather than handing the write to another goroutine saves a wake-up on
+// the way back to the caller.
 func (ss *serverSession) waitStarted(started <-chan *startedWrite) {
 	for w := range started {
 		w.err = w.f.Error()
-		close(w.done)
-	}
-}
-
-// answerStarted answers the started writes in order, each once its future
-// has ended, or at its timeout (outcome unknown), or when the member
-// closes, as commandService.write answers after cluster.wait.
-func (ss *serverSession) answerStarted(answers <-chan *startedWrite, closing <-chan struct{}) {
-	defer close(ss.fastDone)
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for w := range answers {
-		var resp *response
-		timer.Reset(time.Until(w.deadline))
-		select {
-		case <-w.done:
+		if w.claim() {
+			var resp *response
 			if w.err != nil {
 				resp = errorResponse(translateRaftError(w.err))
 			} else {
 				resp = writeResponse(answerOf(ss.fast.applied(w.f, w.start)))
 			}
+			ss.answerStarted(w, resp)
+		}
+		close(w.done)
+	}
+}
+
+// watchStarted answers, in order, the started writes whose futures have not
+// ended by their timeout (outcome unknown) or by the member's closing, as
+// commandService.write answers after cluster.wait.
+func (ss *serverSession) watchStarted(answers <-chan *startedWrite, closing <-chan struct{}) {
+	defer close(ss.fastDone)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for w := range answers {
+		timer.Reset(time.Until(w.deadline))
+		select {
+		case <-w.done:
 		case <-timer.C:
-			resp = errorResponse(waitTimedOut(w.timeout))
+			if w.claim() {
+				ss.answerStarted(w, errorResponse(waitTimedOut(w.timeout)))
+			}
 		case <-closing:
-			resp = errorResponse(errWaitShutdown())
+			if w.claim() {
+				ss.answerStarted(w, errorResponse(errWaitShutdown()))
+			}
 		}
 		timer.Stop()
-		ss.svc.metrics.request(w.cmd, resp.Code)
-		ss.answerWith(w.id, resp)
-		ss.release()
-		ss.handlers.Done()
 	}
+}
+
+// answerStarted sends a started write its answer and ends its request.
+func (ss *serverSession) answerStarted(w *startedWrite, resp *response) {
+	ss.svc.metrics.request(w.cmd, resp.Code)
+	ss.answerWith(w.id, resp)
+	ss.release()
+	ss.handlers.Done()
 }
 
 // closing is closed when the cluster closes.

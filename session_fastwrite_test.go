@@ -134,9 +134,11 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 	ss := &serverSession{svc: svc, fast: p}
 	ss.w.w = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
 	answers := make(chan *startedWrite, 4)
+	started := make(chan *startedWrite, 4)
 	ss.fastDone = make(chan struct{})
-	go ss.answerStarted(answers, p.close)
-	var waiters sync.WaitGroup
+	go ss.watchStarted(answers, p.close)
+	waited := make(chan struct{})
+	go func() { defer close(waited); ss.waitStarted(started) }()
 	start := func(id uint64, timeout time.Duration) *fakeFuture {
 		f := &fakeFuture{end: make(chan error, 1)}
 		w := &startedWrite{id: id, cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
@@ -146,12 +148,7 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 		ss.inflight++
 		svc.mu.Unlock()
 		ss.handlers.Add(1)
-		waiters.Add(1)
-		go func() {
-			defer waiters.Done()
-			w.err = f.Error()
-			close(w.done)
-		}()
+		started <- w
 		answers <- w
 		return f
 	}
@@ -161,12 +158,6 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 		start(3, 200*time.Millisecond), // behind it, the same
 		start(4, time.Hour),            // the member's closing answers it
 	}
-	defer func() {
-		for _, f := range stuck {
-			f.end <- hraft.ErrRaftShutdown
-		}
-		waiters.Wait()
-	}()
 	lost.end <- hraft.ErrLeadershipLost
 	rafttest.WaitFor(t, 5*time.Second, "three answers", func() bool {
 		svc.mu.Lock()
@@ -177,6 +168,15 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 	close(answers)
 	<-ss.fastDone
 	ss.handlers.Wait()
+	// The futures that end after their writes were answered answer
+	// nothing more.
+	for _, f := range stuck {
+		f.end <- hraft.ErrRaftShutdown
+	}
+	close(started)
+	<-waited
+	mu.Lock()
+	defer mu.Unlock()
 	br := bufio.NewReader(bytes.NewReader(out.Bytes()))
 	want := []error{ErrLeadershipLost, ErrTimeout, ErrTimeout, ErrShutdown}
 	for i, w := range want {
@@ -196,6 +196,9 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 		if err := resp.err(); !errors.Is(err, w) || IsNotApplied(err) {
 			t.Errorf("answer %d: %v, want %v with the outcome unknown", i+1, err, w)
 		}
+	}
+	if br.Buffered() > 0 {
+		t.Errorf("%d bytes after the four answers", br.Buffered())
 	}
 	if svc.total != 0 || ss.inflight != 0 || len(svc.sessReqPerPeer) != 0 {
 		t.Errorf("places left: total %d, inflight %d, per peer %v", svc.total, ss.inflight, svc.sessReqPerPeer)

@@ -565,6 +565,14 @@ func (s *commandService) inFlightFrom(from peer.ID) int {
 	return s.perPeer[from] + s.sessReqPerPeer[from]
 }
 
+// streamSlotsFrom counts the command-stream slots peer holds: its streams
+// and its sessions still in their hello, not its session requests (tests).
+func (s *commandService) streamSlotsFrom(from peer.ID) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perPeer[from]
+}
+
 // sessionRequestsFrom counts the requests peer has in flight on its
 // sessions (tests).
 func (s *commandService) sessionRequestsFrom(from peer.ID) int {

@@ -328,7 +328,7 @@ func TestSessionBusy(t *testing.T) {
 	for _, rs := range sessions {
 		for range each {
 			peak = max(peak, c.svc.sessionRequestsFrom(h.ID()))
-			streams = max(streams, c.svc.inFlightFrom(h.ID())-c.svc.sessionRequestsFrom(h.ID()))
+			streams = max(streams, c.svc.streamSlotsFrom(h.ID()))
 			kind, _, resp, err := rs.read(15 * time.Second)
 			switch {
 			case err != nil:
