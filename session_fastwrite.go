@@ -118,7 +118,12 @@ func (ss *serverSession) waitStarted(started <-chan *startedWrite) {
 			} else {
 				resp = writeResponse(answerOf(ss.fast.applied(w.f, w.start)))
 			}
-			ss.answerStarted(w, resp)
+			// With more started writes waiting, their futures
+			// likely end with this one (Raft answers a batch at
+			// once): the answer waits in the queue, and the
+			// watcher, woken by done, writes it with those that
+			// joined it meanwhile. A lone write's answer leaves now.
+			ss.answerStartedHold(w, resp, len(started) > 0)
 		}
 		close(w.done)
 	}
@@ -135,6 +140,8 @@ func (ss *serverSession) watchStarted(answers <-chan *startedWrite, closing <-ch
 		timer.Reset(time.Until(w.deadline))
 		select {
 		case <-w.done:
+			// Write the answers waitStarted queued (see there).
+			ss.w.flush()
 		case <-timer.C:
 			if w.claim() {
 				ss.answerStarted(w, errorResponse(waitTimedOut(w.timeout)))
@@ -150,8 +157,14 @@ func (ss *serverSession) watchStarted(answers <-chan *startedWrite, closing <-ch
 
 // answerStarted sends a started write its answer and ends its request.
 func (ss *serverSession) answerStarted(w *startedWrite, resp *response) {
+	ss.answerStartedHold(w, resp, false)
+}
+
+// answerStartedHold is answerStarted; hold leaves the answer queued for the
+// session's next write (the watcher makes one once it sees w done).
+func (ss *serverSession) answerStartedHold(w *startedWrite, resp *response, hold bool) {
 	ss.svc.metrics.request(w.cmd, resp.Code)
-	ss.answerWith(w.id, resp)
+	ss.answerFrame(w.id, resp, hold)
 	ss.release()
 	ss.handlers.Done()
 }

@@ -354,6 +354,29 @@ func (fw *frameWriter) sendID(head, body []byte) error {
 	return nil
 }
 
+// queueID is sendID without the write: the frame waits in the queue for
+// the next write, which a later send, sendID or flush makes. For a sender
+// that knows more frames of its own follow at once: they leave together.
+func (fw *frameWriter) queueID(head, body []byte) error {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.err != nil {
+		return fw.err
+	}
+	return fw.queueLocked(head, body, nil)
+}
+
+// flush writes what is queued, unless a write is under way (which then
+// carries it).
+func (fw *frameWriter) flush() {
+	fw.mu.Lock()
+	if len(fw.buf) == 0 {
+		fw.mu.Unlock()
+		return
+	}
+	fw.flushLocked()
+}
+
 // queueLocked appends the frame of payload head||body to the queue, sealed
 // in place under a key (no copy of its own).
 func (fw *frameWriter) queueLocked(head, body []byte, tag any) error {

@@ -520,6 +520,12 @@ func (ss *serverSession) release() {
 // answerWith sends resp as the answer to request id, with a leader hint,
 // and gives resp back.
 func (ss *serverSession) answerWith(id uint64, resp *response) {
+	ss.answerFrame(id, resp, false)
+}
+
+// answerFrame is answerWith; hold leaves the answer queued for the next
+// write of the session's frames instead of writing it now.
+func (ss *serverSession) answerFrame(id uint64, resp *response, hold bool) {
 	s := ss.svc
 	buf := getWireBuf()
 	body, err := appendResponse(buf.b[:0], resp)
@@ -536,7 +542,11 @@ func (ss *serverSession) answerWith(id uint64, resp *response) {
 	}
 	var hb [1 + 2*binary.MaxVarintLen64 + 1 + 64]byte
 	head := appendHint(binary.AppendUvarint(append(hb[:0], frameAnswer), id), self, leader)
-	_ = ss.w.sendID(head, body) // copies body
+	if hold {
+		_ = ss.w.queueID(head, body) // copies body
+	} else {
+		_ = ss.w.sendID(head, body) // copies body
+	}
 	buf.b = body
 	putWireBuf(buf)
 	putResponse(resp)
