@@ -1087,6 +1087,22 @@ func (s *benchClientSide) set(target peer.ID) func(i int) error {
 	}
 }
 
+// txnSet writes value i with an unconditional Cluster.Txn on the member
+// on (a follower forwards it to the leader): the forwarding hop alone,
+// without the Client's.
+func (s *benchClientSide) txnSet(on peer.ID) func(i int) error {
+	var m Cluster
+	for _, c := range s.lib.all {
+		if c.(*cluster).self == on {
+			m = c
+		}
+	}
+	return func(i int) error {
+		_, err := m.Txn(Txn{Then: []Op{SetOp(benchKey(i), benchValue)}}, benchWriteTimeout)
+		return err
+	}
+}
+
 // barrierGet reads key i with a barrier through target.
 func (s *benchClientSide) barrierGet(target peer.ID) func(i int) error {
 	return func(i int) error {
@@ -1115,7 +1131,10 @@ func (c *benchLib) localBarrierGet(i int) error {
 // the same cluster, in the same run. Sides: cluster (Cluster.Set on the
 // leader), client (Client.Set without targets: it finds the members and the
 // leader itself), client-leader (Client.Set with the leader as target),
-// client-follower (Client.Set through a follower, which forwards); and for
+// client-follower (Client.Set through a follower, which forwards),
+// txn-leader and txn-follower (an unconditional Cluster.Txn on the leader,
+// and on a follower, which forwards it: the forwarding hop without the
+// Client's); and for
 // reads, local-bget (Barrier then Get on the leader) against client-bget
 // (Client.Get with a barrier, through the leader) and client-bget-follower.
 // The keyed leaves run the same with WithEncryptionKey on every member and
@@ -1143,8 +1162,10 @@ func BenchmarkCompareClient(b *testing.B) {
 				{name: "client", op: cs.set(""), retries: &lib.retries},
 				{name: "client-leader", op: cs.set(cs.leader), retries: &lib.retries},
 				{name: "client-follower", op: cs.set(cs.follower), retries: &lib.retries},
+				{name: "txn-leader", op: cs.txnSet(cs.leader), retries: &lib.retries},
+				{name: "txn-follower", op: cs.txnSet(cs.follower), retries: &lib.retries},
 			}
-			wratios := []benchRatio{{"client", "cluster"}, {"client-leader", "cluster"}, {"client-follower", "cluster"}}
+			wratios := []benchRatio{{"client", "cluster"}, {"client-leader", "cluster"}, {"client-follower", "cluster"}, {"txn-leader", "cluster"}, {"txn-follower", "cluster"}}
 			reads := []benchSide{
 				{name: "local-bget", op: lib.localBarrierGet, retries: &lib.retries},
 				{name: "client-bget", op: cs.barrierGet(cs.leader), retries: &lib.retries},
