@@ -140,19 +140,29 @@ func (ss *serverSession) watchStarted(answers <-chan *startedWrite, closing <-ch
 		timer.Reset(time.Until(w.deadline))
 		select {
 		case <-w.done:
-			// Write the answers waitStarted queued (see there).
-			ss.w.flush()
 		case <-timer.C:
-			if w.claim() {
-				ss.answerStarted(w, errorResponse(waitTimedOut(w.timeout)))
-			}
+			ss.answerUnlessAnswered(w, errorResponse(waitTimedOut(w.timeout)))
 		case <-closing:
-			if w.claim() {
-				ss.answerStarted(w, errorResponse(errWaitShutdown()))
-			}
+			ss.answerUnlessAnswered(w, errorResponse(errWaitShutdown()))
 		}
 		timer.Stop()
+		// w is answered, and its answer, or those of the writes before
+		// it, may wait in the queue (waitStarted holds them while more
+		// follow): write them.
+		ss.w.flush()
 	}
+}
+
+// answerUnlessAnswered answers w with resp unless waitStarted took it
+// first; then it waits until waitStarted has queued its answer (done), so
+// that the flush after it carries that answer.
+func (ss *serverSession) answerUnlessAnswered(w *startedWrite, resp *response) {
+	if w.claim() {
+		ss.answerStarted(w, resp)
+		return
+	}
+	putResponse(resp)
+	<-w.done
 }
 
 // answerStarted sends a started write its answer and ends its request.

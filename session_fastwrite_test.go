@@ -209,3 +209,66 @@ func TestSessionStartedWriteAnswers(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// Answers that waitStarted holds (more started writes were queued behind
+// them) leave while the session is open, once the watcher sees each write
+// done, including when the watcher's timer fires as the write is being
+// answered: no answer waits for a later write or for the session's end.
+func TestSessionStartedWriteHeldAnswersLeave(t *testing.T) {
+	for _, timeout := range []time.Duration{time.Hour, time.Millisecond} {
+		var out bytes.Buffer
+		var mu sync.Mutex
+		svc := &commandService{sessReqPerPeer: map[peer.ID]int{}}
+		p := fakeProposer{close: make(chan struct{})}
+		ss := &serverSession{svc: svc, fast: p}
+		ss.w.w = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
+		const n = 3
+		answers := make(chan *startedWrite, n)
+		started := make(chan *startedWrite, n)
+		ss.fastDone = make(chan struct{})
+		futures := make([]*fakeFuture, n)
+		for i := range futures {
+			f := &fakeFuture{end: make(chan error, 1)}
+			futures[i] = f
+			w := &startedWrite{id: uint64(i + 1), cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
+			svc.mu.Lock()
+			svc.sessReqPerPeer[""]++
+			svc.total++
+			ss.inflight++
+			svc.mu.Unlock()
+			ss.handlers.Add(1)
+			started <- w
+			answers <- w
+		}
+		go ss.watchStarted(answers, p.close)
+		waited := make(chan struct{})
+		go func() { defer close(waited); ss.waitStarted(started) }()
+		// The first two end together, as a Raft batch does; the third
+		// stays in flight, so nothing else writes for them.
+		futures[0].end <- hraft.ErrLeadershipLost
+		futures[1].end <- hraft.ErrLeadershipLost
+		frames := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			br := bufio.NewReader(bytes.NewReader(out.Bytes()))
+			k := 0
+			for {
+				if _, _, err := readSessionFrame(br, br, nil); err != nil {
+					return k
+				}
+				k++
+			}
+		}
+		rafttest.WaitFor(t, 5*time.Second, "the answers of the two writes that ended", func() bool { return frames() >= 2 })
+		futures[2].end <- hraft.ErrLeadershipLost
+		rafttest.WaitFor(t, 5*time.Second, "all three answers", func() bool { return frames() == n })
+		close(started)
+		close(answers)
+		<-ss.fastDone
+		<-waited
+		ss.handlers.Wait()
+		if got := frames(); got != n {
+			t.Errorf("timeout %v: %d answers, want %d (each once)", timeout, got, n)
+		}
+	}
+}
