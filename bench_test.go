@@ -50,6 +50,7 @@ import (
 	"github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
 	pebbleds "github.com/ipfs/go-ds-pebble"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/tauraft/raft/rafttest"
 )
@@ -1103,6 +1104,49 @@ func (s *benchClientSide) txnSet(on peer.ID) func(i int) error {
 	}
 }
 
+// benchEchoProto is the protocol of benchEcho's streams.
+const benchEchoProto = "/tauraft-bench/echo/1.0.0"
+
+// benchEcho opens a stream from node from to the member to whose handler
+// sends back every 100 bytes it reads; the op sends 100 bytes and reads
+// them back (callers take turns on the one stream).
+func benchEcho(b *testing.B, mesh *rafttest.Mesh, from int, to peer.ID) func(int) error {
+	var target int
+	for i := range mesh.Len() {
+		if mesh.ID(i) == to {
+			target = i
+		}
+	}
+	mesh.Node(target).Peer().SetStreamHandler(benchEchoProto, func(s network.Stream) {
+		defer s.Close()
+		buf := make([]byte, 100)
+		for {
+			if _, err := io.ReadFull(s, buf); err != nil {
+				return
+			}
+			if _, err := s.Write(buf); err != nil {
+				return
+			}
+		}
+	})
+	st, err := mesh.Node(from).Peer().NewStream(b.Context(), to, benchEchoProto)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = st.Reset() })
+	var mu sync.Mutex
+	buf := make([]byte, 100)
+	return func(int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if _, err := st.Write(buf); err != nil {
+			return err
+		}
+		_, err := io.ReadFull(st, buf)
+		return err
+	}
+}
+
 // barrierGet reads key i with a barrier through target.
 func (s *benchClientSide) barrierGet(target peer.ID) func(i int) error {
 	return func(i int) error {
@@ -1134,8 +1178,9 @@ func (c *benchLib) localBarrierGet(i int) error {
 // client-follower (Client.Set through a follower, which forwards),
 // txn-leader and txn-follower (an unconditional Cluster.Txn on the leader,
 // and on a follower, which forwards it: the forwarding hop without the
-// Client's); and for
-// reads, local-bget (Barrier then Get on the leader) against client-bget
+// Client's), and in the sequential leaf echo (a bare libp2p stream round
+// trip from the Client's node to the leader: the floor of one hop); and
+// for reads, local-bget (Barrier then Get on the leader) against client-bget
 // (Client.Get with a barrier, through the leader) and client-bget-follower.
 // The keyed leaves run the same with WithEncryptionKey on every member and
 // the Client.
@@ -1174,7 +1219,12 @@ func BenchmarkCompareClient(b *testing.B) {
 			rratios := []benchRatio{{"client-bget", "local-bget"}, {"client-bget-follower", "local-bget"}}
 			b.Run("writers64", func(b *testing.B) { benchCompare(b, benchWriters, writes, wratios) })
 			b.Run("writers16", func(b *testing.B) { benchCompare(b, 16, writes, wratios) })
-			b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, writes, wratios) })
+			// echo: a bare libp2p stream round trip between the Client's
+			// node and the leader (100 bytes each way), the floor of what
+			// one hop adds to a write.
+			seq := append(slices.Clone(writes), benchSide{name: "echo", op: benchEcho(b, mesh, mesh.Len()-1, cs.leader), retries: &lib.retries})
+			seqRatios := append(slices.Clone(wratios), benchRatio{"echo", "cluster"})
+			b.Run("sequential", func(b *testing.B) { benchCompare(b, 1, seq, seqRatios) })
 			b.Run("barrier-get", func(b *testing.B) { benchCompare(b, 1, reads, rratios) })
 		})
 	}
