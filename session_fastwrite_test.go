@@ -122,36 +122,61 @@ func (p fakeProposer) applied(hraft.ApplyFuture, time.Time) FSMResponse { return
 func (p fakeProposer) closing() <-chan struct{}                         { return p.close }
 func (p fakeProposer) leading() bool                                    { return true }
 
+// startedFixture is a session's two goroutines for started writes (the
+// waiter and the watcher) over fake futures, writing into out.
+type startedFixture struct {
+	svc     *commandService
+	ss      *serverSession
+	p       fakeProposer
+	mu      sync.Mutex
+	out     bytes.Buffer
+	started chan *startedWrite
+	answers chan *startedWrite
+	waited  chan struct{}
+}
+
+// newStartedFixture makes the fixture for up to n started writes; run
+// starts its goroutines.
+func newStartedFixture(n int) *startedFixture {
+	x := &startedFixture{svc: &commandService{sessReqPerPeer: map[peer.ID]int{}}, p: fakeProposer{close: make(chan struct{})},
+		started: make(chan *startedWrite, n), answers: make(chan *startedWrite, n), waited: make(chan struct{})}
+	x.ss = &serverSession{svc: x.svc, fast: x.p, fastDone: make(chan struct{})}
+	x.ss.w.w = writerFunc(func(b []byte) (int, error) { x.mu.Lock(); defer x.mu.Unlock(); return x.out.Write(b) })
+	return x
+}
+
+// run starts the watcher and the waiter.
+func (x *startedFixture) run() {
+	go x.ss.watchStarted(x.answers, x.p.close)
+	go func() { defer close(x.waited); x.ss.waitStarted(x.started) }()
+}
+
+// start queues a started write with request id, as startWrite does, and
+// returns its future.
+func (x *startedFixture) start(id uint64, timeout time.Duration) *fakeFuture {
+	f := &fakeFuture{end: make(chan error, 1)}
+	w := &startedWrite{id: id, cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
+	x.svc.mu.Lock()
+	x.svc.sessReqPerPeer[""]++
+	x.svc.total++
+	x.ss.inflight++
+	x.svc.mu.Unlock()
+	x.ss.handlers.Add(1)
+	x.started <- w
+	x.answers <- w
+	return f
+}
+
 // A started write is answered as a worker's wait answers: its Raft error
 // when its future fails, "timeout, outcome unknown" when it outlasts its
 // timeout, "shutdown, outcome unknown" once the member closes; the writes
 // behind a stuck one are answered at their own deadlines, in order.
 func TestSessionStartedWriteAnswers(t *testing.T) {
-	var out bytes.Buffer
-	var mu sync.Mutex
-	svc := &commandService{sessReqPerPeer: map[peer.ID]int{}}
-	p := fakeProposer{close: make(chan struct{})}
-	ss := &serverSession{svc: svc, fast: p}
-	ss.w.w = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
-	answers := make(chan *startedWrite, 4)
-	started := make(chan *startedWrite, 4)
-	ss.fastDone = make(chan struct{})
-	go ss.watchStarted(answers, p.close)
-	waited := make(chan struct{})
-	go func() { defer close(waited); ss.waitStarted(started) }()
-	start := func(id uint64, timeout time.Duration) *fakeFuture {
-		f := &fakeFuture{end: make(chan error, 1)}
-		w := &startedWrite{id: id, cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
-		svc.mu.Lock()
-		svc.sessReqPerPeer[""]++
-		svc.total++
-		ss.inflight++
-		svc.mu.Unlock()
-		ss.handlers.Add(1)
-		started <- w
-		answers <- w
-		return f
-	}
+	x := newStartedFixture(4)
+	x.run()
+	svc, ss, p, started, answers, waited := x.svc, x.ss, x.p, x.started, x.answers, x.waited
+	start := x.start
+	mu, out := &x.mu, &x.out
 	lost := start(1, 10*time.Second)
 	stuck := []*fakeFuture{
 		start(2, 100*time.Millisecond), // its timeout answers it
@@ -216,33 +241,14 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 // answered: no answer waits for a later write or for the session's end.
 func TestSessionStartedWriteHeldAnswersLeave(t *testing.T) {
 	for _, timeout := range []time.Duration{time.Hour, time.Millisecond} {
-		var out bytes.Buffer
-		var mu sync.Mutex
-		svc := &commandService{sessReqPerPeer: map[peer.ID]int{}}
-		p := fakeProposer{close: make(chan struct{})}
-		ss := &serverSession{svc: svc, fast: p}
-		ss.w.w = writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(b) })
 		const n = 3
-		answers := make(chan *startedWrite, n)
-		started := make(chan *startedWrite, n)
-		ss.fastDone = make(chan struct{})
+		x := newStartedFixture(n)
 		futures := make([]*fakeFuture, n)
 		for i := range futures {
-			f := &fakeFuture{end: make(chan error, 1)}
-			futures[i] = f
-			w := &startedWrite{id: uint64(i + 1), cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
-			svc.mu.Lock()
-			svc.sessReqPerPeer[""]++
-			svc.total++
-			ss.inflight++
-			svc.mu.Unlock()
-			ss.handlers.Add(1)
-			started <- w
-			answers <- w
+			futures[i] = x.start(uint64(i+1), timeout)
 		}
-		go ss.watchStarted(answers, p.close)
-		waited := make(chan struct{})
-		go func() { defer close(waited); ss.waitStarted(started) }()
+		x.run()
+		ss, started, answers, waited, mu, out := x.ss, x.started, x.answers, x.waited, &x.mu, &x.out
 		// The first two end together, as a Raft batch does; the third
 		// stays in flight, so nothing else writes for them.
 		futures[0].end <- hraft.ErrLeadershipLost
