@@ -28,6 +28,7 @@ func (f *kvStore) backupData(dir string, now time.Time) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	defer snap.Release()
 	kv := snap.(*kvSnapshot)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", fmt.Errorf("raft: backup directory: %w", err)

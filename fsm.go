@@ -99,6 +99,9 @@ type kvStore struct {
 	onReset func(applied uint64)
 	// metrics times applies, snapshots and restores (nil: not measured).
 	metrics *clusterMetrics
+	// overlay, while a snapshot persists, keeps what the keys the applies
+	// write held at its point (snapshot_overlay.go).
+	overlay *snapshotOverlay
 }
 
 var (
@@ -316,6 +319,9 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []FSMResponse) ([]Event, er
 	if err != nil {
 		return nil, fmt.Errorf("raft: datastore batch: %w", err)
 	}
+	if f.overlay != nil {
+		batch = &overlayBatch{Batch: batch, ds: f.ds, ov: f.overlay}
+	}
 	// One applyCtx serves every batch (they are applied one at a time,
 	// under f.mu), with its list of parsed operations: a fresh one per
 	// batch cost two allocations, which a batch of one entry (every write
@@ -495,16 +501,22 @@ func (f *kvStore) keys(prefix string) ([]string, error) {
 // may cost a walk of the whole datastore (an in-memory one filters every
 // key), which a snapshot would otherwise pay twice under the apply lock.
 func (f *kvStore) scan(keysOnly bool, fn func(key string, value []byte) error) error {
-	nested := queueSegment + "/"
 	return f.scanPrefix(keysOnly, func(rest string, value []byte, buf []byte) ([]byte, error) {
-		if !strings.Contains(rest, "/") {
-			return f.flatRecord(rest, value, buf, fn)
-		}
-		if below, ok := strings.CutPrefix(rest, nested); ok {
-			return nestedRecord(below, value, buf, fn)
-		}
-		return buf, nil
+		return f.scanRecord(rest, value, buf, fn)
 	})
+}
+
+// scanRecord calls fn with the key of the record stored at rest (its
+// datastore key below the prefix) and value, when it is a key's record (a
+// flat key or a queue item); buf is scanPrefix's scratch buffer.
+func (f *kvStore) scanRecord(rest string, value []byte, buf []byte, fn func(key string, value []byte) error) ([]byte, error) {
+	if !strings.Contains(rest, "/") {
+		return f.flatRecord(rest, value, buf, fn)
+	}
+	if below, ok := strings.CutPrefix(rest, queueSegment+"/"); ok {
+		return nestedRecord(below, value, buf, fn)
+	}
+	return buf, nil
 }
 
 // scanFlat calls fn for every key stored flat under the prefix. Only

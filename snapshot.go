@@ -16,8 +16,9 @@ import (
 	"github.com/ipfs/go-datastore"
 )
 
-// Snapshot captures the store in memory. Raft calls it between applies, so
-// the copy is consistent; persisting then runs without blocking applies.
+// Snapshot records the store's point: Raft calls it between applies, and
+// the pairs are read as they were at that point when the snapshot is
+// written, beside the applies that follow (snapshot_overlay.go).
 func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 	start := f.metrics.start()
 	f.mu.Lock()
@@ -29,16 +30,15 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 	}
 	snap := &kvSnapshot{Header: snapshotHeader{Version: snapshotVersion, Applied: f.applied, Clock: f.clockNanos, Epoch: f.epoch},
 		started: start, metrics: f.metrics}
-	err := f.scan(false, func(key string, value []byte) error {
-		e, err := decodeEntry(value)
-		if err != nil {
-			return fmt.Errorf("%w (key %q)", err, key)
-		}
-		snap.Pairs = append(snap.Pairs, snapshotPair{Key: key, Value: e.Value, CreateIndex: e.CreateIndex, ModIndex: e.ModIndex, Lease: uint64(e.Lease)})
-		return nil
-	})
-	if err != nil {
+	if snap.overlay = f.startOverlay(); snap.overlay != nil {
+		// The pairs are read when the snapshot is written, beside the
+		// applies (snapshot_overlay.go).
+		snap.store = f
+	} else if err := f.scan(false, appendPair(&snap.Pairs)); err != nil {
+		// Another snapshot is still persisting: this one is copied now.
 		return nil, fmt.Errorf("raft: snapshot scan: %w", err)
+	} else {
+		sortPairs(snap.Pairs)
 	}
 	for id, c := range f.requests.clients {
 		snap.Requests = append(snap.Requests, snapshotRequest{Client: id[:], Record: encodeClientRecord(c)})
@@ -48,10 +48,26 @@ func (f *kvStore) Snapshot() (hraft.FSMSnapshot, error) {
 		snap.Leases = append(snap.Leases, snapshotLease{ID: uint64(id), Record: encodeLeaseRecord(l)})
 	}
 	slices.SortFunc(snap.Leases, func(a, b snapshotLease) int { return cmp.Compare(a.ID, b.ID) })
-	// Key order, whatever order the datastore returns: the same data always
-	// gives the same snapshot, and a backup reads in key order.
-	slices.SortFunc(snap.Pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
 	return snap, nil
+}
+
+// appendPair is a scan callback that adds each key's entry to pairs.
+func appendPair(pairs *[]snapshotPair) func(key string, value []byte) error {
+	return func(key string, value []byte) error {
+		e, err := decodeEntry(value)
+		if err != nil {
+			return fmt.Errorf("%w (key %q)", err, key)
+		}
+		*pairs = append(*pairs, snapshotPair{Key: key, Value: e.Value, CreateIndex: e.CreateIndex, ModIndex: e.ModIndex, Lease: uint64(e.Lease)})
+		return nil
+	}
+}
+
+// sortPairs puts pairs in key order, whatever order the datastore returned
+// them in: the same data always gives the same snapshot, and a backup reads
+// in key order.
+func sortPairs(pairs []snapshotPair) {
+	slices.SortFunc(pairs, func(a, b snapshotPair) int { return strings.Compare(a.Key, b.Key) })
 }
 
 // Restore replaces the store with a snapshot: keys absent from the snapshot
@@ -81,6 +97,7 @@ func (f *kvStore) restore(rc io.Reader) (applied uint64, restored bool, err erro
 	if f.failed != nil {
 		return 0, false, f.failed
 	}
+	f.breakOverlay()
 	ctx := context.Background()
 	var batch datastore.Batch
 	var clock, epoch uint64
@@ -203,6 +220,7 @@ func (f *kvStore) wipe() error {
 func (f *kvStore) wipeLocked() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.breakOverlay()
 	ctx := context.Background()
 	batch, err := f.ds.Batch(ctx)
 	if err != nil {
@@ -319,6 +337,10 @@ type kvSnapshot struct {
 	// end of Persist.
 	started time.Time
 	metrics *clusterMetrics
+	// store and overlay, when set, give the pairs, read when the snapshot
+	// is written (Pairs is empty until then; see snapshot_overlay.go).
+	store   *kvStore
+	overlay *snapshotOverlay
 }
 
 // Persist writes the snapshot to the sink.
@@ -337,6 +359,15 @@ func (s *kvSnapshot) Persist(sink hraft.SnapshotSink) error {
 // writeTo writes the snapshot format: the header, every pair, every request
 // record.
 func (s *kvSnapshot) writeTo(w io.Writer) error {
+	if s.overlay != nil {
+		pairs, err := s.store.pairsAt(s.overlay)
+		s.store, s.overlay = nil, nil
+		if err != nil {
+			return err
+		}
+		sortPairs(pairs)
+		s.Pairs = pairs
+	}
 	enc := cborEnc.NewEncoder(w)
 	h := s.Header
 	h.Count = uint64(len(s.Pairs))
@@ -447,5 +478,11 @@ func readSnapshot(r io.Reader, rd snapshotReader) error {
 // errSkipSnapshot stops readSnapshot after the header, without error.
 var errSkipSnapshot = errors.New("skip snapshot")
 
-// Release frees the snapshot.
-func (s *kvSnapshot) Release() {}
+// Release frees the snapshot, and stops its overlay if it was never
+// written.
+func (s *kvSnapshot) Release() {
+	if s.overlay != nil {
+		s.store.endOverlay(s.overlay)
+		s.store, s.overlay = nil, nil
+	}
+}
