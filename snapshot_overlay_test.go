@@ -73,16 +73,24 @@ func snapshotBytes(t *testing.T, f *kvStore) []byte {
 	return buf.Bytes()
 }
 
+// pointInTime applies the first 200 operations to f and to a fresh twin,
+// and returns the twin's snapshot (what a snapshot of f taken now must be)
+// and the twin.
+func pointInTime(t *testing.T, f *kvStore) ([]byte, *kvStore) {
+	t.Helper()
+	twin, _ := newTestStore(t)
+	applyLogs(t, f, overlayOps(t, 1, 200))
+	applyLogs(t, twin, overlayOps(t, 1, 200))
+	return snapshotBytes(t, twin), twin
+}
+
 // A snapshot is the store at the point Snapshot was called, however the
 // applies that follow before it is written change the keys (overwritten,
 // deleted, created, queue items added): byte for byte the snapshot of a
 // twin store that stopped at that point.
 func TestSnapshotPointInTime(t *testing.T) {
 	f, _ := newTestStore(t)
-	twin, _ := newTestStore(t)
-	applyLogs(t, f, overlayOps(t, 1, 200))
-	applyLogs(t, twin, overlayOps(t, 1, 200))
-	want := snapshotBytes(t, twin)
+	want, twin := pointInTime(t, f)
 
 	snap, err := f.Snapshot()
 	if err != nil {
@@ -162,10 +170,7 @@ func TestSnapshotPointInTimeDuringScan(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	twin, _ := newTestStore(t)
-	applyLogs(t, f, overlayOps(t, 1, 200))
-	applyLogs(t, twin, overlayOps(t, 1, 200))
-	want := snapshotBytes(t, twin)
+	want, _ := pointInTime(t, f)
 
 	snap, err := f.Snapshot()
 	if err != nil {
