@@ -179,6 +179,40 @@ func (a *applyCtx) delete(key []byte) error {
 	return a.batch.Delete(a.ctx, a.dataKey(key, l.dk))
 }
 
+// execEntry applies one entry's parsed command: one command, or the parts
+// of a grouped entry one after the other, each answered on its own.
+func (a *applyCtx) execEntry(ops []cmdOp) (FSMResponse, error) {
+	n := 1
+	for _, op := range ops {
+		if op.kind == opNext {
+			n++
+		}
+	}
+	if n == 1 {
+		return a.exec(ops)
+	}
+	parts := make([]FSMResponse, 0, n)
+	for len(ops) > 0 {
+		end := len(ops)
+		for i, op := range ops {
+			if op.kind == opNext {
+				end = i
+				break
+			}
+		}
+		resp, err := a.exec(ops[:end])
+		if err != nil {
+			return FSMResponse{}, err
+		}
+		parts = append(parts, resp)
+		if end == len(ops) {
+			break
+		}
+		ops = ops[end+1:]
+	}
+	return FSMResponse{parts: parts}, nil
+}
+
 // exec applies one parsed command and returns its response. A retried
 // Client write gets its first result and changes nothing; an error is a
 // storage failure (the store stops).

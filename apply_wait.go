@@ -13,6 +13,8 @@ package raft
 
 import (
 	"context"
+	"reflect"
+	"sync/atomic"
 
 	hraft "github.com/hashicorp/raft"
 )
@@ -61,4 +63,58 @@ func (a *applyWaiter) run(ctx context.Context) {
 			aw.w.done <- aw.f.Error() // buffered: never blocks
 		}
 	}
+}
+
+// bindShutdown makes f end once stopped is closed, if it has not ended
+// before; false when f is not a future it knows how to bind.
+//
+// Why: with BatchApplyCh (cluster.go), Raft's Apply returns as soon as the
+// future is in its buffered apply channel, and a future still there when
+// Raft shuts down is never answered: its Error blocks for ever, and so
+// would whoever waits for it (the collector above, a session's waiter).
+// hashicorp/raft's futures end early on their ShutdownCh, an exported field
+// that Raft leaves nil on the futures of Apply and Barrier; set to a
+// channel the cluster closes once that Raft has shut down, such a future
+// ends with ErrRaftShutdown (outcome unknown) instead. The field is reached
+// by reflection, as the future's type is unexported; the test
+// TestBindShutdown fails if a hashicorp/raft upgrade moves it.
+func bindShutdown(f hraft.Future, stopped chan struct{}) bool {
+	v := reflect.ValueOf(f)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return false // an errorFuture: it has ended already
+	}
+	v = v.Elem()
+	path := shutdownField(v.Type())
+	if path == nil {
+		return false
+	}
+	ch := v.FieldByIndex(path)
+	if !ch.CanSet() || !ch.IsNil() {
+		return false
+	}
+	ch.Set(reflect.ValueOf(stopped))
+	return true
+}
+
+// shutdownFieldPath caches where a future type keeps its ShutdownCh: one
+// search per type, not per write.
+type shutdownFieldPath struct {
+	t    reflect.Type
+	path []int // nil: the type has none
+}
+
+var lastShutdownField atomic.Pointer[shutdownFieldPath]
+
+// shutdownField is the index path of t's ShutdownCh field, nil if it has
+// no such field of type chan struct{}.
+func shutdownField(t reflect.Type) []int {
+	if c := lastShutdownField.Load(); c != nil && c.t == t {
+		return c.path
+	}
+	c := &shutdownFieldPath{t: t}
+	if sf, ok := t.FieldByName("ShutdownCh"); ok && sf.Type == reflect.TypeOf((chan struct{})(nil)) {
+		c.path = sf.Index
+	}
+	lastShutdownField.Store(c)
+	return c.path
 }

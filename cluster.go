@@ -135,10 +135,36 @@ type Cluster interface {
 }
 
 // raftRun is one Raft instance and its stream layer (closed by Close if
-// Raft hangs).
+// Raft hangs), and stopped, closed once that Raft has shut down: the
+// futures it handed out end by then (see bindShutdown).
 type raftRun struct {
-	raft  *hraft.Raft
-	layer *streamLayer
+	raft     *hraft.Raft
+	layer    *streamLayer
+	stopped  chan struct{}
+	stopOnce sync.Once
+}
+
+// newRaftRun is the run of r over layer.
+func newRaftRun(r *hraft.Raft, layer *streamLayer) *raftRun {
+	return &raftRun{raft: r, layer: layer, stopped: make(chan struct{})}
+}
+
+// markStopped records that the run's Raft has shut down (or was given up
+// on).
+func (run *raftRun) markStopped() { run.stopOnce.Do(func() { close(run.stopped) }) }
+
+// apply is Raft's Apply, with the future bound to the run's end.
+func (run *raftRun) apply(cmd []byte, timeout time.Duration) hraft.ApplyFuture {
+	f := run.raft.Apply(cmd, timeout)
+	bindShutdown(f, run.stopped)
+	return f
+}
+
+// barrier is Raft's Barrier, with the future bound to the run's end.
+func (run *raftRun) barrier(timeout time.Duration) hraft.Future {
+	f := run.raft.Barrier(timeout)
+	bindShutdown(f, run.stopped)
+	return f
 }
 
 // Member is one server of the configuration.
@@ -370,7 +396,7 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		cancel()
 		return nil, err
 	}
-	c.run.Store(&raftRun{raft: r, layer: layer})
+	c.run.Store(newRaftRun(r, layer))
 	c.metrics.attach(c.gaugeReading)
 
 	// Cancelling the node's context stops the cluster as Close would.
@@ -495,7 +521,10 @@ func (c *cluster) start() (hasState bool, r *hraft.Raft, layer *streamLayer, err
 	rc.TrailingLogs = c.cfg.timeouts.SnapshotThreshold
 	// Let concurrent Apply calls reach the leader loop as one batch (one
 	// log write, one AppendEntries per follower) instead of one at a time:
-	// the main lever on write throughput with many writers.
+	// the main lever on write throughput with many writers. Raft never
+	// answers a future still in that buffer when it shuts down: every
+	// future the cluster waits for is bound to the run's end instead
+	// (bindShutdown, apply_wait.go).
 	rc.BatchApplyCh = true
 	// hashicorp's default of 64 entries per AppendEntries makes a follower
 	// that fell behind (or a burst of 64+ writers) take several round trips
@@ -547,6 +576,7 @@ func (c *cluster) stateMachineFailed(err error) {
 		c.watch.close()
 		if run := c.run.Load(); run != nil {
 			_ = run.raft.Shutdown().Error()
+			run.markStopped()
 		}
 	}()
 }
@@ -554,6 +584,15 @@ func (c *cluster) stateMachineFailed(err error) {
 // r returns the running Raft, or ErrShutdown after Close or once the state
 // machine has stopped.
 func (c *cluster) r() (*hraft.Raft, error) {
+	run, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	return run.raft, nil
+}
+
+// current is r's run: its Raft and what its futures are bound to.
+func (c *cluster) current() (*raftRun, error) {
 	if c.closed.Load() {
 		return nil, errAfterClose
 	}
@@ -564,7 +603,7 @@ func (c *cluster) r() (*hraft.Raft, error) {
 	if run == nil {
 		return nil, errAfterClose
 	}
-	return run.raft, nil
+	return run, nil
 }
 
 // Namespace is the namespace the cluster was started with.
@@ -580,20 +619,16 @@ func (c *cluster) Close() error {
 	// A reset in progress finishes first (one that has not started yet
 	// checks closed under the same lock and gives up).
 	c.life.Lock()
-	var r *hraft.Raft
-	var layer *streamLayer
-	if run := c.run.Load(); run != nil {
-		r, layer = run.raft, run.layer
-	}
+	run := c.run.Load()
 	var err error
-	if r != nil && r.State() == hraft.Leader {
+	if run != nil && run.raft.State() == hraft.Leader {
 		// Hand leadership to the most up-to-date follower first, so the
 		// others need not wait out a heartbeat and an election timeout.
 		// LeadershipTransfer gives up by itself after an election timeout.
-		_ = r.LeadershipTransfer().Error()
+		_ = run.raft.LeadershipTransfer().Error()
 	}
-	if r != nil {
-		err = c.stopRaft(r, layer)
+	if run != nil {
+		err = c.stopRaft(run)
 	}
 	// Released before waiting for the loops: a reset waiting for it then
 	// sees closed and gives up.
@@ -616,7 +651,9 @@ const ShutdownTimeout = 10 * time.Second
 
 // stopRaft shuts Raft down: gracefully for an election timeout, then with
 // its streams closed under it, for at most ShutdownTimeout more.
-func (c *cluster) stopRaft(r *hraft.Raft, layer *streamLayer) error {
+func (c *cluster) stopRaft(run *raftRun) error {
+	defer run.markStopped()
+	r, layer := run.raft, run.layer
 	f := r.Shutdown()
 	done := make(chan error, 1)
 	go func() { done <- f.Error() }()

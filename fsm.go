@@ -24,6 +24,9 @@ import (
 type FSMResponse struct {
 	Error error
 	Data  []byte
+	// parts are the answers of a grouped entry's parts, in order (see
+	// session_group.go); nil for every other entry.
+	parts []FSMResponse
 }
 
 // keyEncoding turns an opaque key into one datastore path segment. Base32
@@ -360,7 +363,7 @@ func (f *kvStore) applyLocked(logs []*hraft.Log, out []FSMResponse) ([]Event, er
 				return nil, fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
 			}
 			a.index = l.Index
-			resp, err := a.exec(ops)
+			resp, err := a.execEntry(ops)
 			if err != nil {
 				return nil, fmt.Errorf("raft: cannot apply log entry %d: %w", l.Index, err)
 			}

@@ -86,10 +86,11 @@ var errKindsUnknown = errors.New("raft: operation kinds to check first")
 // and when it was handed. With quick, it fails with errKindsUnknown
 // rather than wait for the voters' operation kinds to be read.
 func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error) {
-	r, err := c.r()
+	run, err := c.current()
 	if err != nil {
 		return nil, time.Time{}, err
 	}
+	r := run.raft
 	if r.State() != hraft.Leader {
 		// Before kindsAllowed, which may ask voters: a follower refuses at
 		// once, as Raft would.
@@ -119,7 +120,7 @@ func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration
 		return nil, time.Time{}, err
 	}
 	start := c.metrics.start()
-	return r.Apply(cmd, timeout), start, nil
+	return run.apply(cmd, timeout), start, nil
 }
 
 // applied is the state machine's answer to a command whose future ended
@@ -205,12 +206,12 @@ func (c *cluster) Apply(cmd []byte, timeout time.Duration) (FSMResponse, error) 
 
 // applyEncoded replicates a command already validated.
 func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, error) {
-	r, err := c.r()
+	run, err := c.current()
 	if err != nil {
 		return FSMResponse{}, err
 	}
 	start := c.metrics.start()
-	f := r.Apply(cmd, timeout)
+	f := run.apply(cmd, timeout)
 	if err := c.waitApply(f, timeout); err != nil {
 		return FSMResponse{}, err
 	}

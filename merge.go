@@ -313,14 +313,14 @@ func (c *cluster) reset() error {
 		return ErrShutdown
 	}
 	old := c.run.Load()
-	if err := c.stopRaft(old.raft, old.layer); err != nil {
+	if err := c.stopRaft(old); err != nil {
 		return err
 	}
 	// Raft is stopped, so the state machine holds still while it is copied.
 	path, err := c.fsm.backupData(c.backupDir(), time.Now())
 	if err != nil {
 		if _, r, layer, serr := c.start(); serr == nil {
-			c.run.Store(&raftRun{raft: r, layer: layer})
+			c.run.Store(newRaftRun(r, layer))
 		}
 		return fmt.Errorf("raft: not dropping this member's data, keeping a copy failed: %w", err)
 	}
@@ -351,7 +351,7 @@ func (c *cluster) reset() error {
 	if err != nil {
 		return err
 	}
-	c.run.Store(&raftRun{raft: r, layer: layer})
+	c.run.Store(newRaftRun(r, layer))
 	return nil
 }
 

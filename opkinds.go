@@ -19,6 +19,7 @@ const (
 	roleMeta                // the leader's stamp and the client's request ID
 	roleCond                // a condition of a transaction
 	roleElse                // starts the operations applied when a condition failed
+	roleNext                // ends one part of a grouped entry and starts the next
 )
 
 // opKind is one kind of operation the state machine knows: how its operands
@@ -63,6 +64,11 @@ const (
 	// opEpoch is the marker a new leader commits to establish its
 	// leadership's epoch (see epoch.go). Keyless and internal.
 	opEpoch uint8 = 10
+	// opNext separates the parts of a grouped entry: independent writes
+	// of a session burst that the leader puts in one log entry, each
+	// part with its own meta operation, conditions and result (see
+	// session_group.go). Keyless and internal.
+	opNext uint8 = 22
 )
 
 // legacyKinds are the kinds every member knew before kinds were advertised:
@@ -114,6 +120,13 @@ var opKinds = [...]*opKind{
 	},
 	opEnqueue: enqueueKind,
 	opClaim:   claimKind,
+	opNext: {
+		name:     "next",
+		role:     roleNext,
+		keyless:  true,
+		internal: true,
+		check:    noValue("next"),
+	},
 	opEpoch: {
 		name:     "epoch",
 		keyless:  true,
@@ -183,14 +196,21 @@ func checkUserOp(op Op) error {
 	return checkOp(opKindOf(op), op.Key, opValue(op))
 }
 
-// shape checks the order of a command's operations (see opRole).
+// shape checks the order of a command's operations (see opRole). A
+// grouped entry is parts of that shape, separated by next markers.
 type shape struct {
 	stage uint8 // 0 start, 1 after meta, 2 conditions, 3 writes, 4 after else
-	ops   int   // operations other than meta
+	ops   int   // operations other than meta of the part being read
 }
 
 func (s *shape) next(k *opKind) error {
 	switch k.role {
+	case roleNext:
+		if s.ops == 0 {
+			return fmt.Errorf("%w: an empty part in a grouped entry", ErrInvalidCommand)
+		}
+		*s = shape{}
+		return nil
 	case roleMeta:
 		if s.stage != 0 {
 			return fmt.Errorf("%w: meta operation not first", ErrInvalidCommand)

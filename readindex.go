@@ -35,11 +35,11 @@ func (c *cluster) Barrier(timeout time.Duration) error {
 // applied index. Raft's AppliedIndex would not do: it counts an entry applied
 // when it hands it to the state machine, before the data is written.
 func (c *cluster) readIndex(timeout time.Duration) (uint64, error) {
-	r, err := c.r()
+	run, err := c.current()
 	if err != nil {
 		return 0, err
 	}
-	if err := c.wait(r.Barrier(timeout), timeout); err != nil {
+	if err := c.wait(run.barrier(timeout), timeout); err != nil {
 		return 0, err
 	}
 	return c.fsm.appliedIndex(), nil

@@ -22,6 +22,9 @@ import (
 // sessionProposer is what the fast path needs of the leader (the cluster).
 type sessionProposer interface {
 	proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error)
+	// proposeGroupStart is proposeStart (quick) of several writes as one
+	// grouped entry (session_group.go).
+	proposeGroupStart(writes []*fastWrite) (hraft.ApplyFuture, time.Time, error)
 	applied(f hraft.ApplyFuture, start time.Time) FSMResponse
 	closing() <-chan struct{}
 	// leading tells whether this member leads now (cheap: no decoding
@@ -34,6 +37,7 @@ type startedWrite struct {
 	id       uint64 // its request's id on the session
 	cmd      string
 	f        hraft.ApplyFuture
+	part     int // its part of a grouped entry; -1: the entry is its alone
 	start    time.Time
 	timeout  time.Duration
 	deadline time.Time
@@ -48,18 +52,36 @@ type startedWrite struct {
 // claim tells whether the caller is the one to answer w.
 func (w *startedWrite) claim() bool { return w.answered.CompareAndSwap(false, true) }
 
-// startWrite hands request j to Raft when it is a Set or Delete this member
-// can start at once as the leader; false: nothing was started, and j goes
-// to a worker.
-func (ss *serverSession) startWrite(j sessionJob) bool {
+// fastWrite is a request the reader may hand to Raft itself: a Set or
+// Delete that passed the checks a worker would make.
+type fastWrite struct {
+	j       sessionJob
+	req     *request // from getRequest; op aliases it until it is given back
+	op      [1]cmdOp
+	id      *requestID
+	timeout time.Duration
+}
+
+// fastWriteOf decodes and checks request j; false: it goes to a worker
+// (not a Set or Delete, a check failed, or this member does not lead).
+func (ss *serverSession) fastWriteOf(j sessionJob) (*fastWrite, bool) {
 	p := ss.fast
 	if p == nil || !p.leading() {
-		return false
+		return nil, false
 	}
 	req := getRequest()
-	defer putRequest(req)
+	fw, ok := checkFastWrite(j, req)
+	if !ok {
+		putRequest(req)
+	}
+	return fw, ok
+}
+
+// checkFastWrite is fastWriteOf once the member leads, with req to decode
+// into: the checks of commandService.write and propose.
+func checkFastWrite(j sessionJob, req *request) (*fastWrite, bool) {
 	if decodeRequestInto(j.raw, req) != nil {
-		return false
+		return nil, false
 	}
 	var op Op
 	switch req.Cmd {
@@ -68,27 +90,29 @@ func (ss *serverSession) startWrite(j sessionJob) bool {
 	case cmdDelete:
 		op = DeleteOp(req.Key)
 	default:
-		return false
+		return nil, false
 	}
-	// The checks of commandService.write and propose.
 	timeout := time.Duration(req.Timeout)
 	if validateTimeout(timeout) != nil || checkUserOp(op) != nil {
-		return false
+		return nil, false
 	}
 	id, err := requestIDOf(req)
 	if err != nil {
-		return false
+		return nil, false
 	}
-	ops := []cmdOp{{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}}
-	f, start, err := p.proposeStart(ops, id, timeout, true)
-	if err != nil {
-		return false
-	}
-	ss.svc.budget.give(j.weight)
+	fw := &fastWrite{j: j, req: req, id: id, timeout: timeout}
+	fw.op[0] = cmdOp{kind: opKindOf(op), key: []byte(op.Key), value: op.Value}
+	return fw, true
+}
+
+// begin counts fw as started with future f (part: its part of a grouped
+// entry, or -1) and hands it to the goroutines that answer it.
+func (ss *serverSession) begin(fw *fastWrite, f hraft.ApplyFuture, start time.Time, part int) {
+	ss.svc.budget.give(fw.j.weight)
 	ss.svc.startedWrites.Add(1)
 	ss.handlers.Add(1)
-	w := &startedWrite{id: j.id, cmd: req.Cmd, f: f, start: start, timeout: timeout,
-		deadline: time.Now().Add(timeout), done: make(chan struct{})}
+	w := &startedWrite{id: fw.j.id, cmd: fw.req.Cmd, f: f, part: part, start: start, timeout: fw.timeout,
+		deadline: time.Now().Add(fw.timeout), done: make(chan struct{})}
 	if ss.started == nil {
 		// Room for every request the peer may have in flight: the
 		// reader never waits here.
@@ -96,11 +120,10 @@ func (ss *serverSession) startWrite(j sessionJob) bool {
 		ss.answers = make(chan *startedWrite, sessionRequestsPerPeer)
 		ss.fastDone = make(chan struct{})
 		go ss.waitStarted(ss.started)
-		go ss.watchStarted(ss.answers, p.closing())
+		go ss.watchStarted(ss.answers, ss.fast.closing())
 	}
 	ss.started <- w
 	ss.answers <- w
-	return true
 }
 
 // waitStarted waits for the started writes' futures, in the order they
@@ -116,7 +139,7 @@ func (ss *serverSession) waitStarted(started <-chan *startedWrite) {
 			if w.err != nil {
 				resp = errorResponse(translateRaftError(w.err))
 			} else {
-				resp = writeResponse(answerOf(ss.fast.applied(w.f, w.start)))
+				resp = writeResponse(answerOf(partOf(ss.fast.applied(w.f, w.start), w.part)))
 			}
 			// With more started writes waiting, their futures
 			// likely end with this one (Raft answers a batch at

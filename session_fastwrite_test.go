@@ -16,9 +16,9 @@ import (
 )
 
 // Writes that reach the leader in one burst on a session are handed to
-// Raft by the session's reader, in the order read, and answered as a
-// worker would answer them: applied in that order, a bad request refused
-// as before, other requests served among them.
+// Raft by the session's reader, in the order read, grouped into entries,
+// and answered as a worker would answer them: applied in that order, a bad
+// request refused as before, other requests served among them.
 func TestSessionBurstWrites(t *testing.T) {
 	const ns = "/raft/session-burst"
 	mesh, c := oneMember(t, ns)
@@ -33,6 +33,7 @@ func TestSessionBurstWrites(t *testing.T) {
 	}
 	const n = 40
 	bad := uint64(n/2 + 1) // the request id of a Set without a key
+	dup := uint64(10)      // a Set of the key request 9 sets
 	var burst bytes.Buffer
 	client := bytes.Repeat([]byte{7}, clientIDSize)
 	for i := 1; i <= n+2; i++ {
@@ -41,6 +42,8 @@ func TestSessionBurstWrites(t *testing.T) {
 		switch {
 		case uint64(i) == bad:
 			req.Key = ""
+		case uint64(i) == dup:
+			req.Key = fmt.Sprintf("burst/%02d", i-1)
 		case i == n+1:
 			req = &request{Cmd: cmdGet, Key: "burst/first"}
 		case i == n+2:
@@ -78,10 +81,22 @@ func TestSessionBurstWrites(t *testing.T) {
 			index[id] = resp.Index
 		}
 	}
+	// Applied in the order read; writes read together share an entry
+	// (session_group.go), except two of one key.
+	shared := 0
 	for id := uint64(2); id <= n; id++ {
-		if id != bad && id-1 != bad && index[id] <= index[id-1] {
+		switch {
+		case id == bad || id-1 == bad:
+		case index[id] < index[id-1]:
 			t.Errorf("request %d applied at %d, before request %d (%d)", id, index[id], id-1, index[id-1])
+		case id == dup && index[id] == index[id-1]:
+			t.Errorf("two Sets of one key applied in one entry, at %d", index[id])
+		case index[id] == index[id-1]:
+			shared++
 		}
+	}
+	if shared == 0 {
+		t.Error("no two writes of the burst shared an entry")
 	}
 	if v, ok := c.Get("burst/02"); !ok || string(v) != "v" {
 		t.Errorf("burst/02 = %q %v", v, ok)
@@ -118,6 +133,9 @@ type fakeProposer struct{ close chan struct{} }
 func (p fakeProposer) proposeStart([]cmdOp, *requestID, time.Duration, bool) (hraft.ApplyFuture, time.Time, error) {
 	return nil, time.Time{}, errors.New("not used")
 }
+func (p fakeProposer) proposeGroupStart([]*fastWrite) (hraft.ApplyFuture, time.Time, error) {
+	return nil, time.Time{}, errors.New("not used")
+}
 func (p fakeProposer) applied(hraft.ApplyFuture, time.Time) FSMResponse { return FSMResponse{} }
 func (p fakeProposer) closing() <-chan struct{}                         { return p.close }
 func (p fakeProposer) leading() bool                                    { return true }
@@ -151,11 +169,11 @@ func (x *startedFixture) run() {
 	go func() { defer close(x.waited); x.ss.waitStarted(x.started) }()
 }
 
-// start queues a started write with request id, as startWrite does, and
+// start queues a started write with request id, as begin does, and
 // returns its future.
 func (x *startedFixture) start(id uint64, timeout time.Duration) *fakeFuture {
 	f := &fakeFuture{end: make(chan error, 1)}
-	w := &startedWrite{id: id, cmd: cmdSet, f: f, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
+	w := &startedWrite{id: id, cmd: cmdSet, f: f, part: -1, timeout: timeout, deadline: time.Now().Add(timeout), done: make(chan struct{})}
 	x.svc.mu.Lock()
 	x.svc.sessReqPerPeer[""]++
 	x.svc.total++

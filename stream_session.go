@@ -82,6 +82,12 @@ type serverSession struct {
 	started  chan *startedWrite
 	answers  chan *startedWrite
 	fastDone chan struct{}
+	// group is the writes of the burst being read, held to be proposed
+	// as one entry when it ends (session_group.go), with their keys and
+	// their size; the reader's alone.
+	group     []*fastWrite
+	groupKeys map[string]struct{}
+	groupSize int
 }
 
 func (s *commandService) handleSession(st network.Stream) {
@@ -274,7 +280,7 @@ func (ss *serverSession) serve() {
 
 // read reads requests while its goroutine holds the reader's role. A
 // request read while more frames wait is a write the reader starts itself
-// (startWrite) or goes to a worker; one read alone (the usual case of a
+// (with the others of its burst, session_group.go) or goes to a worker; one read alone (the usual case of a
 // caller with one call in flight) is served right here, after the reader's
 // role has gone to a worker: the request saves a hand-off between
 // goroutines, the reading does not stop.
@@ -282,13 +288,25 @@ func (ss *serverSession) read() {
 	for {
 		j, ok := ss.next()
 		if !ok {
+			ss.flushGroup()
 			return
 		}
-		if ss.br.Buffered() > 0 {
-			if !ss.startWrite(j) {
-				ss.run(j)
+		more := ss.br.Buffered() > 0
+		if more || len(ss.group) > 0 {
+			// A burst: its writes are held for one entry, proposed
+			// when the burst ends (or before a request that is not
+			// one of them, so requests start in the order read).
+			if ss.collect(j) {
+				if !more {
+					ss.flushGroup()
+				}
+				continue
 			}
-			continue
+			ss.flushGroup()
+			if more {
+				ss.run(j)
+				continue
+			}
 		}
 		ss.handlers.Add(1)
 		ss.pass(sessionJob{read: true})

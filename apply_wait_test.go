@@ -1,0 +1,100 @@
+package raft
+
+import (
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	hraft "github.com/hashicorp/raft"
+
+	"github.com/tauraft/raft/rafttest"
+)
+
+// blockingLogStore is an in-memory log store whose StoreLogs waits while
+// blocked is open, telling entered when it starts waiting.
+type blockingLogStore struct {
+	*hraft.InmemStore
+	blocked chan struct{} // nil: no blocking
+	entered chan struct{}
+}
+
+func (s *blockingLogStore) StoreLogs(logs []*hraft.Log) error {
+	if s.blocked != nil {
+		select {
+		case s.entered <- struct{}{}:
+		default:
+		}
+		<-s.blocked
+	}
+	return s.InmemStore.StoreLogs(logs)
+}
+
+// nopFSM applies nothing.
+type nopFSM struct{}
+
+func (nopFSM) Apply(*hraft.Log) interface{}         { return nil }
+func (nopFSM) Snapshot() (hraft.FSMSnapshot, error) { return nil, errors.New("none") }
+func (nopFSM) Restore(io.ReadCloser) error          { return nil }
+
+// A future still in Raft's buffered apply channel is never answered by
+// Raft once its leader loop stops taking them; bound (bindShutdown), it
+// ends with ErrRaftShutdown when its run is marked stopped. The test holds
+// the leader loop in StoreLogs, so nothing but the binding can end the
+// futures queued behind it; it also fails if a hashicorp/raft upgrade moves
+// the field bindShutdown sets.
+func TestBindShutdown(t *testing.T) {
+	conf := hraft.DefaultConfig()
+	conf.LocalID = "n1"
+	conf.HeartbeatTimeout = 50 * time.Millisecond
+	conf.ElectionTimeout = 50 * time.Millisecond
+	conf.LeaderLeaseTimeout = 50 * time.Millisecond
+	conf.CommitTimeout = 5 * time.Millisecond
+	conf.BatchApplyCh = true
+	conf.Logger = hclog.NewNullLogger()
+	store := &blockingLogStore{InmemStore: hraft.NewInmemStore(), entered: make(chan struct{}, 1)}
+	snaps := hraft.NewInmemSnapshotStore()
+	addr, trans := hraft.NewInmemTransport("n1")
+	defer func() { _ = trans.Close() }()
+	cfg := hraft.Configuration{Servers: []hraft.Server{{ID: conf.LocalID, Address: addr}}}
+	if err := hraft.BootstrapCluster(conf, store, store, snaps, trans, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r, err := hraft.NewRaft(conf, nopFSM{}, store, store, snaps, trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rafttest.WaitFor(t, 5*time.Second, "a leader", func() bool { return r.State() == hraft.Leader })
+	if err := r.Barrier(5 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	run := newRaftRun(r, nil)
+	release := make(chan struct{})
+	store.blocked = release
+	first := run.apply([]byte("first"), time.Second)
+	select {
+	case <-store.entered: // the leader loop waits in StoreLogs
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader loop never stored the first entry")
+	}
+	queued := make([]hraft.Future, 10)
+	for i := range queued {
+		queued[i] = run.apply([]byte("queued"), time.Second)
+	}
+	queued = append(queued, run.barrier(time.Second))
+	if !bindShutdown(run.raft.Apply([]byte("late"), time.Second), make(chan struct{})) {
+		t.Fatal("bindShutdown found no ShutdownCh on an Apply future")
+	}
+	run.markStopped()
+	for i, f := range queued {
+		if err := f.Error(); !errors.Is(err, hraft.ErrRaftShutdown) {
+			t.Fatalf("queued future %d: %v, want ErrRaftShutdown", i, err)
+		}
+	}
+	close(release) // from here on StoreLogs does not wait
+	_ = first.Error()
+	if err := r.Shutdown().Error(); err != nil {
+		t.Fatal(err)
+	}
+}
