@@ -31,6 +31,19 @@ func (s *blockingLogStore) StoreLogs(logs []*hraft.Log) error {
 	return s.InmemStore.StoreLogs(logs)
 }
 
+// quickRaftConfig is a bare Raft's configuration for one in-memory node
+// that elects itself at once, without logs.
+func quickRaftConfig(id hraft.ServerID) *hraft.Config {
+	conf := hraft.DefaultConfig()
+	conf.LocalID = id
+	conf.HeartbeatTimeout = 50 * time.Millisecond
+	conf.ElectionTimeout = 50 * time.Millisecond
+	conf.LeaderLeaseTimeout = 50 * time.Millisecond
+	conf.CommitTimeout = 5 * time.Millisecond
+	conf.Logger = hclog.NewNullLogger()
+	return conf
+}
+
 // nopFSM applies nothing.
 type nopFSM struct{}
 
@@ -45,14 +58,8 @@ func (nopFSM) Restore(io.ReadCloser) error          { return nil }
 // futures queued behind it; it also fails if a hashicorp/raft upgrade moves
 // the field bindShutdown sets.
 func TestBindShutdown(t *testing.T) {
-	conf := hraft.DefaultConfig()
-	conf.LocalID = "n1"
-	conf.HeartbeatTimeout = 50 * time.Millisecond
-	conf.ElectionTimeout = 50 * time.Millisecond
-	conf.LeaderLeaseTimeout = 50 * time.Millisecond
-	conf.CommitTimeout = 5 * time.Millisecond
+	conf := quickRaftConfig("n1")
 	conf.BatchApplyCh = true
-	conf.Logger = hclog.NewNullLogger()
 	store := &blockingLogStore{InmemStore: hraft.NewInmemStore(), entered: make(chan struct{}, 1)}
 	snaps := hraft.NewInmemSnapshotStore()
 	addr, trans := hraft.NewInmemTransport("n1")

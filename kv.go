@@ -86,16 +86,13 @@ var errKindsUnknown = errors.New("raft: operation kinds to check first")
 // and when it was handed. With quick, it fails with errKindsUnknown
 // rather than wait for the voters' operation kinds to be read.
 func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error) {
-	run, err := c.current()
+	// Leading checked before kindsAllowed, which may ask voters: a
+	// follower refuses at once, as Raft would.
+	run, err := c.leaderRun()
 	if err != nil {
 		return nil, time.Time{}, err
 	}
 	r := run.raft
-	if r.State() != hraft.Leader {
-		// Before kindsAllowed, which may ask voters: a follower refuses at
-		// once, as Raft would.
-		return nil, time.Time{}, ErrNotLeader
-	}
 	var meta bool
 	if quick {
 		var known bool
@@ -121,6 +118,18 @@ func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration
 	}
 	start := c.metrics.start()
 	return run.apply(cmd, timeout), start, nil
+}
+
+// leaderRun is the running Raft when it leads; ErrNotLeader otherwise.
+func (c *cluster) leaderRun() (*raftRun, error) {
+	run, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	if run.raft.State() != hraft.Leader {
+		return nil, ErrNotLeader
+	}
+	return run, nil
 }
 
 // applied is the state machine's answer to a command whose future ended

@@ -121,13 +121,9 @@ func (ss *serverSession) flushGroup() {
 // Raft's enqueue timeout is the shortest of theirs; each write keeps its
 // own deadline for its answer.
 func (c *cluster) proposeGroupStart(writes []*fastWrite) (hraft.ApplyFuture, time.Time, error) {
-	run, err := c.current()
+	run, err := c.leaderRun()
 	if err != nil {
 		return nil, time.Time{}, err
-	}
-	r := run.raft
-	if r.State() != hraft.Leader {
-		return nil, time.Time{}, ErrNotLeader
 	}
 	ops := make([]cmdOp, 0, 3*len(writes))
 	metas := make([]byte, 0, metaSize*len(writes))
@@ -142,7 +138,7 @@ func (c *cluster) proposeGroupStart(writes []*fastWrite) (hraft.ApplyFuture, tim
 		ops = append(ops, cmdOp{kind: opMeta, value: metas[m:len(metas):len(metas)]}, fw.op[0])
 		timeout = min(timeout, fw.timeout)
 	}
-	meta, known, err := c.kindsKnown(r, ops)
+	meta, known, err := c.kindsKnown(run.raft, ops)
 	switch {
 	case err != nil:
 		return nil, time.Time{}, err

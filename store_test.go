@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	hraft "github.com/hashicorp/raft"
 	datastore "github.com/ipfs/go-datastore"
 	dssync "github.com/ipfs/go-datastore/sync"
@@ -790,13 +789,7 @@ func TestStoresWithRaft(t *testing.T) {
 			t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 			ds, reopen := be.open(t)
 
-			conf := hraft.DefaultConfig()
-			conf.LocalID = "node1"
-			conf.HeartbeatTimeout = 50 * time.Millisecond
-			conf.ElectionTimeout = 50 * time.Millisecond
-			conf.LeaderLeaseTimeout = 50 * time.Millisecond
-			conf.CommitTimeout = 5 * time.Millisecond
-			conf.Logger = hclog.NewNullLogger()
+			conf := quickRaftConfig("node1")
 			snaps := hraft.NewInmemSnapshotStore()
 
 			start := func(ds datastore.Batching) (*hraft.Raft, *storeTestFSM, *LogStore, *hraft.InmemTransport) {
