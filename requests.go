@@ -52,6 +52,12 @@ type clientRecord struct {
 	// clients for eviction.
 	last    uint64
 	results []reqResult // in the order applied, at most maxRequestsPerClient
+	// body is nil or exactly the encoding of results (see
+	// encodeClientRecord), kept in step by record: a client's record is
+	// stored again at every batch that holds one of its writes, and
+	// encoding its whole window each time was a large part of applying a
+	// Client write.
+	body []byte
 }
 
 // requestTable is the state machine's table of recent requests. Only the
@@ -101,9 +107,17 @@ func (t *requestTable) record(id requestID, res reqResult, index uint64) {
 	}
 	res.seq = id.seq
 	c.results = append(c.results, res)
+	if c.body != nil || len(c.results) == 1 {
+		c.body = appendResult(c.body, res)
+	}
 	if len(c.results) > maxRequestsPerClient {
 		c.floor = max(c.floor, c.results[0].seq)
 		c.results = slices.Delete(c.results, 0, 1)
+		if c.body != nil {
+			// Past the first result's encoding; an append that
+			// outgrows the buffer copies only what is left.
+			c.body = c.body[resultLen(c.body):]
+		}
 	}
 	c.last = index
 	t.changed[id.client] = struct{}{}
@@ -129,27 +143,40 @@ func (t *requestTable) evictOldestClient() {
 // varints floor, last and the count, then per result its seq, a byte for ok
 // and its index.
 func encodeClientRecord(c *clientRecord) []byte {
-	// Sized exactly: the record is kept by the store (and written again
-	// at every write of its client), so room to spare is memory held and
-	// garbage made at every write.
-	n := uvarintLen(c.floor) + uvarintLen(c.last) + uvarintLen(uint64(len(c.results)))
-	for _, r := range c.results {
-		n += uvarintLen(r.seq) + 1 + uvarintLen(r.index)
+	if c.body == nil {
+		c.body = []byte{}
+		for _, r := range c.results {
+			c.body = appendResult(c.body, r)
+		}
 	}
+	// Sized exactly, and fresh: the store keeps what it is given (and
+	// gets it again at every write of its client), so room to spare is
+	// memory held, and body is not the store's to keep.
+	n := uvarintLen(c.floor) + uvarintLen(c.last) + uvarintLen(uint64(len(c.results))) + len(c.body)
 	b := make([]byte, 0, n)
 	b = binary.AppendUvarint(b, c.floor)
 	b = binary.AppendUvarint(b, c.last)
 	b = binary.AppendUvarint(b, uint64(len(c.results)))
-	for _, r := range c.results {
-		b = binary.AppendUvarint(b, r.seq)
-		if r.ok {
-			b = append(b, 1)
-		} else {
-			b = append(b, 0)
-		}
-		b = binary.AppendUvarint(b, r.index)
+	return append(b, c.body...)
+}
+
+// appendResult appends one result's encoding: its seq, a byte for ok, its
+// index.
+func appendResult(b []byte, r reqResult) []byte {
+	b = binary.AppendUvarint(b, r.seq)
+	if r.ok {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
 	}
-	return b
+	return binary.AppendUvarint(b, r.index)
+}
+
+// resultLen is the length of the result encoded first in b (appendResult).
+func resultLen(b []byte) int {
+	_, n := binary.Uvarint(b)
+	_, m := binary.Uvarint(b[n+1:])
+	return n + 1 + m
 }
 
 // decodeClientRecord reads a record, refusing anything out of bounds.
