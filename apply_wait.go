@@ -2,67 +2,165 @@ package raft
 
 // Waiting for the futures of writes. hashicorp/raft's futures only block
 // (Error), and its timeout bounds only the enqueueing, so a write that must
-// not wait longer than its own timeout cannot just call Error: each write
-// used to start a goroutine to call it and wait for that goroutine beside
-// its timer. Raft applies commands and answers their futures in log order,
-// the order writes hand them over in; so one goroutine per cluster calls
-// Error on the futures of writes in turn and passes each outcome to its
-// writer, which still waits beside its own timer and the cluster's closing
-// exactly as before. A goroutine per write (its creation, its stack, one
-// more wake-up) was a few per cent of a write's CPU at 64 writers.
+// not wait longer than its own timeout cannot just call Error, and calling
+// it in another goroutine (one per write, or one collector for all) costs
+// a goroutine hand-off per write: a few per cent of a write's CPU, and a
+// wake-up more on its latency. But Error also ends when the future's
+// ShutdownCh closes (see bindShutdown below), so each write gives its
+// future a channel of its own there, closed when its timeout passes, when
+// the Raft it went to stops, or when the cluster closes; the writer then
+// calls Error itself and learns which of them ended it.
 
 import (
-	"context"
+	"errors"
 	"reflect"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 )
 
-// applyWaitQueue bounds the futures waiting for the collector. Past it a
-// write waits by itself, with a goroutine of its own, as before.
-const applyWaitQueue = 1024
+// waitCause is why a wait for a future (a write's or a barrier's) was
+// ended early.
+type waitCause uint32
 
-// applyWait is one write's future and where its outcome goes.
-type applyWait struct {
-	f hraft.Future
-	w *waiter
+const (
+	causeAnswered waitCause = iota // not ended early: Raft answered
+	causeTimeout                   // the write's timeout passed
+	causeStopped                   // the Raft it went to stopped
+	causeClosing                   // the cluster is closing
+)
+
+// writeWait is one wait for a future. Between waits it is kept in a pool,
+// its channel open and its timer stopped.
+type writeWait struct {
+	// cancel is the future's ShutdownCh: closed (once, by end) to end the
+	// wait early.
+	cancel chan struct{}
+	// cause is the waitCause cancel was closed for.
+	cause atomic.Uint32
+	// timer ends the wait at the write's timeout.
+	timer *time.Timer
+	// run is the run whose list holds the wait (nil once out of it); it,
+	// prev and next are the list's, under the run's waitMu.
+	run        *raftRun
+	prev, next *writeWait
 }
 
-// applyWaiter is the goroutine that waits for the futures of writes.
-type applyWaiter struct {
-	queue chan applyWait
+var writeWaits sync.Pool
+
+func getWriteWait() *writeWait {
+	if w, ok := writeWaits.Get().(*writeWait); ok {
+		return w
+	}
+	w := &writeWait{cancel: make(chan struct{})}
+	w.timer = time.AfterFunc(time.Hour, func() { w.end(causeTimeout) })
+	w.timer.Stop()
+	return w
 }
 
-// newApplyWaiter starts the goroutine; it ends with ctx (the cluster's).
-// Close does not wait for it: once Raft is shut down, the future it may be
-// waiting on ends, and so does it.
-func newApplyWaiter(ctx context.Context) *applyWaiter {
-	a := &applyWaiter{queue: make(chan applyWait, applyWaitQueue)}
-	go a.run(ctx)
-	return a
-}
-
-// hand queues f, whose outcome goes to w.done; false when the queue is
-// full.
-func (a *applyWaiter) hand(f hraft.Future, w *waiter) bool {
-	select {
-	case a.queue <- applyWait{f: f, w: w}:
-		return true
-	default:
-		return false
+// end ends the wait early for cause, unless it was ended already.
+func (w *writeWait) end(cause waitCause) {
+	if w.cause.CompareAndSwap(uint32(causeAnswered), uint32(cause)) {
+		close(w.cancel)
 	}
 }
 
-func (a *applyWaiter) run(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return // writers still waiting see the same closing
-		case aw := <-a.queue:
-			aw.w.done <- aw.f.Error() // buffered: never blocks
+// finish takes w out of run's list once its future's Error returned, and
+// tells why the wait ended. w goes back to the pool when nothing closed its
+// channel and its timer can no longer fire.
+func (w *writeWait) finish(run *raftRun) waitCause {
+	stopped := w.timer.Stop()
+	run.leave(w)
+	cause := waitCause(w.cause.Load())
+	if stopped && cause == causeAnswered {
+		writeWaits.Put(w)
+	}
+	return cause
+}
+
+// applyWait hands cmd to run's Raft and waits for its outcome (await).
+func (c *cluster) applyWait(run *raftRun, cmd []byte, timeout time.Duration) (hraft.ApplyFuture, error) {
+	f := run.raft.Apply(cmd, timeout)
+	return f, c.await(run, f, timeout)
+}
+
+// await waits for f, a future of run's Raft that nothing is bound to yet,
+// for at most timeout beyond its enqueueing, in the caller's goroutine.
+func (c *cluster) await(run *raftRun, f hraft.Future, timeout time.Duration) error {
+	w := getWriteWait()
+	if !bindShutdown(f, w.cancel) {
+		// An errorFuture (it has ended), or a future of a kind this does
+		// not know: waited for the slow way.
+		writeWaits.Put(w)
+		return c.wait(f, timeout)
+	}
+	run.join(w)
+	w.timer.Reset(timeout)
+	err := f.Error()
+	cause := w.finish(run)
+	if errors.Is(err, hraft.ErrRaftShutdown) {
+		switch cause {
+		case causeTimeout:
+			return waitTimedOut(timeout)
+		case causeClosing:
+			return errWaitShutdown()
 		}
 	}
+	return translateRaftError(err)
+}
+
+// join adds w to the run's waits: ended at once when the run's waits were
+// ended already.
+func (run *raftRun) join(w *writeWait) {
+	run.waitMu.Lock()
+	if cause := run.waitsEnded; cause != causeAnswered {
+		run.waitMu.Unlock()
+		w.end(cause)
+		return
+	}
+	w.run, w.prev, w.next = run, nil, run.waits
+	if run.waits != nil {
+		run.waits.prev = w
+	}
+	run.waits = w
+	run.waitMu.Unlock()
+}
+
+// leave takes w out of the run's waits, if it is still there.
+func (run *raftRun) leave(w *writeWait) {
+	run.waitMu.Lock()
+	defer run.waitMu.Unlock()
+	if w.run != run {
+		return
+	}
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		run.waits = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	}
+	w.run, w.prev, w.next = nil, nil, nil
+}
+
+// endWaits ends every write waiting on the run for cause, and any that
+// joins later.
+func (run *raftRun) endWaits(cause waitCause) {
+	run.waitMu.Lock()
+	defer run.waitMu.Unlock()
+	if run.waitsEnded == causeAnswered {
+		run.waitsEnded = cause
+	}
+	for w := run.waits; w != nil; {
+		next := w.next
+		w.end(cause)
+		w.run, w.prev, w.next = nil, nil, nil
+		w = next
+	}
+	run.waits = nil
 }
 
 // bindShutdown makes f end once stopped is closed, if it has not ended

@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"context"
 	"errors"
 	"io"
 	"testing"
@@ -89,7 +90,11 @@ func TestBindShutdown(t *testing.T) {
 	for i := range queued {
 		queued[i] = run.apply([]byte("queued"), time.Second)
 	}
-	queued = append(queued, run.barrier(time.Second))
+	barrier := run.raft.Barrier(time.Second)
+	if !bindShutdown(barrier, run.stopped) {
+		t.Fatal("bindShutdown found no ShutdownCh on a Barrier future")
+	}
+	queued = append(queued, barrier)
 	if !bindShutdown(run.raft.Apply([]byte("late"), time.Second), make(chan struct{})) {
 		t.Fatal("bindShutdown found no ShutdownCh on an Apply future")
 	}
@@ -103,5 +108,103 @@ func TestBindShutdown(t *testing.T) {
 	_ = first.Error()
 	if err := r.Shutdown().Error(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitsOn counts the writes waiting on run.
+func waitsOn(run *raftRun) int {
+	run.waitMu.Lock()
+	defer run.waitMu.Unlock()
+	n := 0
+	for w := run.waits; w != nil; w = w.next {
+		n++
+	}
+	return n
+}
+
+// A write waits for its future in its own goroutine (applyWait) and ends at
+// its timeout, when its run stops or when the cluster closes, whichever
+// comes first, each with its own error; a write that joins a run whose
+// waits were ended ends at once; an answered write leaves no trace in its
+// run. The leader loop is held in StoreLogs, so only the wait's own channel
+// can end the futures queued behind it.
+func TestApplyWaitEnds(t *testing.T) {
+	conf := quickRaftConfig("n1")
+	conf.BatchApplyCh = true
+	store := &blockingLogStore{InmemStore: hraft.NewInmemStore(), entered: make(chan struct{}, 1)}
+	snaps := hraft.NewInmemSnapshotStore()
+	addr, trans := hraft.NewInmemTransport("n1")
+	defer func() { _ = trans.Close() }()
+	cfg := hraft.Configuration{Servers: []hraft.Server{{ID: conf.LocalID, Address: addr}}}
+	if err := hraft.BootstrapCluster(conf, store, store, snaps, trans, cfg); err != nil {
+		t.Fatal(err)
+	}
+	r, err := hraft.NewRaft(conf, nopFSM{}, store, store, snaps, trans)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Shutdown().Error() }()
+	rafttest.WaitFor(t, 5*time.Second, "a leader", func() bool { return r.State() == hraft.Leader })
+	if err := r.Barrier(5 * time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{ctx: context.Background()}
+	release := make(chan struct{})
+	store.blocked = release
+	first := newRaftRun(r, nil).apply([]byte("first"), time.Minute)
+	select {
+	case <-store.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leader loop never stored the first entry")
+	}
+
+	timed := newRaftRun(r, nil)
+	begin := time.Now()
+	if _, err := c.applyWait(timed, []byte("timed"), 50*time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("a write past its timeout: %v, want ErrTimeout", err)
+	}
+	if d := time.Since(begin); d < 50*time.Millisecond {
+		t.Fatalf("a write with a 50ms timeout ended after %v", d)
+	}
+	if n := waitsOn(timed); n != 0 {
+		t.Fatalf("%d writes left on the run after their timeout", n)
+	}
+
+	closing, stopping := newRaftRun(r, nil), newRaftRun(r, nil)
+	const each = 4
+	errs := make(chan error, 2*each)
+	for range each {
+		go func() { _, err := c.applyWait(closing, []byte("closing"), time.Minute); errs <- err }()
+		go func() { _, err := c.applyWait(stopping, []byte("stopping"), time.Minute); errs <- err }()
+	}
+	rafttest.WaitFor(t, 5*time.Second, "the writes waiting", func() bool {
+		return waitsOn(closing) == each && waitsOn(stopping) == each
+	})
+	closing.endWaits(causeClosing)
+	stopping.markStopped()
+	for range 2 * each {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrShutdown) {
+				t.Fatalf("a write whose run stopped or cluster closed: %v, want ErrShutdown", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a write still waits after its run stopped or its cluster closed")
+		}
+	}
+	if _, err := c.applyWait(stopping, []byte("late"), time.Minute); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("a write to a stopped run: %v, want ErrShutdown", err)
+	}
+
+	close(release)
+	if err := first.Error(); err != nil {
+		t.Fatal(err)
+	}
+	answered := newRaftRun(r, nil)
+	if _, err := c.applyWait(answered, []byte("answered"), 5*time.Second); err != nil {
+		t.Fatalf("a write to a working leader: %v", err)
+	}
+	if n := waitsOn(answered); n != 0 {
+		t.Fatalf("%d answered writes left on the run", n)
 	}
 }

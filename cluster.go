@@ -142,6 +142,12 @@ type raftRun struct {
 	layer    *streamLayer
 	stopped  chan struct{}
 	stopOnce sync.Once
+
+	// waitMu guards the writes waiting on the run's futures (waits, a
+	// list) and why they were all ended, if they were (apply_wait.go).
+	waitMu     sync.Mutex
+	waits      *writeWait
+	waitsEnded waitCause
 }
 
 // newRaftRun is the run of r over layer.
@@ -151,18 +157,14 @@ func newRaftRun(r *hraft.Raft, layer *streamLayer) *raftRun {
 
 // markStopped records that the run's Raft has shut down (or was given up
 // on).
-func (run *raftRun) markStopped() { run.stopOnce.Do(func() { close(run.stopped) }) }
+func (run *raftRun) markStopped() {
+	run.stopOnce.Do(func() { close(run.stopped) })
+	run.endWaits(causeStopped)
+}
 
 // apply is Raft's Apply, with the future bound to the run's end.
 func (run *raftRun) apply(cmd []byte, timeout time.Duration) hraft.ApplyFuture {
 	f := run.raft.Apply(cmd, timeout)
-	bindShutdown(f, run.stopped)
-	return f
-}
-
-// barrier is Raft's Barrier, with the future bound to the run's end.
-func (run *raftRun) barrier(timeout time.Duration) hraft.Future {
-	f := run.raft.Barrier(timeout)
 	bindShutdown(f, run.stopped)
 	return f
 }
@@ -191,8 +193,6 @@ type cluster struct {
 	// confView is the configuration as the hot paths last read it
 	// (recentServers).
 	confView atomic.Pointer[configView]
-	// applyWaits waits for the futures of writes (apply_wait.go).
-	applyWaits *applyWaiter
 
 	node      Node
 	namespace string
@@ -332,7 +332,6 @@ func New(node Node, namespace string, opts ...Option) (Cluster, error) {
 		logq:      logq,
 		raftLogs:  newRaftLogState(nil),
 	}
-	c.applyWaits = newApplyWaiter(ctx)
 	if cfg.metrics != nil {
 		m, err := newClusterMetrics(cfg.metrics, namespace, c.self)
 		if err != nil {
@@ -614,6 +613,11 @@ func (c *cluster) Close() error {
 		return ErrAlreadyClosed
 	}
 	c.cancel()
+	if run := c.run.Load(); run != nil {
+		// Writes waiting end at once, outcome unknown, as a closing
+		// cluster answers any other call.
+		run.endWaits(causeClosing)
+	}
 	c.watch.close() // ends every watcher, local and remote, at once
 	c.svc.close()
 	// A reset in progress finishes first (one that has not started yet

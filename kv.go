@@ -68,11 +68,13 @@ func (c *cluster) proposeAnswer(ops []cmdOp, id *requestID, timeout time.Duratio
 
 // proposeRaw is propose returning the state machine's answer as it is.
 func (c *cluster) proposeRaw(ops []cmdOp, id *requestID, timeout time.Duration) (FSMResponse, error) {
-	f, start, err := c.proposeStart(ops, id, timeout, false)
+	run, cmd, err := c.proposal(ops, id, false)
 	if err != nil {
 		return FSMResponse{}, err
 	}
-	if err := c.waitApply(f, timeout); err != nil {
+	start := c.metrics.start()
+	f, err := c.applyWait(run, cmd, timeout)
+	if err != nil {
 		return FSMResponse{}, err
 	}
 	return c.applied(f, start), nil
@@ -86,11 +88,23 @@ var errKindsUnknown = errors.New("raft: operation kinds to check first")
 // and when it was handed. With quick, it fails with errKindsUnknown
 // rather than wait for the voters' operation kinds to be read.
 func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration, quick bool) (hraft.ApplyFuture, time.Time, error) {
+	run, cmd, err := c.proposal(ops, id, quick)
+	if err != nil {
+		return nil, time.Time{}, err
+	}
+	start := c.metrics.start()
+	return run.apply(cmd, timeout), start, nil
+}
+
+// proposal is the leading run and the command that proposes ops, with the
+// leader's stamp and id when every voter knows them (quick: see
+// proposeStart).
+func (c *cluster) proposal(ops []cmdOp, id *requestID, quick bool) (*raftRun, []byte, error) {
 	// Leading checked before kindsAllowed, which may ask voters: a
 	// follower refuses at once, as Raft would.
 	run, err := c.leaderRun()
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, err
 	}
 	r := run.raft
 	var meta bool
@@ -103,7 +117,7 @@ func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration
 		meta, err = c.kindsAllowed(r, ops)
 	}
 	if err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, err
 	}
 	var cmd []byte
 	if meta {
@@ -114,10 +128,9 @@ func (c *cluster) proposeStart(ops []cmdOp, id *requestID, timeout time.Duration
 		cmd = encodeOps(ops)
 	}
 	if err := checkSize("command", len(cmd), MaxCommandSize); err != nil {
-		return nil, time.Time{}, err
+		return nil, nil, err
 	}
-	start := c.metrics.start()
-	return run.apply(cmd, timeout), start, nil
+	return run, cmd, nil
 }
 
 // leaderRun is the running Raft when it leads; ErrNotLeader otherwise.
@@ -220,8 +233,8 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 		return FSMResponse{}, err
 	}
 	start := c.metrics.start()
-	f := run.apply(cmd, timeout)
-	if err := c.waitApply(f, timeout); err != nil {
+	f, err := c.applyWait(run, cmd, timeout)
+	if err != nil {
 		return FSMResponse{}, err
 	}
 	return c.applied(f, start), nil
@@ -232,18 +245,6 @@ func (c *cluster) applyEncoded(cmd []byte, timeout time.Duration) (FSMResponse, 
 func (c *cluster) wait(f hraft.Future, timeout time.Duration) error {
 	w := getWaiter(timeout)
 	go w.take(f)
-	return c.waitFor(w, timeout)
-}
-
-// waitApply is wait for the future of a command (Apply), which the
-// cluster's collector waits for (apply_wait.go). Only commands go there:
-// Raft answers them in the order they were handed over, so none holds up
-// the ones behind it for longer than their own commit.
-func (c *cluster) waitApply(f hraft.Future, timeout time.Duration) error {
-	w := getWaiter(timeout)
-	if c.applyWaits == nil || !c.applyWaits.hand(f, w) {
-		go w.take(f)
-	}
 	return c.waitFor(w, timeout)
 }
 

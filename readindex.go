@@ -39,7 +39,7 @@ func (c *cluster) readIndex(timeout time.Duration) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := c.wait(run.barrier(timeout), timeout); err != nil {
+	if err := c.await(run, run.raft.Barrier(timeout), timeout); err != nil {
 		return 0, err
 	}
 	return c.fsm.appliedIndex(), nil
