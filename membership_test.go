@@ -8,6 +8,7 @@ package raft
 import (
 	"slices"
 	"testing"
+	"time"
 
 	hraft "github.com/hashicorp/raft"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -171,7 +172,7 @@ func ruleServers(voters []peer.ID, nonvoters ...peer.ID) []hraft.Server {
 func TestConfigViewHasServer(t *testing.T) {
 	a, b, c, _, _, x := ruleNamed()
 	servers := append(ruleServers([]peer.ID{a, b}, c), hraft.Server{ID: "not-a-peer-id", Suffrage: hraft.Voter})
-	v := &configView{servers: servers}
+	v := newConfigView(nil, time.Time{}, servers, nil)
 	for _, tc := range []struct {
 		id   peer.ID
 		want bool
@@ -180,8 +181,25 @@ func TestConfigViewHasServer(t *testing.T) {
 			t.Errorf("hasServer(%q) = %v, want %v", tc.id, got, tc.want)
 		}
 	}
-	if (&configView{}).hasServer(a) {
+	if newConfigView(nil, time.Time{}, nil, v).hasServer(a) {
 		t.Error("an empty configuration has a server")
+	}
+	// The next view of the same servers (a fresh copy, suffrages changed)
+	// reuses the decoded IDs; one whose servers changed decodes its own.
+	same := slices.Clone(servers)
+	same[0].Suffrage = hraft.Nonvoter
+	if w := newConfigView(nil, time.Time{}, same, v); &w.ids[0] != &v.ids[0] || !w.hasServer(a) || w.hasServer(x) {
+		t.Error("a view of the same servers did not reuse the decoded IDs, or answers differently")
+	}
+	changed := append(slices.Clone(servers[1:]), hraft.Server{ID: hraft.ServerID(x.String()), Suffrage: hraft.Voter})
+	w := newConfigView(nil, time.Time{}, changed, v)
+	for _, tc := range []struct {
+		id   peer.ID
+		want bool
+	}{{a, false}, {b, true}, {c, true}, {x, true}} {
+		if got := w.hasServer(tc.id); got != tc.want {
+			t.Errorf("after a change, hasServer(%q) = %v, want %v", tc.id, got, tc.want)
+		}
 	}
 }
 
@@ -234,7 +252,7 @@ func TestAdmitRPC(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			// The guard's shortcut (a server of the configuration is
 			// admitted without the rule) never admits what it refuses.
-			v := &configView{servers: tc.servers}
+			v := newConfigView(nil, time.Time{}, tc.servers, nil)
 			if len(tc.servers) > 0 && v.hasServer(tc.from) && !tc.admit {
 				t.Fatalf("the shortcut admits %s, which the rule refuses", ruleName(tc.from))
 			}
