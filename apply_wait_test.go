@@ -52,19 +52,17 @@ func (nopFSM) Apply(*hraft.Log) interface{}         { return nil }
 func (nopFSM) Snapshot() (hraft.FSMSnapshot, error) { return nil, errors.New("none") }
 func (nopFSM) Restore(io.ReadCloser) error          { return nil }
 
-// A future still in Raft's buffered apply channel is never answered by
-// Raft once its leader loop stops taking them; bound (bindShutdown), it
-// ends with ErrRaftShutdown when its run is marked stopped. The test holds
-// the leader loop in StoreLogs, so nothing but the binding can end the
-// futures queued behind it; it also fails if a hashicorp/raft upgrade moves
-// the field bindShutdown sets.
-func TestBindShutdown(t *testing.T) {
+// soloLeader starts a bare one-node Raft (BatchApplyCh, as the cluster
+// runs it) on a blockingLogStore and returns it once it leads and has
+// applied its first barrier; the test's cleanup shuts it down.
+func soloLeader(t *testing.T) (*hraft.Raft, *blockingLogStore) {
+	t.Helper()
 	conf := quickRaftConfig("n1")
 	conf.BatchApplyCh = true
 	store := &blockingLogStore{InmemStore: hraft.NewInmemStore(), entered: make(chan struct{}, 1)}
 	snaps := hraft.NewInmemSnapshotStore()
 	addr, trans := hraft.NewInmemTransport("n1")
-	defer func() { _ = trans.Close() }()
+	t.Cleanup(func() { _ = trans.Close() })
 	cfg := hraft.Configuration{Servers: []hraft.Server{{ID: conf.LocalID, Address: addr}}}
 	if err := hraft.BootstrapCluster(conf, store, store, snaps, trans, cfg); err != nil {
 		t.Fatal(err)
@@ -73,10 +71,22 @@ func TestBindShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = r.Shutdown().Error() })
 	rafttest.WaitFor(t, 5*time.Second, "a leader", func() bool { return r.State() == hraft.Leader })
 	if err := r.Barrier(5 * time.Second).Error(); err != nil {
 		t.Fatal(err)
 	}
+	return r, store
+}
+
+// A future still in Raft's buffered apply channel is never answered by
+// Raft once its leader loop stops taking them; bound (bindShutdown), it
+// ends with ErrRaftShutdown when its run is marked stopped. The test holds
+// the leader loop in StoreLogs, so nothing but the binding can end the
+// futures queued behind it; it also fails if a hashicorp/raft upgrade moves
+// the field bindShutdown sets.
+func TestBindShutdown(t *testing.T) {
+	r, store := soloLeader(t)
 	run := newRaftRun(r, nil)
 	release := make(chan struct{})
 	store.blocked = release
@@ -129,25 +139,7 @@ func waitsOn(run *raftRun) int {
 // run. The leader loop is held in StoreLogs, so only the wait's own channel
 // can end the futures queued behind it.
 func TestApplyWaitEnds(t *testing.T) {
-	conf := quickRaftConfig("n1")
-	conf.BatchApplyCh = true
-	store := &blockingLogStore{InmemStore: hraft.NewInmemStore(), entered: make(chan struct{}, 1)}
-	snaps := hraft.NewInmemSnapshotStore()
-	addr, trans := hraft.NewInmemTransport("n1")
-	defer func() { _ = trans.Close() }()
-	cfg := hraft.Configuration{Servers: []hraft.Server{{ID: conf.LocalID, Address: addr}}}
-	if err := hraft.BootstrapCluster(conf, store, store, snaps, trans, cfg); err != nil {
-		t.Fatal(err)
-	}
-	r, err := hraft.NewRaft(conf, nopFSM{}, store, store, snaps, trans)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = r.Shutdown().Error() }()
-	rafttest.WaitFor(t, 5*time.Second, "a leader", func() bool { return r.State() == hraft.Leader })
-	if err := r.Barrier(5 * time.Second).Error(); err != nil {
-		t.Fatal(err)
-	}
+	r, store := soloLeader(t)
 	c := &cluster{ctx: context.Background()}
 	release := make(chan struct{})
 	store.blocked = release
