@@ -139,6 +139,11 @@ type peerTracker struct {
 	deciding atomic.Bool
 	// wake makes the loop run a round at once.
 	wake chan struct{}
+	// joinable is signalled when a peer first answers that it has a
+	// cluster: a node waiting to be added asks at once rather than at the
+	// next turn of its backoff (up to 2 s), which at dozens of members was
+	// most of the time between a cluster forming and the last one joining.
+	joinable chan struct{}
 	// sawCluster is when (unix nanoseconds) a peer last answered that it
 	// has a cluster (Raft state or a leader); see sawClusterRecently.
 	sawCluster atomic.Int64
@@ -171,6 +176,7 @@ func newPeerTracker(cfg trackerConfig) *peerTracker {
 		peers:         map[peer.ID]*trackedPeer{},
 		dropped:       map[peer.ID]time.Time{},
 		wake:          make(chan struct{}, 1),
+		joinable:      make(chan struct{}, 1),
 	}
 	t.fast.Store(true)
 	return t

@@ -24,6 +24,12 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if p, ok := t.peers[from]; ok {
+		if st != nil && st.Formed && (p.status == nil || !p.status.Formed) {
+			select { // a new place to ask to join (see joinTargets)
+			case t.joinable <- struct{}{}:
+			default:
+			}
+		}
 		p.lastAnswer = time.Now()
 		p.status = st
 		p.failures, p.nextTry = 0, time.Time{}
@@ -33,6 +39,29 @@ func (t *peerTracker) answered(from peer.ID, st *status) {
 	} else if st != nil {
 		t.heardOfCluster(st.SawCluster)
 	}
+}
+
+// joinAccepted notes that via, a tracked peer, just accepted this node's
+// join request on behalf of leader: via answered, and it has a cluster led
+// by leader. The leader's AppendEntries follows at once, and a node without
+// a configuration takes it only from a leader that a live peer reports
+// (admitRPC); via's last exchange may predate that leader's election, and
+// the next may be a second away, every refused append meanwhile a warning
+// and a retry. Nothing else via said of itself changes.
+func (t *peerTracker) joinAccepted(via, leader peer.ID) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	p, ok := t.peers[via]
+	if !ok {
+		return
+	}
+	var st status
+	if p.status != nil {
+		st = *p.status // a copy: views hold the old one
+	}
+	st.Formed, st.Leader = true, []byte(leader)
+	p.status = &st
+	p.lastAnswer = time.Now()
 }
 
 // heardOfCluster takes a peer's word that it heard of a cluster age

@@ -139,3 +139,85 @@ func TestJoinerThatSawAClusterSlowsItsExchanges(t *testing.T) {
 		t.Fatalf("a member: %v; want the steady pace %v", got, steadyExchangeInterval)
 	}
 }
+
+// TestJoinableSignalsANewPlaceToJoin: a peer's first answer that it has a
+// cluster wakes a node waiting to be added (peerTracker.joinable); its
+// later answers, a clusterless peer's, and a joiner passing on a sighting
+// second-hand do not (they give the node nobody new to ask).
+func TestJoinableSignalsANewPlaceToJoin(t *testing.T) {
+	tr, _ := newIdleTracker(t)
+	ids := randomPeers(t, 3)
+	signalled := func() bool {
+		select {
+		case <-tr.joinable:
+			return true
+		default:
+			return false
+		}
+	}
+	age := int64(100)
+	steps := []struct {
+		name string
+		from peer.ID
+		st   *status
+		want bool
+	}{
+		{"clusterless peer", ids[0], &status{}, false},
+		{"joiner passing on a sighting", ids[0], &status{SawCluster: &age}, false},
+		{"the same peer, now formed", ids[0], &status{Formed: true}, true},
+		{"it again, still formed", ids[0], &status{Formed: true}, false},
+		{"a second formed peer", ids[1], &status{Formed: true, LastIndex: 3}, true},
+		{"no status", ids[2], nil, false},
+		{"the first peer after a reset, clusterless", ids[0], &status{}, false},
+		{"the first peer formed again", ids[0], &status{Formed: true}, true},
+	}
+	for _, s := range steps {
+		tr.answered(s.from, s.st)
+		if got := signalled(); got != s.want {
+			t.Errorf("%s: signalled %v, want %v", s.name, got, s.want)
+		}
+	}
+}
+
+// TestJoinAcceptedAdmitsTheLeader: once a tracked peer has accepted this
+// node's join request for a leader, that leader's appends are admitted to
+// this node without a configuration, before any exchange reports it; a
+// peer that is not tracked adds nothing, and views taken before keep what
+// they held.
+func TestJoinAcceptedAdmitsTheLeader(t *testing.T) {
+	tr, _ := newIdleTracker(t)
+	ids := randomPeers(t, 3)
+	via, leader, stranger := ids[0], ids[1], ids[2]
+	tr.learn(via, nil, 0, true)
+	tr.answered(via, &status{LastIndex: 0}) // clusterless when it last exchanged
+	before := tr.view()
+	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, before) == nil {
+		t.Fatal("appends admitted from a leader nobody reported")
+	}
+
+	tr.joinAccepted(stranger, leader) // not tracked: nothing to update
+	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, tr.view()) == nil {
+		t.Fatal("an untracked peer's acceptance admitted its leader")
+	}
+
+	tr.joinAccepted(via, leader)
+	after := tr.view()
+	for _, typ := range []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot} {
+		if err := admitRPC(typ, tr.self, leader, nil, after); err != nil {
+			t.Fatalf("rpc type %d from the leader that accepted the join: %v", typ, err)
+		}
+	}
+	for _, typ := range []byte{rpcTypeRequestVote, rpcTypeRequestPreVote, rpcTypeTimeoutNow} {
+		if admitRPC(typ, tr.self, leader, nil, after) == nil {
+			t.Fatalf("rpc type %d admitted from a joined leader before any configuration", typ)
+		}
+	}
+	if admitRPC(rpcTypeAppendEntries, tr.self, stranger, nil, after) == nil {
+		t.Fatal("appends admitted from a peer that is not the accepting leader")
+	}
+	for _, v := range before {
+		if v.id == via && (v.status.Formed || len(v.status.Leader) > 0) {
+			t.Fatal("a view taken before the acceptance changed")
+		}
+	}
+}

@@ -244,9 +244,14 @@ func (c *cluster) requestJoin(view []peerView, timeout time.Duration) bool {
 		// The member gets most of the time; the rest carries its answer.
 		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(left * 4 / 5)}
 		c.logger.Debug("asking to join", "via", id)
-		_, err := c.caller.ask(c.ctx, id, req, deadline)
+		resp, err := c.caller.ask(c.ctx, id, req, deadline)
 		if err == nil {
 			c.logger.Debug("join request accepted", "via", id)
+			if resp.Status != nil {
+				if leader, err := peer.IDFromBytes(resp.Status.Leader); err == nil {
+					c.peers.joinAccepted(id, leader)
+				}
+			}
 			return true
 		}
 		c.logger.Debug("join request failed", "via", id, "error", err)
@@ -304,8 +309,8 @@ func (c *cluster) startMembership() {
 }
 
 // membershipLoop keeps this node in the cluster. Until it is a member (a
-// voter or a non-voter) it asks to join, with backoff, through every live
-// member it knows (and, when no cluster exists anywhere it can see and it
+// voter or a non-voter) it asks to join, with backoff (cut short when a peer
+// first answers that it has a cluster), through every live member it knows (and, when no cluster exists anywhere it can see and it
 // has the smallest ID, it bootstraps the waiting nodes). Once a member it
 // watches for a second cluster in the namespace (see mergeIfSplit). A
 // member removed while running stays out until restarted.
@@ -320,6 +325,7 @@ func (c *cluster) membershipLoop() {
 			return // the member has stopped; its calls say why
 		}
 		wait := backoff
+		var joinable <-chan struct{} // set while waiting to be added
 		switch {
 		case c.inConfiguration(c.self):
 			if !wasVoter {
@@ -344,6 +350,7 @@ func (c *cluster) membershipLoop() {
 			wait = steadyExchangeInterval
 		default:
 			t.fast.Store(true)
+			joinable = t.joinable
 			view := t.view()
 			if c.requestJoin(view, 5*time.Second) {
 				wait = 20 * time.Millisecond // becoming a voter takes one replication
@@ -371,6 +378,8 @@ func (c *cluster) membershipLoop() {
 		select {
 		case <-c.ctx.Done():
 			return
+		case <-joinable:
+			backoff = t.fastInterval()
 		case <-time.After(wait):
 		}
 	}

@@ -432,7 +432,14 @@ func (s *commandService) joinVoter(from peer.ID, req *request) *response {
 		return errorResponse(fmt.Errorf("%w: %s may only ask to add itself, not %s", ErrInvalidCommand, from, id))
 	}
 	return s.fwd.onLeader(req, timeout, func() *response {
-		return errorResponse(s.leader.joinVoter(id, via, timeout))
+		if err := s.leader.joinVoter(id, via, timeout); err != nil {
+			return errorResponse(err)
+		}
+		// The leader names itself: its next AppendEntries reaches a joiner
+		// that has no configuration yet, which takes it only from a leader
+		// it has heard of (admitRPC), and its exchanges may not have said
+		// so yet.
+		return &response{Status: &status{Formed: true, Leader: []byte(s.host.ID())}}
 	})
 }
 
