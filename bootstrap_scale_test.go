@@ -127,9 +127,9 @@ func (w *traceWriter) Write(p []byte) (int, error) {
 
 // scaleRounds is how many randomized rounds TestBootstrapScale runs:
 // TAURAFT_SCALE_ROUNDS (TAURAFT_SCALE_MAX sets the first, largest round).
-// Without it the test is skipped: dozens of members in one process do not
-// settle within the bound on a shared two-core machine yet (see the
-// README's limits).
+// Without it the test is skipped: its bound is a time, so .ci/run runs it
+// on its own, without -race (which slows dozens of members in one process
+// several times over), rather than inside the race run of every test.
 func scaleRounds(t *testing.T) int {
 	s := os.Getenv("TAURAFT_SCALE_ROUNDS")
 	if s == "" {
