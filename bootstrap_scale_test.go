@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -184,8 +185,17 @@ func TestBootstrapScale(t *testing.T) {
 				time.Sleep(rafttest.PollInterval)
 			}
 			took := time.Since(start)
-			if err := <-errc; err != nil {
-				t.Fatal(err)
+			select {
+			case err := <-errc:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(time.Minute):
+				// New must return within its window and a margin: say
+				// where it is stuck rather than hang the run.
+				buf := make([]byte, 16<<20)
+				t.Fatalf("New has not returned on every node %v after the first start; goroutines:\n%s",
+					time.Since(start).Round(time.Second), buf[:runtime.Stack(buf, true)])
 			}
 			bootstraps := 0
 			for i := range n {

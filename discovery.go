@@ -127,6 +127,11 @@ type peerTracker struct {
 	// maxProbesInFlight).
 	probing int
 
+	// asking is the peer this node's join request is with, until
+	// askingUntil (see askingToJoin).
+	asking      peer.ID
+	askingUntil time.Time
+
 	// listMu guards the peer list answers reuse (answerList).
 	listMu sync.Mutex
 	list   []wirePeer

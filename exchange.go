@@ -64,6 +64,32 @@ func (t *peerTracker) joinAccepted(via, leader peer.ID) {
 	p.lastAnswer = time.Now()
 }
 
+// askingToJoin notes that this node is asking via to add it, until the
+// request's deadline; done ends it. Asked directly, the leader adds the node
+// and starts replicating to it before its answer is back, so its first
+// AppendEntries tends to arrive first: while the request is out, a node
+// with no configuration takes appends from the peer it chose to ask
+// (asking), as it will from the leader its answer names (joinAccepted).
+func (t *peerTracker) askingToJoin(via peer.ID, until time.Time) (done func()) {
+	t.mu.Lock()
+	t.asking, t.askingUntil = via, until
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.asking == via {
+			t.asking, t.askingUntil = "", time.Time{}
+		}
+	}
+}
+
+// askingNow tells whether this node's join request is with id right now.
+func (t *peerTracker) askingNow(id peer.ID) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return id != "" && t.asking == id && time.Now().Before(t.askingUntil)
+}
+
 // heardOfCluster takes a peer's word that it heard of a cluster age
 // milliseconds ago (status.SawCluster). Joining members pass it on, so a
 // late node whose exchanges reach only other joiners (the cluster's own

@@ -221,3 +221,38 @@ func TestJoinAcceptedAdmitsTheLeader(t *testing.T) {
 		}
 	}
 }
+
+// TestAskingToJoin: while a join request is out, the peer it is with is the
+// one askingNow names (so its appends reach a node with no configuration);
+// not once the request is done or past its deadline, and never another
+// peer. Ending a request that a newer one replaced leaves the newer one.
+func TestAskingToJoin(t *testing.T) {
+	tr, _ := newIdleTracker(t)
+	ids := randomPeers(t, 3)
+	a, b, other := ids[0], ids[1], ids[2]
+	if tr.askingNow(a) || tr.askingNow("") {
+		t.Fatal("asking before any request")
+	}
+	done := tr.askingToJoin(a, time.Now().Add(time.Minute))
+	if !tr.askingNow(a) || tr.askingNow(other) {
+		t.Fatal("while asking a: want a, and only a")
+	}
+	done()
+	if tr.askingNow(a) {
+		t.Fatal("still asking a once its request is done")
+	}
+	tr.askingToJoin(a, time.Now().Add(-time.Millisecond))
+	if tr.askingNow(a) {
+		t.Fatal("asking a past the request's deadline")
+	}
+	doneA := tr.askingToJoin(a, time.Now().Add(time.Minute))
+	doneB := tr.askingToJoin(b, time.Now().Add(time.Minute))
+	doneA()
+	if !tr.askingNow(b) || tr.askingNow(a) {
+		t.Fatal("ending an older request ended the newer one, or kept the older")
+	}
+	doneB()
+	if tr.askingNow(b) {
+		t.Fatal("still asking b once its request is done")
+	}
+}

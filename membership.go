@@ -244,7 +244,9 @@ func (c *cluster) requestJoin(view []peerView, timeout time.Duration) bool {
 		// The member gets most of the time; the rest carries its answer.
 		req := &request{Cmd: cmdJoinVoter, Peer: []byte(c.self), Timeout: int64(left * 4 / 5)}
 		c.logger.Debug("asking to join", "via", id)
+		done := c.peers.askingToJoin(id, deadline)
 		resp, err := c.caller.ask(c.ctx, id, req, deadline)
+		done()
 		if err == nil {
 			c.logger.Debug("join request accepted", "via", id)
 			if resp.Status != nil {
@@ -536,7 +538,12 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	if v, err = c.recentView(true); err != nil {
 		return err
 	}
-	return admitRPC(rpcType, c.self, from, v.servers, c.peers.view())
+	err = admitRPC(rpcType, c.self, from, v.servers, c.peers.view())
+	if err != nil && len(v.servers) == 0 && (rpcType == rpcTypeAppendEntries || rpcType == rpcTypeInstallSnapshot) &&
+		c.peers.askingNow(from) {
+		return nil // the peer this node is asking to add it (askingToJoin)
+	}
+	return err
 }
 
 // foundedWith tells whether from, a recent peer in view (not only a live
