@@ -83,11 +83,15 @@ func (t *peerTracker) askingToJoin(via peer.ID, until time.Time) (done func()) {
 	}
 }
 
-// askingNow tells whether this node's join request is with id right now.
-func (t *peerTracker) askingNow(id peer.ID) bool {
+// askingPeer is the peer this node's join request is with right now, ""
+// when none is out.
+func (t *peerTracker) askingPeer() peer.ID {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return id != "" && t.asking == id && time.Now().Before(t.askingUntil)
+	if !time.Now().Before(t.askingUntil) {
+		return ""
+	}
+	return t.asking
 }
 
 // heardOfCluster takes a peer's word that it heard of a cluster age

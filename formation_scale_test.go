@@ -191,28 +191,28 @@ func TestJoinAcceptedAdmitsTheLeader(t *testing.T) {
 	tr.learn(via, nil, 0, true)
 	tr.answered(via, &status{LastIndex: 0}) // clusterless when it last exchanged
 	before := tr.view()
-	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, before) == nil {
+	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, before, "") == nil {
 		t.Fatal("appends admitted from a leader nobody reported")
 	}
 
 	tr.joinAccepted(stranger, leader) // not tracked: nothing to update
-	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, tr.view()) == nil {
+	if admitRPC(rpcTypeAppendEntries, tr.self, leader, nil, tr.view(), "") == nil {
 		t.Fatal("an untracked peer's acceptance admitted its leader")
 	}
 
 	tr.joinAccepted(via, leader)
 	after := tr.view()
 	for _, typ := range []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot} {
-		if err := admitRPC(typ, tr.self, leader, nil, after); err != nil {
+		if err := admitRPC(typ, tr.self, leader, nil, after, ""); err != nil {
 			t.Fatalf("rpc type %d from the leader that accepted the join: %v", typ, err)
 		}
 	}
 	for _, typ := range []byte{rpcTypeRequestVote, rpcTypeRequestPreVote, rpcTypeTimeoutNow} {
-		if admitRPC(typ, tr.self, leader, nil, after) == nil {
+		if admitRPC(typ, tr.self, leader, nil, after, "") == nil {
 			t.Fatalf("rpc type %d admitted from a joined leader before any configuration", typ)
 		}
 	}
-	if admitRPC(rpcTypeAppendEntries, tr.self, stranger, nil, after) == nil {
+	if admitRPC(rpcTypeAppendEntries, tr.self, stranger, nil, after, "") == nil {
 		t.Fatal("appends admitted from a peer that is not the accepting leader")
 	}
 	for _, v := range before {
@@ -222,37 +222,37 @@ func TestJoinAcceptedAdmitsTheLeader(t *testing.T) {
 	}
 }
 
-// TestAskingToJoin: while a join request is out, the peer it is with is the
-// one askingNow names (so its appends reach a node with no configuration);
-// not once the request is done or past its deadline, and never another
-// peer. Ending a request that a newer one replaced leaves the newer one.
+// TestAskingToJoin: while a join request is out, the peer it is with is
+// askingPeer (whose appends admitRPC then takes on a node with no
+// configuration); nobody once the request is done or past its deadline.
+// Ending a request that a newer one replaced leaves the newer one.
 func TestAskingToJoin(t *testing.T) {
 	tr, _ := newIdleTracker(t)
-	ids := randomPeers(t, 3)
-	a, b, other := ids[0], ids[1], ids[2]
-	if tr.askingNow(a) || tr.askingNow("") {
-		t.Fatal("asking before any request")
+	ids := randomPeers(t, 2)
+	a, b := ids[0], ids[1]
+	if got := tr.askingPeer(); got != "" {
+		t.Fatalf("asking %s before any request", got)
 	}
 	done := tr.askingToJoin(a, time.Now().Add(time.Minute))
-	if !tr.askingNow(a) || tr.askingNow(other) {
-		t.Fatal("while asking a: want a, and only a")
+	if got := tr.askingPeer(); got != a {
+		t.Fatalf("while asking a: asking %q", got)
 	}
 	done()
-	if tr.askingNow(a) {
-		t.Fatal("still asking a once its request is done")
+	if got := tr.askingPeer(); got != "" {
+		t.Fatalf("still asking %s once its request is done", got)
 	}
 	tr.askingToJoin(a, time.Now().Add(-time.Millisecond))
-	if tr.askingNow(a) {
-		t.Fatal("asking a past the request's deadline")
+	if got := tr.askingPeer(); got != "" {
+		t.Fatalf("asking %s past the request's deadline", got)
 	}
 	doneA := tr.askingToJoin(a, time.Now().Add(time.Minute))
 	doneB := tr.askingToJoin(b, time.Now().Add(time.Minute))
 	doneA()
-	if !tr.askingNow(b) || tr.askingNow(a) {
-		t.Fatal("ending an older request ended the newer one, or kept the older")
+	if got := tr.askingPeer(); got != b {
+		t.Fatalf("ending an older request left %q, want the newer one's peer", got)
 	}
 	doneB()
-	if tr.askingNow(b) {
-		t.Fatal("still asking b once its request is done")
+	if got := tr.askingPeer(); got != "" {
+		t.Fatalf("still asking %s once its request is done", got)
 	}
 }

@@ -311,9 +311,10 @@ func (c *cluster) startMembership() {
 }
 
 // membershipLoop keeps this node in the cluster. Until it is a member (a
-// voter or a non-voter) it asks to join, with backoff (cut short when a peer
-// first answers that it has a cluster), through every live member it knows (and, when no cluster exists anywhere it can see and it
-// has the smallest ID, it bootstraps the waiting nodes). Once a member it
+// voter or a non-voter) it asks to join, with backoff (cut short when a
+// peer first answers that it has a cluster), through every live member it
+// knows (and, when no cluster exists anywhere it can see and it has the
+// smallest ID, it bootstraps the waiting nodes). Once a member it
 // watches for a second cluster in the namespace (see mergeIfSplit). A
 // member removed while running stays out until restarted.
 func (c *cluster) membershipLoop() {
@@ -532,18 +533,13 @@ func (c *cluster) admitRPC(rpcType byte, from peer.ID) error {
 	if len(v.servers) > 0 && v.hasServer(from) {
 		return nil // what admitRPC says of any RPC from a server
 	}
-	if err := admitRPC(rpcType, c.self, from, v.servers, nil); err == nil {
+	if err := admitRPC(rpcType, c.self, from, v.servers, nil, ""); err == nil {
 		return nil
 	}
 	if v, err = c.recentView(true); err != nil {
 		return err
 	}
-	err = admitRPC(rpcType, c.self, from, v.servers, c.peers.view())
-	if err != nil && len(v.servers) == 0 && (rpcType == rpcTypeAppendEntries || rpcType == rpcTypeInstallSnapshot) &&
-		c.peers.askingNow(from) {
-		return nil // the peer this node is asking to add it (askingToJoin)
-	}
-	return err
+	return admitRPC(rpcType, c.self, from, v.servers, c.peers.view(), c.peers.askingPeer())
 }
 
 // foundedWith tells whether from, a recent peer in view (not only a live
@@ -585,20 +581,24 @@ var errNotMember = errors.New("not a member of this configuration")
 // term or make it follow someone, so it is taken only from:
 //   - a server of this member's latest configuration (servers);
 //   - for AppendEntries and InstallSnapshot to a member with no
-//     configuration yet: such a founder, or the leader that a live peer it
-//     tracks reports (the leader it asked to join);
+//     configuration yet: such a founder, the leader that a live peer it
+//     tracks reports (or that the peer it asked to join named in its
+//     answer, joinAccepted), or the peer its join request is with while it
+//     is out (asking: asked directly, the leader replicates to the joiner
+//     before its answer is back);
 //   - a peer that a majority of the configuration's voters report as their
 //     leader (view): a leader added after this member's configuration was
 //     last replicated to it, which only that leader can bring up to date.
 //     Outsiders cannot fake it: each report comes from the voter itself.
-func admitRPC(rpcType byte, self, from peer.ID, servers []hraft.Server, view []peerView) error {
+func admitRPC(rpcType byte, self, from peer.ID, servers []hraft.Server, view []peerView, asking peer.ID) error {
 	if len(servers) == 0 {
+		appends := rpcType == rpcTypeAppendEntries || rpcType == rpcTypeInstallSnapshot
 		switch {
 		case rpcType == rpcTypeTimeoutNow:
 			return errNotMember
 		case foundedWith(self, from, view):
 			return nil
-		case rpcType != rpcTypeRequestVote && rpcType != rpcTypeRequestPreVote && reportedLeader(from, view):
+		case appends && (reportedLeader(from, view) || (asking != "" && from == asking)):
 			return nil
 		}
 		return errNotMember

@@ -213,6 +213,7 @@ func TestAdmitRPC(t *testing.T) {
 		from    peer.ID
 		servers []hraft.Server
 		view    []peerView
+		asking  peer.ID // the peer this member's join request is with
 		admit   bool
 	}{
 		{name: "votes go to Raft, which checks membership itself", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote}, from: x, servers: abc, admit: true},
@@ -248,6 +249,14 @@ func TestAdmitRPC(t *testing.T) {
 		{name: "a peer whose configuration does not list this member gets no vote", types: []byte{rpcTypeRequestVote, rpcTypeAppendEntries}, from: b,
 			view: ruleView(pvIn(b, "", b, c))},
 		{name: "a stranger gets no vote from a member without configuration", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote}, from: x},
+		{name: "a joining member takes the appends of the peer its join request is with", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x,
+			asking: x, admit: true},
+		{name: "a joining member takes no votes and no TimeoutNow from the peer it asks", types: []byte{rpcTypeRequestVote, rpcTypeRequestPreVote, rpcTypeTimeoutNow}, from: x,
+			asking: x},
+		{name: "a joining member refuses appends from a peer other than the one it asks", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x,
+			asking: b},
+		{name: "the peer asked counts only before a configuration", types: []byte{rpcTypeAppendEntries, rpcTypeInstallSnapshot}, from: x, servers: abc,
+			asking: x},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The guard's shortcut (a server of the configuration is
@@ -257,7 +266,7 @@ func TestAdmitRPC(t *testing.T) {
 				t.Fatalf("the shortcut admits %s, which the rule refuses", ruleName(tc.from))
 			}
 			for _, typ := range tc.types {
-				err := admitRPC(typ, a, tc.from, tc.servers, tc.view)
+				err := admitRPC(typ, a, tc.from, tc.servers, tc.view, tc.asking)
 				if (err == nil) != tc.admit {
 					t.Fatalf("admitRPC(type %d, %s) = %v, want admitted %v", typ, ruleName(tc.from), err, tc.admit)
 				}
