@@ -40,6 +40,18 @@ func (c *cluster) bootstrap() error {
 			return nil
 		}
 		view := t.view()
+		// Two exchange rounds in, its first answers and the founder claims
+		// they carry are in: peers that waited out their whole windows and
+		// wait for this node make it decide now, rather than hold them all
+		// back for what is left of its window.
+		if now := time.Now(); now.Sub(start) >= 2*t.fastInterval() && c.awaited(view) {
+			c.logger.Debug("peers past their windows wait for this node to found the cluster: deciding now",
+				"after", now.Sub(start))
+			if now.Before(cutoff) {
+				cutoff = now
+			}
+			break
+		}
 		if leaderOf(view) == "" {
 			continue
 		}
@@ -61,6 +73,40 @@ func (c *cluster) bootstrap() error {
 	t.deciding.Store(false)
 	c.decide(cutoff)
 	return nil
+}
+
+// awaitedFounder tells whether a node still in its bootstrap window is the
+// founder that peers past their own windows wait for, and should decide
+// now rather than at its window's end: a live peer with no cluster, whose
+// window is over, claims self as the smallest clusterless node it knows of
+// (after a whole window of exchanges, so it defers to self), and the
+// founder rule, with lower the smallest node claimed or heard of
+// (claimedLower), would have self bootstrap. With starts spread over one
+// window, a smallest ID that started last would otherwise hold every other
+// node back for up to a second window.
+func awaitedFounder(self peer.ID, view []peerView, lower peer.ID) bool {
+	awaited := false
+	for _, v := range view {
+		st := &v.status
+		if !v.alive || st.Formed || len(st.Leader) > 0 || st.Deciding || st.Lowest == nil {
+			continue
+		}
+		if id, err := peer.IDFromBytes(st.Lowest.ID); err == nil && id == self {
+			awaited = true
+			break
+		}
+	}
+	if !awaited {
+		return false
+	}
+	// Whom it would bootstrap with does not matter here, only whether.
+	_, ok := founderRule(self, view, time.Time{}, 1, lower)
+	return ok
+}
+
+// awaited is awaitedFounder for this node; never without founder claims.
+func (c *cluster) awaited(view []peerView) bool {
+	return !c.cfg.noClaims && awaitedFounder(c.self, view, c.claimedLower(time.Now()))
 }
 
 // claimPatience is how long past its own window a clusterless node defers

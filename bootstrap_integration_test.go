@@ -130,6 +130,44 @@ func TestBootstrapRandomized(t *testing.T) {
 	t.Logf("formation times over %d runs: min %v, median %v, max %v", len(times), times[0], times[len(times)/2], times[len(times)-1])
 }
 
+// The smallest ID starts last, shortly before the others' windows end: they
+// wait for it, and it founds the cluster as soon as it hears so, not at
+// the end of its own window (which would hold them back for up to another
+// window). One bootstrap, by that node, and one cluster of all three.
+func TestBootstrapAwaitedFounderDecidesEarly(t *testing.T) {
+	const window = 3 * time.Second
+	mesh := rafttest.NewMesh(t, 3)
+	byID := seq(3)
+	sort.Slice(byID, func(i, j int) bool { return mesh.ID(byID[i]) < mesh.ID(byID[j]) })
+	smallest, others := byID[0], byID[1:]
+	tc := newTestCluster(t, mesh, "/raft/awaited", WithBootstrapTimeout(window))
+	errc := make(chan error, 1)
+	go func() { errc <- tc.startEach(others, nil) }()
+	// Part of the scenario, not a wait for a condition: it starts while
+	// the others' windows run, and is there when they end.
+	time.Sleep(window - window/4)
+	start := time.Now()
+	tc.mustStart(smallest)
+	took := time.Since(start)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	tc.waitOneCluster(15*time.Second, byID...)
+	if took >= window*2/3 {
+		t.Fatalf("the awaited founder's New took %v of its %v window: it waited the window out", took, window)
+	}
+	for _, i := range byID {
+		want := int32(0)
+		if i == smallest {
+			want = 1
+		}
+		if got := tc.get(i).(*cluster).bootstraps.Load(); got != want {
+			t.Errorf("node %d bootstrapped %d times, want %d (the smallest ID, node %d, once)", i, got, want, smallest)
+		}
+	}
+	t.Logf("the awaited founder decided %v after its start (window %v)", took.Round(time.Millisecond), window)
+}
+
 // afterDelays is a startEach option function that holds node i's start
 // back by delays[i].
 func afterDelays(delays []time.Duration) func(i int) []Option {

@@ -27,8 +27,25 @@ var scaleMax = func() int {
 	return 48
 }()
 
-// scaleSpread is the window over which a round's members start.
+// scaleSpread is the window over which a round's members start, by
+// default two bootstrap windows (testWindow). TAURAFT_SCALE_WINDOW=d runs
+// the issue's own scenario instead: a bootstrap window of d, and starts
+// spread over that one window.
 const scaleSpread = 3 * time.Second
+
+// scaleWindows returns the bootstrap window and the start spread of
+// TestBootstrapScale's rounds.
+func scaleWindows(t *testing.T) (window, spread time.Duration) {
+	env := os.Getenv("TAURAFT_SCALE_WINDOW")
+	if env == "" {
+		return testWindow, scaleSpread
+	}
+	d, err := time.ParseDuration(env)
+	if err != nil || d <= 0 {
+		t.Fatalf("TAURAFT_SCALE_WINDOW=%q: want a positive duration", env)
+	}
+	return d, d
+}
 
 // partialDiscovery makes discovery show each node only to its two
 // neighbours (in index order, around) and to a random third of the others.
@@ -145,9 +162,9 @@ func scaleRounds(t *testing.T) int {
 
 // TestBootstrapScale runs randomized rounds of 10 to 48 members (the first
 // round is always 48, the largest): each node discoverable only by its
-// neighbours and a third of the others, starts spread over scaleSpread.
-// Each round settles into one cluster within scaleSpread + 5 s of its first
-// start, bootstrapped exactly once, with DefaultMaxVoters voters.
+// neighbours and a third of the others, starts spread over scaleWindows'
+// spread. Each round settles into one cluster within that spread + 5 s of
+// its first start, bootstrapped exactly once, with DefaultMaxVoters voters.
 func TestBootstrapScale(t *testing.T) {
 	seed := time.Now().UnixNano()
 	if env := os.Getenv("TAURAFT_SEED"); env != "" {
@@ -156,6 +173,8 @@ func TestBootstrapScale(t *testing.T) {
 	t.Logf("seed %d (rerun with TAURAFT_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewSource(seed))
 	rounds := scaleRounds(t)
+	window, spread := scaleWindows(t)
+	t.Logf("bootstrap window %v, starts spread over %v", window, spread)
 	for round := range rounds {
 		n := scaleMax
 		if round > 0 {
@@ -163,7 +182,7 @@ func TestBootstrapScale(t *testing.T) {
 		}
 		delays := make([]time.Duration, n)
 		for i := range delays {
-			delays[i] = time.Duration(rng.Int63n(int64(scaleSpread)))
+			delays[i] = time.Duration(rng.Int63n(int64(spread)))
 		}
 		discSeed := rng.Int63()
 		ok := t.Run(fmt.Sprintf("round %d: %d members", round, n), func(t *testing.T) {
@@ -172,9 +191,12 @@ func TestBootstrapScale(t *testing.T) {
 			tc := newTestCluster(t, mesh, "/raft/scale")
 			start := time.Now()
 			errc := make(chan error, 1)
-			go func() { errc <- tc.startEach(seq(n), scaleTrace(t, start, afterDelays(delays))) }()
+			opts := func(i int) []Option {
+				return append(afterDelays(delays)(i), WithBootstrapTimeout(window))
+			}
+			go func() { errc <- tc.startEach(seq(n), scaleTrace(t, start, opts)) }()
 			// Polled past the bound, to report how long it did take.
-			bound := scaleSpread + 5*time.Second
+			bound := spread + 5*time.Second
 			deadline := start.Add(bound + 30*time.Second)
 			settled := false
 			for time.Now().Before(deadline) {

@@ -280,6 +280,68 @@ func TestFounderRule(t *testing.T) {
 
 // Every node applies the rule to its own view: who bootstraps, and with
 // whom, for the discovery patterns the mesh tests set up.
+// pvWaiting is a live peer with no cluster whose window is over (deciding
+// false) and whose founder claim names claimed.
+func pvWaiting(id peer.ID, claimed []byte) peerView {
+	v := pvIdle(id)
+	v.status.Lowest = &lowestClaim{ID: claimed}
+	return v
+}
+
+// pvDeciding is v still in its own bootstrap window.
+func pvDeciding(v peerView) peerView {
+	v.status.Deciding = true
+	return v
+}
+
+func TestAwaitedFounder(t *testing.T) {
+	a, b, c, _, _, _ := ruleNamed()
+	for _, tc := range []struct {
+		name  string
+		self  peer.ID // zero: a
+		view  []peerView
+		lower peer.ID
+		want  bool
+	}{
+		{name: "nobody seen", want: false},
+		{name: "peers without claims", view: ruleView(pvIdle(b), pvIdle(c)), want: false},
+		{name: "a peer past its window claims self: decide now",
+			view: ruleView(pvWaiting(b, []byte(a)), pvIdle(c)), want: true},
+		{name: "it claims another node", view: ruleView(pvWaiting(b, []byte(c))), want: false},
+		{name: "it claims itself", view: ruleView(pvWaiting(b, []byte(b))), want: false},
+		{name: "a peer still in its window claims self: its window ends first",
+			view: ruleView(pvDeciding(pvWaiting(b, []byte(a)))), want: false},
+		{name: "the claiming peer went silent", view: ruleView(pvDead(pvWaiting(b, []byte(a)))), want: false},
+		{name: "the claiming peer has Raft state: there is a cluster to join",
+			view: ruleView(func() peerView { v := pvIn(b, b, b); v.status.Lowest = &lowestClaim{ID: []byte(a)}; return v }()),
+			want: false},
+		{name: "the claiming peer names a leader",
+			view: ruleView(func() peerView { v := pvLeaderOnly(b, c); v.status.Lowest = &lowestClaim{ID: []byte(a)}; return v }()),
+			want: false},
+		{name: "a claim that is no peer ID", view: ruleView(pvWaiting(b, ruleMalformed)), want: false},
+		{name: "one of several waiting peers claims self",
+			view: ruleView(pvWaiting(b, []byte(c)), pvWaiting(c, []byte(a))), want: true},
+		{name: "claimed, but a smaller node is claimed or heard of: it founds",
+			view: ruleView(pvWaiting(c, []byte(b))), self: b, lower: a, want: false},
+		{name: "claimed, but a smaller live peer is in sight: the founder rule defers",
+			view: ruleView(pvIdle(a), pvWaiting(c, []byte(b))), self: b, want: false},
+		{name: "claimed, but another live peer has a cluster: joins it instead",
+			view: ruleView(pvWaiting(b, []byte(a)), pvIn(c, c, c)), want: false},
+		{name: "claimed, a larger lower claim does not hold it back",
+			view: ruleView(pvWaiting(c, []byte(b))), self: b, lower: c, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			self := tc.self
+			if self == "" {
+				self = a
+			}
+			if got := awaitedFounder(self, tc.view, tc.lower); got != tc.want {
+				t.Fatalf("awaitedFounder = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 func TestFounderRuleAcrossNodes(t *testing.T) {
 	a, b, c, d, e, _ := ruleNamed()
 	for _, tc := range []struct {
