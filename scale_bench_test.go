@@ -110,8 +110,16 @@ func BenchmarkScale(b *testing.B) {
 			if leader == nil {
 				b.Fatal("no leader")
 			}
-			lat := make([]time.Duration, 0, benchScaleSets)
-			for k := range benchScaleSets {
+			sets := benchScaleSets
+			if env := os.Getenv("TAURAFT_BENCH_SETS"); env != "" { // a longer run, for a profile
+				n, err := strconv.Atoi(env)
+				if err != nil || n < 1 {
+					b.Fatalf("TAURAFT_BENCH_SETS=%q: want a positive count", env)
+				}
+				sets = n
+			}
+			lat := make([]time.Duration, 0, sets)
+			for k := range sets {
 				t0 := time.Now()
 				if err := leader.Set("k"+strconv.Itoa(k), benchValue, benchWriteTimeout); err != nil {
 					b.Fatal(err)
