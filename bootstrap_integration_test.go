@@ -90,6 +90,7 @@ func TestBootstrapPartialDiscovery(t *testing.T) {
 // Randomized starts: never two clusters in one namespace, every node a
 // member (up to DefaultMaxVoters of them voters).
 func TestBootstrapRandomized(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	runs := 20
 	if testing.Short() {
 		runs = 5

@@ -40,6 +40,7 @@ func onceIncrements(t *testing.T) int {
 // and no call returns OK=false (which would mean that an earlier attempt of
 // the same call had applied and the retry then found its own write).
 func TestClientExactlyOnceIncrements(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	n := onceIncrements(t)
 	began := time.Now()
 	mesh := rafttest.NewMesh(t, 4, rafttest.Connected())

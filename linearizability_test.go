@@ -277,8 +277,10 @@ func linSeeds(t *testing.T) []int64 {
 func TestLinearizable(t *testing.T) { linSeedRuns(t, "TestLinearizable", linRun) }
 
 // linSeedRuns runs run once per seed of linSeeds, each in a subtest that
-// says how to rerun it.
+// says how to rerun it. The test runs beside the other parallel ones: it is
+// long, and nothing in it is a bound on time.
 func linSeedRuns(t *testing.T, name string, run func(t *testing.T, seed int64)) {
+	t.Parallel()
 	for _, seed := range linSeeds(t) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			t.Logf("seed %d (rerun with TAURAFT_SEED=%d go test -race -run '%s$' .)", seed, seed, name)
@@ -475,6 +477,7 @@ func (b *linSlowBatch) Commit(ctx context.Context) error {
 // check that what they read after a Barrier is never older than the last
 // count acknowledged before it.
 func TestLinearizableFollowerBarrier(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	slow := make([]atomic.Bool, 3)
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected(), rafttest.WithNodeConfig(func(i int, cfg *p2pnode.Config) {
 		cfg.Datastore = linSlowStore{Batching: dssync.MutexWrap(datastore.NewMapDatastore()), slow: &slow[i]}

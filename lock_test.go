@@ -279,6 +279,7 @@ type resWrite struct{ token, index uint64 }
 //   - every holder whose lock was lost saw Done close within one TTL of the
 //     loss (the lock key's delete).
 func TestLockFencedUnderFailures(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	const (
 		ns      = "/raft/lockfence"
 		name    = "fence"

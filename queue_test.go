@@ -212,6 +212,7 @@ func TestQueueClaimWaits(t *testing.T) {
 // claimed: the claim's token orders claims as the log did) in the order it
 // enqueued them.
 func TestQueueWorkersUnderFailures(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	const (
 		ns       = "/raft/queue-run"
 		q        = "orders"

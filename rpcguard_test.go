@@ -313,6 +313,7 @@ func guardSameRequest(t testing.TB, rpcType byte, a, b any) bool {
 // back on one connection, read in pieces of every size, and hashicorp's
 // decoder reading through the guard gets the same requests.
 func TestRPCGuardPassesRequests(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	self, _ := guardPeers()
 	small := guardRequests(guardHeader(self))
 	// Entries of the largest command, which skip the guard's buffer.

@@ -349,6 +349,7 @@ func TestStreamCloseNotHeldByStalledStreams(t *testing.T) {
 // drop their data on such an unverified claim: neither a lone member nor the
 // members of a larger cluster.
 func TestStreamForgedStatusKeepsData(t *testing.T) {
+	t.Parallel() // long and timing-free: it runs beside the other such tests
 	for _, n := range []int{1, 3} {
 		t.Run(fmt.Sprintf("%d members", n), func(t *testing.T) {
 			ns := fmt.Sprintf("/raft/stream-forged-%d", n)
