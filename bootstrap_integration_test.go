@@ -227,6 +227,7 @@ func TestBootstrapCloseDuringWindow(t *testing.T) {
 // (merge.go) must bring the namespace back to one cluster once the link
 // heals.
 func TestBootstrapOverlappingFoundersConverge(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	const ns = "/raft/enc-overlap"
 	mesh := rafttest.NewMesh(t, 3)
 	idx := []int{0, 1, 2}

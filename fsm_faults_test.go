@@ -894,6 +894,7 @@ func raftState(c Cluster) hraft.RaftState {
 // member is a follower (every write after N fails) or the leader (the disk
 // is full).
 func TestFaultStateMachineStopsMember(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	for _, tt := range []ftMemberCase{
 		{name: "follower, every write after n", mode: faultAfterN, n: 30, cause: errInjectedFault},
 		{name: "leader, disk full", leader: true, mode: faultDiskFull, cause: syscall.ENOSPC},

@@ -120,6 +120,7 @@ func healWipe(tc *testCluster, i int, snapDir string) {
 // written meanwhile: with its state kept, with its state wiped, and when it
 // was removed while it was down (so its own state never saw the removal).
 func TestHealRejoinAfterRemove(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-rejoin")
 	tc.form(15*time.Second, 0, 1, 2)
@@ -189,6 +190,7 @@ func TestHealRejoinAfterRemove(t *testing.T) {
 // when it comes back: from the log, or, when the leader's log was truncated
 // past it, by installing a snapshot.
 func TestHealFollowerReboot(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	for _, mode := range []string{"log", "snapshot"} {
 		t.Run(mode, func(t *testing.T) {
 			mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
@@ -245,6 +247,7 @@ func TestHealFollowerReboot(t *testing.T) {
 // leader comes back as a follower, gets the new writes, and its stale entry
 // is dropped: every member reads what was written after it left.
 func TestHealLeaderReboot(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-leader")
 	tc.form(15*time.Second, 0, 1, 2)
@@ -313,6 +316,7 @@ func TestHealLeaderReboot(t *testing.T) {
 // the minority catches up and there is one cluster. Then a follower cut off
 // from everyone rejoins the same cluster without starting another.
 func TestHealPartition(t *testing.T) {
+	t.Parallel()         // timing-free: it runs beside the other such tests
 	const clientNode = 5 // not a member: a Client on the minority side
 	mesh := rafttest.NewMesh(t, 6, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/heal-partition")
@@ -567,6 +571,7 @@ func TestHealChangedAddress(t *testing.T) {
 // first and the last one later, and re-form the cluster by themselves, with
 // every acknowledged write. Nodes meet only through discovery.
 func TestHealWholeClusterRestart(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	const writes = 200
 	mesh := rafttest.NewMesh(t, 3, rafttest.WithPebble())
 	tc := newTestCluster(t, mesh, "/raft/heal-whole")
@@ -618,6 +623,7 @@ func TestHealWholeClusterRestart(t *testing.T) {
 // and one holds a stale value, yet afterwards it holds exactly what the
 // others hold, including writes made while it was down.
 func TestHealStateMachineBehindLog(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	for _, tt := range []struct {
 		name     string
 		writes   int

@@ -125,6 +125,7 @@ func TestCoreRestartFromDisk(t *testing.T) {
 // With a low threshold, writes produce snapshots and truncate the log; a
 // fresh member catches up through snapshot install.
 func TestCoreSnapshotsAndInstall(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	const writes = 5000
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/snap", snapshotEvery(500))

@@ -366,6 +366,7 @@ func TestWatchLeaderEpochs(t *testing.T) {
 // leader truncated past that leadership's marker, learns the epoch from
 // the snapshot it installs.
 func TestEpochThroughSnapshotInstall(t *testing.T) {
+	t.Parallel() // timing-free: it runs beside the other such tests
 	mesh := rafttest.NewMesh(t, 3, rafttest.Connected())
 	tc := newTestCluster(t, mesh, "/raft/epoch-snapshot", snapshotEvery(20))
 	tc.form(20*time.Second, 0, 1, 2)
