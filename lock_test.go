@@ -279,7 +279,8 @@ type resWrite struct{ token, index uint64 }
 //   - every holder whose lock was lost saw Done close within one TTL of the
 //     loss (the lock key's delete).
 func TestLockFencedUnderFailures(t *testing.T) {
-	t.Parallel() // long and timing-free: it runs beside the other such tests
+	// Not parallel: Done must close within one TTL (2 s) of the loss, a
+	// bound in time that another test's load could break.
 	const (
 		ns      = "/raft/lockfence"
 		name    = "fence"
